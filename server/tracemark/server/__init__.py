@@ -1,0 +1,1 @@
+"""The tracemark gRPC runtime: teacher backends, servicers, auth, health, config (``tracemark.server``)."""
