@@ -1,0 +1,132 @@
+"""A bounded queue that groups concurrent generation requests into batches for the teacher."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from tracemark.server.teacher.base import Generation, GenerationParams, Messages, TeacherBackend, TextCallback
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """Too many requests are waiting; the caller should retry later."""
+
+
+class QueueClosed(RuntimeError):
+    """The queue is shutting down."""
+
+
+@dataclass
+class _Job:
+    messages: Messages
+    params: GenerationParams
+    on_text: TextCallback | None
+    future: Future = field(default_factory=Future)
+
+
+class GenerationQueue:
+    """Collects requests for up to ``window_s`` (or ``max_batch`` of them) and generates them together.
+
+    Requests whose parameters allow sharing one ``generate`` call (see ``GenerationParams.batch_key``)
+    are batched; others wait for their own turn. The queue holds at most ``max_queue`` jobs.
+    """
+
+    def __init__(self, teacher: TeacherBackend, *, max_batch: int, window_s: float, max_queue: int) -> None:
+        self.teacher = teacher
+        self.max_batch = max_batch
+        self.window_s = window_s
+        self._jobs: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
+        self._held: list[_Job] = []
+        self._closed = threading.Event()
+        self.batches_run = 0
+        self.largest_batch = 0
+        self._worker = threading.Thread(target=self._run, name="generation-batcher", daemon=True)
+        self._worker.start()
+
+    def submit(
+        self, messages: Messages, params: GenerationParams, on_text: TextCallback | None = None
+    ) -> Future:
+        """Queue one conversation; the future resolves to a :class:`Generation`."""
+        if self._closed.is_set():
+            raise QueueClosed("the teacher is shutting down")
+        job = _Job(messages, params, on_text)
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            raise QueueFull(f"generation queue is full ({self._jobs.maxsize} waiting)") from None
+        return job.future
+
+    def generate(self, messages: Messages, params: GenerationParams, timeout: float | None = None) -> Generation:
+        return self.submit(messages, params).result(timeout=timeout)
+
+    @property
+    def depth(self) -> int:
+        return self._jobs.qsize() + len(self._held)
+
+    def _next_batch(self) -> list[_Job]:
+        if self._held:
+            first = self._held.pop(0)
+        else:
+            try:
+                first = self._jobs.get(timeout=0.2)
+            except queue.Empty:
+                return []
+        batch = [first]
+        key = first.params.batch_key()
+        deadline = time.monotonic() + self.window_s
+        # Jobs held back earlier that fit this batch go first, in arrival order.
+        for job in list(self._held):
+            if len(batch) < self.max_batch and job.params.batch_key() == key:
+                self._held.remove(job)
+                batch.append(job)
+        while len(batch) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                job = self._jobs.get(timeout=max(remaining, 0)) if remaining > 0 else self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job.params.batch_key() == key:
+                batch.append(job)
+            else:
+                self._held.append(job)
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            if self._closed.is_set() and not self._held and self._jobs.empty():
+                return
+            batch = self._next_batch()
+            if not batch:
+                continue
+            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            params = GenerationParams(
+                max_new_tokens=max(j.params.max_new_tokens for j in batch),
+                temperature=batch[0].params.temperature,
+                seed=batch[0].params.seed,
+            )
+            try:
+                results = self.teacher.generate_batch(
+                    [j.messages for j in batch], params, [j.on_text for j in batch]
+                )
+            except Exception as exc:  # every waiting caller gets the error, the worker keeps going
+                log.error("batch of %d failed: %s", len(batch), type(exc).__name__)
+                for job in batch:
+                    job.future.set_exception(exc)
+                continue
+            self.batches_run += 1
+            self.largest_batch = max(self.largest_batch, len(batch))
+            for job, result in zip(batch, results):
+                job.future.set_result(result)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop accepting work, let queued jobs finish (up to ``timeout``), then stop the worker."""
+        self._closed.set()
+        self._worker.join(timeout)

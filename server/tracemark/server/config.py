@@ -1,0 +1,140 @@
+"""Server configuration: a TOML file plus ``TRACEMARK_<SECTION>__<KEY>`` environment overrides.
+
+Precedence (highest first): command-line flags, environment variables, the TOML file, defaults.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+Quantization = Literal["none", "int8", "nf4", "fp4"]
+Backend = Literal["embedded", "transformers", "openai", "tiny"]
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is invalid (one-line message)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSection(_Section):
+    address: str = Field("127.0.0.1:50051", description="host:port to listen on (port 0 picks a free port)")
+    max_workers: int = Field(16, ge=1, description="gRPC handler threads")
+    max_message_bytes: int = Field(1 << 20, ge=1024, description="largest request accepted, in bytes")
+    max_problem_chars: int = Field(8000, ge=1, description="longest problem text accepted")
+    max_trace_chars: int = Field(64000, ge=1, description="longest trace accepted by Rewrite")
+    grace_period_s: float = Field(10.0, ge=0, description="seconds in-flight RPCs get on SIGTERM")
+    tls_cert: Path | None = Field(None, description="PEM certificate; with tls_key enables TLS")
+    tls_key: Path | None = Field(None, description="PEM private key")
+
+
+class TeacherSection(_Section):
+    backend: Backend = Field("embedded", description="embedded | transformers | openai | tiny")
+    model: str = Field("", description="model folder or .gguf file (transformers); model name (openai)")
+    endpoint: str = Field("", description="base URL of an OpenAI-compatible server, e.g. http://host:8000/v1")
+    api_key_env: str = Field("TRACEMARK_TEACHER_API_KEY", description="env var holding the endpoint's key")
+    quantization: Quantization = Field("nf4", description="none | int8 | nf4 | fp4 (bitsandbytes)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    max_new_tokens: int = Field(256, ge=1, le=8192)
+    max_batch_size: int = Field(8, ge=1, description="requests generated together")
+    batch_window_ms: float = Field(15.0, ge=0, description="how long the batcher waits to fill a batch")
+    max_queue: int = Field(64, ge=1, description="queued requests before RESOURCE_EXHAUSTED")
+    request_timeout_s: float = Field(120.0, gt=0, description="remote endpoint time-out")
+    system_prompt: str = Field(
+        "You are a careful math tutor. Solve the problem step by step, then give the final answer "
+        "on its own last line as '#### <number>'.",
+        description="system message sent before each problem",
+    )
+
+
+class AuthSection(_Section):
+    tokens_file: Path | None = Field(
+        None, description="TOML file mapping accounts to sha256 token hashes (see `tracemark accounts`)"
+    )
+    allow_anonymous: bool = Field(False, description="accept calls without a token (no watermark)")
+
+
+class RewriteSection(_Section):
+    default_pipeline: list[str] = Field(
+        default_factory=lambda: ["restructure", "watermark"], description="rewriters run by default"
+    )
+    timeout_s: float = Field(30.0, gt=0, description="time limit per rewriter step")
+    retries: int = Field(1, ge=0, description="guard retries before falling back to the input trace")
+    watermark_fraction: float = Field(0.1, ge=0, le=1, description="share of an account's traces signed")
+    pairs_per_account: int = Field(2, ge=1, le=64, description="signature pairs derived per account")
+    on_error: Literal["fallback", "raise"] = Field(
+        "fallback", description="a crashing/hung rewriter: fall back to its input, or fail the RPC"
+    )
+    llm: Literal["teacher", "openai", "none"] = Field(
+        "teacher", description="LLM used by LLM rewriters (semantic, optimized, LLM-woven watermark)"
+    )
+    llm_endpoint: str = Field("", description="OpenAI-compatible base URL when llm = openai")
+    llm_model: str = Field("", description="model name at llm_endpoint")
+
+    @field_validator("default_pipeline", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+
+
+class LedgerSection(_Section):
+    url: str = Field("", description="SQLAlchemy URL; empty means SQLite in the user data folder")
+    master_key_file: Path | None = Field(None, description="master secret file (created 0600 if missing)")
+
+
+class Settings(BaseSettings):
+    """All server settings; see ``tracemark serve --help`` and README for each key."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACEMARK_", env_nested_delimiter="__", extra="forbid")
+
+    server: ServerSection = Field(default_factory=ServerSection)
+    teacher: TeacherSection = Field(default_factory=TeacherSection)
+    auth: AuthSection = Field(default_factory=AuthSection)
+    rewrite: RewriteSection = Field(default_factory=RewriteSection)
+    ledger: LedgerSection = Field(default_factory=LedgerSection)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init kwargs; the environment overrides them.
+        return (env_settings, init_settings)
+
+
+def load_settings(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
+    """Read ``path`` (TOML), apply env overrides, then ``overrides`` (from CLI flags)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    try:
+        settings = Settings(**data)
+        if overrides:
+            # Flags beat the environment, so sections are rebuilt directly rather than re-read.
+            updates = {}
+            for section, values in overrides.items():
+                current = getattr(settings, section)
+                clean = {k: v for k, v in values.items() if v is not None}
+                updates[section] = type(current).model_validate({**current.model_dump(), **clean})
+            settings = settings.model_copy(update=updates)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
+    return settings

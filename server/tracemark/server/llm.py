@@ -1,0 +1,35 @@
+"""LLM backends handed to rewriters (the plugin API's ``LLMBackend`` protocol)."""
+
+from __future__ import annotations
+
+from tracemark.server.batching import GenerationQueue
+from tracemark.server.teacher.base import GenerationParams, Messages, TeacherBackend
+
+
+class QueuedLLM:
+    """Chat through the server's generation queue, so rewriter calls batch with teacher calls."""
+
+    def __init__(self, queue: GenerationQueue, model_id: str, *, timeout_s: float = 300.0) -> None:
+        self.queue = queue
+        self.model_id = model_id
+        self.timeout_s = timeout_s
+
+    def chat(
+        self, messages: Messages, *, max_new_tokens: int = 512, temperature: float = 0.0, seed: int | None = None
+    ) -> str:
+        params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        return self.queue.generate(messages, params, timeout=self.timeout_s).text
+
+
+class DirectLLM:
+    """Chat straight through a backend (e.g. a remote OpenAI-compatible rewriter model)."""
+
+    def __init__(self, backend: TeacherBackend) -> None:
+        self.backend = backend
+        self.model_id = backend.info.model_id
+
+    def chat(
+        self, messages: Messages, *, max_new_tokens: int = 512, temperature: float = 0.0, seed: int | None = None
+    ) -> str:
+        params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        return self.backend.generate_batch([messages], params)[0].text
