@@ -62,7 +62,9 @@ class GenerationQueue:
             raise QueueFull(f"generation queue is full ({self._jobs.maxsize} waiting)") from None
         return job.future
 
-    def generate(self, messages: Messages, params: GenerationParams, timeout: float | None = None) -> Generation:
+    def generate(
+        self, messages: Messages, params: GenerationParams, timeout: float | None = None
+    ) -> Generation:
         return self.submit(messages, params).result(timeout=timeout)
 
     @property

@@ -15,7 +15,12 @@ class QueuedLLM:
         self.timeout_s = timeout_s
 
     def chat(
-        self, messages: Messages, *, max_new_tokens: int = 512, temperature: float = 0.0, seed: int | None = None
+        self,
+        messages: Messages,
+        *,
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        seed: int | None = None,
     ) -> str:
         params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         return self.queue.generate(messages, params, timeout=self.timeout_s).text
@@ -29,7 +34,12 @@ class DirectLLM:
         self.model_id = backend.info.model_id
 
     def chat(
-        self, messages: Messages, *, max_new_tokens: int = 512, temperature: float = 0.0, seed: int | None = None
+        self,
+        messages: Messages,
+        *,
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        seed: int | None = None,
     ) -> str:
         params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         return self.backend.generate_batch([messages], params)[0].text

@@ -143,7 +143,9 @@ class LocalTeacher(TeacherBackend):
         except Exception as exc:  # bitsandbytes missing a kernel for this device, etc.
             if qconfig is None:
                 raise TeacherError(f"could not load model from {path}: {exc}") from exc
-            note = f"{requested} unavailable on {self.device} ({type(exc).__name__}: {exc}); loaded unquantized"
+            note = (
+                f"{requested} unavailable on {self.device} ({type(exc).__name__}: {exc}); loaded unquantized"
+            )
             log.warning("quantization fallback: %s", note)
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=self.device)
         self.model.eval()

@@ -1,0 +1,1 @@
+"""The ``tracemark`` command line."""

@@ -1,0 +1,20 @@
+"""Entry point of the ``tracemark`` console script."""
+
+from __future__ import annotations
+
+import typer
+from tracemark.cli.serve import accounts_app, generate_command, serve_command
+
+app = typer.Typer(
+    name="tracemark",
+    help="Protect a reasoning model's API against unauthorized distillation: protected traces, "
+    "keyed watermarks, calibrated forensics with signed evidence reports.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("serve")(serve_command)
+app.command("generate")(generate_command)
+app.add_typer(accounts_app, name="accounts")
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,130 @@
+"""Everything a running server holds: teacher, queue, rewriter registry and pipeline, signature issuer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracemark.server.batching import GenerationQueue
+from tracemark.server.config import Settings
+from tracemark.server.errors import RequestError, invalid
+from tracemark.server.teacher.base import TeacherBackend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    registry: Any = None
+    pipeline: Any = None
+    issuer: Any = None
+    engine: Any = None
+    master: Any = None
+    teacher: TeacherBackend | None = None
+    queue: GenerationQueue | None = None
+    llm: Any = None
+    ready: threading.Event = field(default_factory=threading.Event)
+    load_error: str = ""
+
+    # --- start-up -------------------------------------------------------------------------------
+    def load_plugins(self) -> None:
+        from tracemark.plugins.loader import RewriterRegistry
+        from tracemark.plugins.pipeline import RewritePipeline
+
+        self.registry = RewriterRegistry.discover()
+        rw = self.settings.rewrite
+        self.pipeline = RewritePipeline(
+            self.registry, timeout_s=rw.timeout_s, retries=rw.retries, on_error=rw.on_error
+        )
+        for record in self.registry.records:
+            if record.status != "loaded":
+                log.warning(
+                    "rewriter %s (%s) %s: %s", record.name, record.distribution, record.status, record.error
+                )
+        for name in rw.default_pipeline:
+            self.registry.get(name)  # fail at start-up, not on the first request
+
+    def open_ledger(self) -> None:
+        from tracemark.forensics.issuer import SignatureIssuer
+        from tracemark.forensics.keys import MasterSecret
+        from tracemark.forensics.ledger.db import make_engine
+
+        ledger = self.settings.ledger
+        self.master = MasterSecret.load(path=ledger.master_key_file)
+        self.engine = make_engine(ledger.url or None)
+        self.issuer = SignatureIssuer(
+            master=self.master, engine=self.engine, pairs_per_account=self.settings.rewrite.pairs_per_account
+        )
+
+    def attach_teacher(self, teacher: TeacherBackend) -> None:
+        t = self.settings.teacher
+        self.teacher = teacher
+        self.queue = GenerationQueue(
+            teacher, max_batch=t.max_batch_size, window_s=t.batch_window_ms / 1000, max_queue=t.max_queue
+        )
+        rw = self.settings.rewrite
+        if rw.llm == "teacher":
+            from tracemark.server.llm import QueuedLLM
+
+            self.llm = QueuedLLM(self.queue, teacher.info.model_id)
+        elif rw.llm == "openai":
+            from tracemark.server.llm import DirectLLM
+            from tracemark.server.teacher.remote import OpenAITeacher
+
+            self.llm = DirectLLM(OpenAITeacher(rw.llm_endpoint, rw.llm_model))
+
+    # --- per request ----------------------------------------------------------------------------
+    def resolve_pipeline(self, names: list[str], options_json: dict[str, str]) -> tuple[list[str], dict]:
+        """Validate rewriter names and options before any work; raise RequestError / domain errors."""
+        names = [n.strip() for n in names if n.strip()] or list(self.settings.rewrite.default_pipeline)
+        options: dict[str, dict] = {}
+        for name, raw in options_json.items():
+            if name not in names:
+                raise invalid(f"options given for rewriter {name!r}, which is not in the pipeline {names}")
+            try:
+                value = json.loads(raw) if raw else {}
+            except json.JSONDecodeError as exc:
+                raise invalid(f"options for {name!r} are not valid JSON: {exc.msg}") from None
+            if not isinstance(value, dict):
+                raise invalid(f"options for {name!r} must be a JSON object")
+            options[name] = value
+        self.pipeline.validate(names, options)
+        return names, options
+
+    def rewrite(
+        self,
+        trace: str,
+        *,
+        problem: str,
+        names: list[str],
+        options: dict,
+        account: str | None,
+        seed: int | None = None,
+        trace_id: str | None = None,
+    ):
+        from random import Random
+
+        from tracemark.plugins.api import RewriteContext
+
+        trace_id = trace_id or uuid.uuid4().hex
+        context = RewriteContext(
+            problem=problem,
+            account=account,
+            trace_id=trace_id,
+            rng=Random(seed if seed else uuid.UUID(trace_id).int),
+            llm=self.llm,
+            services={"signatures": self.issuer} if self.issuer is not None else {},
+        )
+        return trace_id, self.pipeline.run(trace, names=names, options=options, context=context)
+
+    def require_ready(self) -> None:
+        if not self.ready.is_set():
+            import grpc
+
+            detail = f": {self.load_error}" if self.load_error else " (still loading)"
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "teacher not ready" + detail)

@@ -1,0 +1,1 @@
+"""gRPC servicers for the tracemark.v1 services."""
