@@ -1,0 +1,24 @@
+"""Suite-wide fixtures: isolated data/cache folders and a tiny random model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_home(tmp_path_factory):
+    """Keep ledgers and master keys of the suite out of the user's folders; share the model cache."""
+    home = tmp_path_factory.mktemp("tracemark-home")
+    os.environ["TRACEMARK_HOME"] = str(home)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    yield home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tracemark.server.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
