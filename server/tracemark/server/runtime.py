@@ -84,8 +84,6 @@ class Runtime:
         names = [n.strip() for n in names if n.strip()] or list(self.settings.rewrite.default_pipeline)
         options: dict[str, dict] = {}
         for name, raw in options_json.items():
-            if name not in names:
-                raise invalid(f"options given for rewriter {name!r}, which is not in the pipeline {names}")
             try:
                 value = json.loads(raw) if raw else {}
             except json.JSONDecodeError as exc:
@@ -93,7 +91,7 @@ class Runtime:
             if not isinstance(value, dict):
                 raise invalid(f"options for {name!r} must be a JSON object")
             options[name] = value
-        self.pipeline.validate(names, options)
+        self.pipeline.prepare(names, options)
         return names, options
 
     def rewrite(

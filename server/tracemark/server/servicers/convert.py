@@ -10,6 +10,7 @@ _GUARD = {
     "fell_back": common_pb2.GUARD_OUTCOME_FELL_BACK,
     "error": common_pb2.GUARD_OUTCOME_FELL_BACK,
     "timeout": common_pb2.GUARD_OUTCOME_FELL_BACK,
+    "skipped": common_pb2.GUARD_OUTCOME_FELL_BACK,
     "no_answer": common_pb2.GUARD_OUTCOME_NO_ANSWER,
 }
 
