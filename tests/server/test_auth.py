@@ -1,7 +1,6 @@
 import stat
 
 import pytest
-
 from tracemark.server.auth import TokenStore, TokenStoreError, add_account
 
 

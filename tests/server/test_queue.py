@@ -5,7 +5,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from tracemark.server.batching import GenerationQueue, QueueFull
 from tracemark.server.teacher.base import Generation, GenerationParams, TeacherBackend, TeacherInfo
 from tracemark.server.teacher.local import LocalTeacher

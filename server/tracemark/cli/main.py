@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from tracemark.cli.bench import bench_app
 from tracemark.cli.serve import accounts_app, generate_command, serve_command
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
 app.command("serve")(serve_command)
 app.command("generate")(generate_command)
 app.add_typer(accounts_app, name="accounts")
+app.add_typer(bench_app, name="bench")
 
 if __name__ == "__main__":
     app()
