@@ -1,11 +1,154 @@
-"""ForensicsService: investigations, evidence reports."""
+"""ForensicsService: investigations (streamed progress), evidence reports and their verification."""
 
 from __future__ import annotations
 
+import queue as queue_mod
+import threading
+from collections.abc import Iterator
+
+from tracemark.server.errors import RequestError, grpc_errors, grpc_stream_errors, invalid
 from tracemark.server.runtime import Runtime
-from tracemark.v1 import forensics_pb2_grpc
+from tracemark.v1 import forensics_pb2, forensics_pb2_grpc
+
+_VERDICT = {
+    "detected": forensics_pb2.VERDICT_DETECTED,
+    "not_detected": forensics_pb2.VERDICT_NOT_DETECTED,
+    "inconclusive": forensics_pb2.VERDICT_INCONCLUSIVE,
+}
+_DONE = object()
+
+
+def verdict_enum(verdict: str) -> int:
+    return _VERDICT.get(verdict, forensics_pb2.VERDICT_UNSPECIFIED)
 
 
 class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+
+    def _require_ledger(self) -> None:
+        if self.rt.engine is None or self.rt.master is None:
+            import grpc
+
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, "this server runs without a ledger")
+
+    @grpc_stream_errors
+    def Investigate(self, request, context) -> Iterator[forensics_pb2.InvestigateResponse]:
+        from tracemark.forensics.adapters import parse_suspect
+        from tracemark.forensics.investigate import run_investigation
+
+        self._require_ledger()
+        if not request.suspect.strip():
+            raise invalid(
+                "suspect must not be empty (hf:PATH | gguf:PATH | openai:URL#MODEL | tracemark:ADDR)"
+            )
+        alpha = request.alpha or 1e-3
+        if not 0 < alpha < 1:
+            raise invalid(f"alpha must be in (0, 1), got {alpha}")
+        mode = request.mode or "auto"
+        if mode not in ("auto", "white-box", "black-box"):
+            raise invalid(f"mode must be white-box or black-box, got {mode!r}")
+        correction = request.correction or "holm"
+        if correction not in ("holm", "fdr_bh"):
+            raise invalid(f"correction must be holm or fdr_bh, got {correction!r}")
+        budget = request.query_budget or 200
+        if budget < 0:
+            raise invalid("query_budget must not be negative")
+        suspect = parse_suspect(request.suspect)  # SuspectSpecError -> INVALID_ARGUMENT
+        events: queue_mod.Queue = queue_mod.Queue()
+        outcome: dict = {}
+
+        def progress(stage: str, done: int, total: int, message: str = "") -> None:
+            events.put(
+                forensics_pb2.InvestigateProgress(stage=stage, done=done, total=total, message=message)
+            )
+
+        def work() -> None:
+            try:
+                outcome["result"] = run_investigation(
+                    suspect=suspect,
+                    accounts=list(request.accounts) or None,
+                    issuer=self.rt.issuer,
+                    engine=self.rt.engine,
+                    master=self.rt.master,
+                    alpha=alpha,
+                    mode=mode,
+                    query_budget=budget,
+                    seed=request.seed or None,
+                    correction=correction,
+                    progress=progress,
+                )
+            except Exception as exc:  # re-raised in the RPC thread, mapped to a status there
+                outcome["error"] = exc
+            finally:
+                events.put(_DONE)
+
+        threading.Thread(target=work, name="investigation", daemon=True).start()
+        while True:
+            event = events.get()
+            if event is _DONE:
+                break
+            if context.is_active():
+                yield forensics_pb2.InvestigateResponse(progress=event)
+        if "error" in outcome:
+            raise outcome["error"]
+        result = outcome["result"]
+        yield forensics_pb2.InvestigateResponse(
+            result=forensics_pb2.InvestigateResult(
+                report_id=result.report_id,
+                verdict=verdict_enum(result.verdict),
+                attributed_account=result.attributed_account or "",
+                p_value=result.p_value,
+                accounts=[
+                    forensics_pb2.AccountResult(
+                        account=a.account,
+                        p_value=a.p_value,
+                        adjusted_p_value=a.adjusted_p_value,
+                        rejected=a.rejected,
+                        pairs=a.pairs,
+                    )
+                    for a in result.accounts
+                ],
+            )
+        )
+
+    @grpc_errors
+    def GetReport(self, request, context):
+        from tracemark.forensics.reports import load_report
+
+        self._require_ledger()
+        if not request.report_id:
+            raise invalid("report_id must not be empty")
+        stored = load_report(self.rt.engine, request.report_id)  # ReportNotFound -> NOT_FOUND
+        return forensics_pb2.GetReportResponse(
+            report_id=stored.report_id,
+            envelope_json=stored.envelope_json,
+            verdict=verdict_enum(stored.verdict),
+            created_at=stored.created_at,
+        )
+
+    @grpc_errors
+    def VerifyReport(self, request, context):
+        import json
+
+        from tracemark.forensics.reports import verify_envelope, verify_stored_report
+
+        self._require_ledger()
+        public_key = self.rt.master.signing_key().public_key()
+        if request.envelope_json:
+            try:
+                envelope = json.loads(request.envelope_json)
+            except json.JSONDecodeError as exc:
+                raise invalid(f"envelope_json is not valid JSON: {exc.msg}") from None
+            result = verify_envelope(envelope, public_key=public_key)
+        elif request.report_id:
+            result = verify_stored_report(self.rt.engine, request.report_id, public_key=public_key)
+        else:
+            raise invalid("give report_id or envelope_json")
+        return forensics_pb2.VerifyReportResponse(
+            valid=result.valid,
+            signature_valid=result.signature_valid,
+            chain_valid=result.chain_valid,
+            problems=list(result.problems),
+            key_id=result.key_id or "",
+        )
