@@ -1,0 +1,1 @@
+"""Forensics: keyed signatures, the ledger, suspect investigations and signed evidence reports."""

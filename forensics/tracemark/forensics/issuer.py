@@ -1,0 +1,117 @@
+"""The signature issuer: per-account signature pairs for the watermark rewriter, recorded in the ledger."""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy.engine import Engine
+from tracemark.forensics.keys import MasterSecret
+from tracemark.forensics.ledger import records
+from tracemark.forensics.ledger.db import read_session, session_scope
+from tracemark.forensics.signatures import CandidateSpace, SignaturePair, derive_pairs
+
+
+class SignatureIssuer:
+    """Derives an account's signature pairs (cached) and records every issue durably in the ledger.
+
+    Thread-safe. On construction every master-secret version is recorded in the ledger; a ledger written
+    under a different master secret is refused (:class:`~tracemark.forensics.ledger.db.LedgerError`).
+    """
+
+    def __init__(
+        self,
+        *,
+        master: MasterSecret,
+        engine: Engine,
+        pairs_per_account: int = 2,
+        space: CandidateSpace | None = None,
+    ) -> None:
+        if not isinstance(pairs_per_account, int) or pairs_per_account < 1:
+            raise ValueError(f"pairs_per_account must be a positive integer, got {pairs_per_account!r}")
+        self.master = master
+        self.engine = engine
+        self.pairs_per_account = pairs_per_account
+        self.space = space or CandidateSpace()
+        self._cache: dict[tuple[str, int], list[SignaturePair]] = {}
+        self._lock = threading.Lock()
+        self.sync_key_versions()
+
+    def __repr__(self) -> str:
+        return (
+            f"SignatureIssuer(pairs_per_account={self.pairs_per_account}, space_digits={self.space.digits}, "
+            f"key_versions={self.master.versions})"
+        )
+
+    @property
+    def key_version(self) -> int:
+        """The master-secret version new traces are signed under."""
+        return self.master.current_version
+
+    def sync_key_versions(self) -> None:
+        """Record every master-secret version (public fingerprint and signing key id) in the ledger."""
+        with session_scope(self.engine) as session:
+            for v in self.master.versions:
+                records.record_key_version(
+                    session,
+                    version=v,
+                    fingerprint=self.master.fingerprint(v),
+                    signing_key_id=self.master.key_id(v),
+                )
+
+    def pairs_for_version(self, account: str, version: int) -> list[SignaturePair]:
+        """``account``'s pairs under master-secret ``version`` (cached)."""
+        key = (account, version)
+        with self._lock:
+            pairs = self._cache.get(key)
+        if pairs is None:
+            pairs = derive_pairs(
+                self.master.account_key(account, version=version),
+                account=account,
+                key_version=version,
+                m=self.pairs_per_account,
+                space=self.space,
+            )
+            with self._lock:
+                self._cache[key] = pairs
+        return list(pairs)
+
+    def pairs_for(self, account: str) -> list[SignaturePair]:
+        """``account``'s pairs under the current key version."""
+        return self.pairs_for_version(account, self.master.current_version)
+
+    def all_pairs_for(self, account: str) -> list[SignaturePair]:
+        """``account``'s pairs under every key version, oldest version first."""
+        out: list[SignaturePair] = []
+        for v in self.master.versions:
+            out.extend(self.pairs_for_version(account, v))
+        return out
+
+    def ensure_account(self, account: str) -> None:
+        with session_scope(self.engine) as session:
+            records.ensure_account(session, name=account)
+
+    def record_issue(self, *, account: str, trace_id: str, pair: SignaturePair, rewriter: str) -> None:
+        """Durably record that ``trace_id`` carries ``pair`` (committed before returning)."""
+        if pair.account != account:
+            raise ValueError(f"pair {pair.pair_id} belongs to another account than {account!r}")
+        if pair not in self.pairs_for_version(account, pair.key_version):
+            raise ValueError(f"pair {pair.pair_id} was not derived by this issuer for {account!r}")
+        with session_scope(self.engine) as session:
+            records.record_issued_signature(
+                session,
+                account=account,
+                key_version=pair.key_version,
+                pair=pair,
+                trace_id=trace_id,
+                rewriter=rewriter,
+            )
+
+    def issued_counts(self, account: str) -> dict[str, int]:
+        """``{pair_id: traces that received it}`` for ``account``."""
+        with read_session(self.engine) as session:
+            return records.issued_counts(session, account=account)
+
+    def accounts(self) -> list[str]:
+        """Every account in the ledger (those that were ever issued a signature or registered)."""
+        with read_session(self.engine) as session:
+            return records.list_accounts(session)

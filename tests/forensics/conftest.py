@@ -1,0 +1,47 @@
+"""Fixtures for forensics tests: a master secret in a temp file, a migrated SQLite ledger, an issuer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def clean_key_env(monkeypatch):
+    """No master secret from the environment (tests choose their own source)."""
+    for name in ("TRACEMARK_MASTER_KEY", "TRACEMARK_MASTER_KEY_FILE", "TRACEMARK_ALLOW_INSECURE_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def key_file(tmp_path: Path, clean_key_env) -> Path:
+    return tmp_path / "keys" / "master.key"
+
+
+@pytest.fixture
+def master(key_file):
+    from tracemark.forensics.keys import MasterSecret
+
+    return MasterSecret.load(path=key_file)
+
+
+@pytest.fixture
+def ledger_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+@pytest.fixture
+def engine(ledger_url):
+    from tracemark.forensics.ledger.db import make_engine
+
+    eng = make_engine(ledger_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def issuer(master, engine):
+    from tracemark.forensics.issuer import SignatureIssuer
+
+    return SignatureIssuer(master=master, engine=engine, pairs_per_account=2)
