@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracemark.forensics.reports.core import VerificationResult, decode_report
+from tracemark.forensics.reports.core import VerificationResult, decode_report, report_hash
+from tracemark.forensics.reports.dsse import envelope_body
 
 _STAT_KEYS = ("fisher_statistic", "statistic", "combined_statistic", "observed", "observed_statistic")
 _DF_KEYS = ("df", "dof", "degrees_of_freedom")
@@ -212,7 +213,7 @@ def _null_figure(report: Mapping[str, Any]):
 
 
 # --- text helpers -------------------------------------------------------------------------------
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -225,14 +226,20 @@ def _fmt(value: Any) -> str:
 def summary_rows(report: Mapping[str, Any], envelope: Mapping | None = None) -> list[tuple[str, str]]:
     """Key facts of a report as (label, value) rows."""
     keyids = ""
+    digest = None
     if isinstance(envelope, Mapping):
         keyids = ", ".join(
             str(s.get("keyid", "")) for s in envelope.get("signatures", []) if isinstance(s, Mapping)
         )
+        try:
+            digest = report_hash(envelope_body(envelope))
+        except ValueError:
+            digest = None
     rows = [
         ("Report id", report.get("report_id")),
         ("Created", report.get("created_at")),
         ("Chain position", report.get("sequence")),
+        ("Report hash (SHA-256)", digest),
         ("Previous report hash", report.get("prev_report_hash")),
         ("Verdict", _first(report, "decision.verdict", "verdict")),
         ("Attributed account", _first(report, "decision.attributed_account", "attributed_account")),
@@ -245,7 +252,7 @@ def summary_rows(report: Mapping[str, Any], envelope: Mapping | None = None) -> 
         ("Software", _first(report, "software.version")),
         ("Signing key", keyids or None),
     ]
-    return [(k, _fmt(v)) for k, v in rows if v is not None and v != ""]
+    return [(k, format_value(v)) for k, v in rows if v is not None and v != ""]
 
 
 def _query_count(report: Mapping[str, Any]) -> int | None:
@@ -261,7 +268,7 @@ def _query_count(report: Mapping[str, Any]) -> int | None:
     return None
 
 
-def _account_rows(report: Mapping[str, Any]) -> list[dict]:
+def account_rows(report: Mapping[str, Any]) -> list[dict]:
     accounts = _first(report, "statistics.accounts", "accounts", "decision.accounts")
     if isinstance(accounts, Mapping):
         return [dict(v, account=k) for k, v in accounts.items() if isinstance(v, Mapping)]
@@ -327,7 +334,7 @@ def render_html(envelope: Mapping | str | bytes, *, verification: VerificationRe
     parts.append(
         f"<img alt='null distribution plot' src='data:image/png;base64,{png}' style='max-width:100%'>"
     )
-    accounts = _account_rows(report)
+    accounts = account_rows(report)
     if accounts:
         cols = [
             c
@@ -338,7 +345,7 @@ def render_html(envelope: Mapping | str | bytes, *, verification: VerificationRe
             "<h2>Accounts tested</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>"
         )
         for a in accounts:
-            parts.append("<tr>" + "".join(f"<td>{e(_fmt(a.get(c)))}</td>" for c in cols) + "</tr>")
+            parts.append("<tr>" + "".join(f"<td>{e(format_value(a.get(c)))}</td>" for c in cols) + "</tr>")
         parts.append("</table>")
     for section in ("decision", "statistics", "parameters", "params", "seeds", "commitments", "decoys"):
         if section in report:
