@@ -1,0 +1,1 @@
+"""Distillation benchmark building blocks: problem generator, student distillation, evaluation."""
