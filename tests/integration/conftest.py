@@ -32,7 +32,7 @@ def token_store() -> TokenStore:
 def running_server(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("server")
     teacher = LocalTeacher(tiny_model_dir, device="cpu", backend_name="tiny", model_id="tiny-random-llama")
-    server = TracemarkServer(make_settings(tmp), teacher=teacher, tokens=token_store(), open_ledger=False)
+    server = TracemarkServer(make_settings(tmp), teacher=teacher, tokens=token_store())
     server.start()
     assert server.wait_ready(60), server.runtime.load_error
     yield server
