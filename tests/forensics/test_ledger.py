@@ -64,11 +64,22 @@ def test_reopen_is_idempotent(ledger_url, engine):
 
 
 @pytest.mark.parametrize(
-    "url, message", [("nonsense", "not a database URL"), ("mysql://x/y", "unsupported ledger backend")]
+    "url, message",
+    [
+        ("nonsense", "not a database URL"),
+        ("mysql://x/y", "unsupported ledger backend"),
+        ("postgresql://u@127.0.0.1:1/x", "postgresql"),  # no driver here, or nothing listening: clear error
+    ],
 )
 def test_bad_urls(url, message):
     with pytest.raises(LedgerError, match=message):
         make_engine(url)
+
+
+def test_unwritable_sqlite_path(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LedgerError, match="cannot create ledger file"):
+        make_engine(f"sqlite:///{tmp_path / 'file' / 'ledger.db'}")
 
 
 def test_accounts_and_key_versions(engine):

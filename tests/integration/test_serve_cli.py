@@ -82,7 +82,7 @@ def test_serve_bad_config_is_one_line_exit_2(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("tracemark: error: invalid setting quantization")
+    assert result.stderr.strip().startswith("tracemark: error: invalid setting teacher.quantization")
     assert len(result.stderr.strip().splitlines()) == 1
 
 

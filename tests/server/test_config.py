@@ -19,7 +19,7 @@ def test_file_env_and_flag_precedence(tmp_path, monkeypatch):
 
 
 def test_bad_values_give_one_line_errors(tmp_path):
-    with pytest.raises(ConfigError, match="quantization"):
+    with pytest.raises(ConfigError, match="teacher.quantization"):
         load_settings(overrides={"teacher": {"quantization": "nf5"}})
     bad = tmp_path / "bad.toml"
     bad.write_text("[teacher\n")
