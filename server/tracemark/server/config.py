@@ -125,16 +125,21 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict[str, Any]]
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     try:
         settings = Settings(**data)
-        if overrides:
-            # Flags beat the environment, so sections are rebuilt directly rather than re-read.
-            updates = {}
-            for section, values in overrides.items():
-                current = getattr(settings, section)
-                clean = {k: v for k, v in values.items() if v is not None}
-                updates[section] = type(current).model_validate({**current.model_dump(), **clean})
-            settings = settings.model_copy(update=updates)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
-    return settings
+        raise ConfigError(_first_error(exc)) from None
+    # Flags beat the environment, so sections are rebuilt directly rather than re-read.
+    updates = {}
+    for section, values in (overrides or {}).items():
+        current = getattr(settings, section)
+        clean = {k: v for k, v in values.items() if v is not None}
+        try:
+            updates[section] = type(current).model_validate({**current.model_dump(), **clean})
+        except ValidationError as exc:
+            raise ConfigError(_first_error(exc, prefix=section)) from None
+    return settings.model_copy(update=updates)
+
+
+def _first_error(exc: ValidationError, prefix: str = "") -> str:
+    first = exc.errors()[0]
+    where = ".".join([prefix, *(str(p) for p in first["loc"])] if prefix else [str(p) for p in first["loc"]])
+    return f"invalid setting {where}: {first['msg']}"
