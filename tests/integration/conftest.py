@@ -16,7 +16,7 @@ def make_settings(tmp_path, **sections):
     base = {
         "server": {"address": "127.0.0.1:0", "max_problem_chars": 500, "max_message_bytes": 64 * 1024},
         "teacher": {"backend": "tiny", "max_new_tokens": 24, "max_batch_size": 4, "batch_window_ms": 20},
-        "rewrite": {"default_pipeline": ["identity"], "timeout_s": 5},
+        "rewrite": {"default_pipeline": ["identity"], "mandatory": [], "timeout_s": 5},
         "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.db'}", "master_key_file": tmp_path / "master.key"},
     }
     for name, values in sections.items():

@@ -70,7 +70,7 @@ def bench_serve(
                     "max_batch_size": max(levels),
                     "max_queue": 4 * max(levels),
                 },
-                "rewrite": {"default_pipeline": ["identity"]},
+                "rewrite": {"default_pipeline": ["identity"], "mandatory": []},
                 "ledger": {"url": f"sqlite:///{tmp / 'ledger.db'}", "master_key_file": tmp / "master.key"},
             }
         )

@@ -65,6 +65,10 @@ class RewriteSection(_Section):
     default_pipeline: list[str] = Field(
         default_factory=lambda: ["restructure", "watermark"], description="rewriters run by default"
     )
+    mandatory: list[str] = Field(
+        default_factory=lambda: ["watermark"],
+        description="rewriters appended to every caller-chosen pipeline that lacks them (no opting out)",
+    )
     timeout_s: float = Field(30.0, gt=0, description="time limit per rewriter step")
     retries: int = Field(1, ge=0, description="guard retries before falling back to the input trace")
     watermark_fraction: float = Field(0.1, ge=0, le=1, description="share of an account's traces signed")
@@ -78,7 +82,7 @@ class RewriteSection(_Section):
     llm_endpoint: str = Field("", description="OpenAI-compatible base URL when llm = openai")
     llm_model: str = Field("", description="model name at llm_endpoint")
 
-    @field_validator("default_pipeline", mode="before")
+    @field_validator("default_pipeline", "mandatory", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         return [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value

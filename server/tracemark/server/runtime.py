@@ -82,6 +82,7 @@ class Runtime:
     def resolve_pipeline(self, names: list[str], options_json: dict[str, str]) -> tuple[list[str], dict]:
         """Validate rewriter names and options before any work; raise RequestError / domain errors."""
         names = [n.strip() for n in names if n.strip()] or list(self.settings.rewrite.default_pipeline)
+        names += [m for m in self.settings.rewrite.mandatory if m not in names]
         options: dict[str, dict] = {}
         for name, raw in options_json.items():
             try:
