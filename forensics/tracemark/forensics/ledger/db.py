@@ -86,9 +86,12 @@ def make_engine(url: str | None = None, *, migrate: bool = True, echo: bool = Fa
         db = parsed.database
         if db and db != ":memory:" and not db.startswith("file:"):
             path = Path(db).expanduser()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.exists():  # the ledger may hold query texts: private by default
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if not path.exists():  # the ledger may hold query texts: private by default
+                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError as exc:
+                raise LedgerError(f"cannot create ledger file {path}: {exc.strerror}") from None
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
     elif backend == "postgresql":
         kwargs["pool_pre_ping"] = True
@@ -97,7 +100,10 @@ def make_engine(url: str | None = None, *, migrate: bool = True, echo: bool = Fa
     try:
         engine = create_engine(parsed, **kwargs)
     except ImportError as exc:
-        raise LedgerError(f"database driver for {backend} is not installed: {exc.name}") from None
+        raise LedgerError(
+            f"database driver for {backend} is not installed ({exc.name}); e.g. `pip install "
+            "'psycopg[binary]'` and use a postgresql+psycopg:// URL"
+        ) from None
     if backend == "sqlite":
         _install_sqlite_pragmas(engine)
     if migrate:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from tracemark.forensics.ledger import records
@@ -33,6 +34,8 @@ GENESIS_HASH = records.GENESIS_HASH
 RESERVED_FIELDS = ("report_format", "report_id", "created_at", "sequence", "prev_report_hash")
 VERDICTS = ("detected", "not_detected", "inconclusive")
 _HEX = set("0123456789abcdef")
+_ISSUE_ATTEMPTS = 5
+_PG_CHAIN_LOCK = 0x746D_7263  # advisory lock key for the report chain on PostgreSQL ("tmrc")
 
 
 class ReportError(ValueError):
@@ -267,21 +270,29 @@ def issue_report(
 
     ``verdict`` defaults to ``data["verdict"]`` or ``data["decision"]["verdict"]``.
     """
-    with session_scope(engine) as session:
-        head = records.chain_head(session)
-        report = build_report(
-            data,
-            prev_report_hash=GENESIS_HASH if head is None else head.report_hash,
-            sequence=1 if head is None else head.seq + 1,
-        )
-        envelope = sign_report(report, master)
-        row = _store_in_session(
-            session,
-            envelope=envelope,
-            investigation_id=investigation_id,
-            verdict=verdict or _verdict_of(report),
-        )
-        return StoredReport.from_row(row)
+    for attempt in range(_ISSUE_ATTEMPTS):
+        try:
+            with session_scope(engine) as session:  # SQLite: BEGIN IMMEDIATE serialises writers
+                if engine.dialect.name == "postgresql":
+                    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_CHAIN_LOCK})
+                head = records.chain_head(session)
+                report = build_report(
+                    data,
+                    prev_report_hash=GENESIS_HASH if head is None else head.report_hash,
+                    sequence=1 if head is None else head.seq + 1,
+                )
+                envelope = sign_report(report, master)
+                row = _store_in_session(
+                    session,
+                    envelope=envelope,
+                    investigation_id=investigation_id,
+                    verdict=verdict or _verdict_of(report),
+                )
+                return StoredReport.from_row(row)
+        except (IntegrityError, ChainConflict):
+            if attempt == _ISSUE_ATTEMPTS - 1:
+                raise ChainConflict("could not append the report: the chain head kept changing") from None
+    raise AssertionError("unreachable")
 
 
 def load_report(engine: Engine, report_id: str) -> StoredReport:
