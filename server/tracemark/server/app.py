@@ -54,6 +54,9 @@ class TracemarkServer:
         self.runtime.load_plugins()
         if open_ledger:
             self.runtime.open_ledger()
+            # Every account that can call is a candidate in attribution, even before its first trace.
+            for account in tokens.accounts:
+                self.runtime.issuer.ensure_account(account)
         s = settings.server
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
