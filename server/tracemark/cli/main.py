@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 from tracemark.cli.bench import bench_app
 from tracemark.cli.serve import accounts_app, generate_command, serve_command
+from tracemark.forensics.cli_keys import keys_app
+from tracemark.forensics.cli_report import report_app
 
 app = typer.Typer(
     name="tracemark",
@@ -17,6 +19,8 @@ app.command("serve")(serve_command)
 app.command("generate")(generate_command)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(bench_app, name="bench")
+app.add_typer(keys_app, name="keys")
+app.add_typer(report_app, name="report")
 
 if __name__ == "__main__":
     app()

@@ -134,13 +134,13 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
         from tracemark.forensics.reports import verify_envelope, verify_stored_report
 
         self._require_ledger()
-        public_key = self.rt.master.signing_key().public_key()
+        public_key = self.rt.master  # trusts every key version, so pre-rotation reports verify
         if request.envelope_json:
             try:
                 envelope = json.loads(request.envelope_json)
             except json.JSONDecodeError as exc:
                 raise invalid(f"envelope_json is not valid JSON: {exc.msg}") from None
-            result = verify_envelope(envelope, public_key=public_key)
+            result = verify_envelope(envelope, public_key=public_key, engine=self.rt.engine)
         elif request.report_id:
             result = verify_stored_report(self.rt.engine, request.report_id, public_key=public_key)
         else:
