@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from tracemark.cli.bench import bench_app
+from tracemark.cli.demo import demo_command
 from tracemark.cli.serve import accounts_app, generate_command, serve_command
 from tracemark.forensics.cli_keys import keys_app
 from tracemark.forensics.cli_report import report_app
@@ -17,6 +18,7 @@ app = typer.Typer(
 )
 app.command("serve")(serve_command)
 app.command("generate")(generate_command)
+app.command("demo")(demo_command)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")

@@ -1,0 +1,61 @@
+"""Demo sizes: the default run and the --quick run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    train_problems: int
+    difficulty: str
+    student: str  # "tiny" (trained from scratch) or a model folder
+    student_hidden: int
+    student_layers: int
+    method: str
+    epochs: float
+    lr: float
+    batch_size: int
+    max_length: int
+    watermark_fraction: float
+    pairs_per_account: int
+    bystanders: int
+    alpha: float
+    black_box_budget: int
+
+
+DEFAULT = DemoSize(
+    train_problems=400,
+    difficulty="easy",
+    student="tiny",
+    student_hidden=128,
+    student_layers=2,
+    method="full",
+    epochs=6,
+    lr=3e-3,
+    batch_size=16,
+    max_length=320,
+    watermark_fraction=0.1,
+    pairs_per_account=2,
+    bystanders=19,
+    alpha=1e-3,
+    black_box_budget=200,
+)
+
+QUICK = DemoSize(
+    train_problems=200,
+    difficulty="easy",
+    student="tiny",
+    student_hidden=96,
+    student_layers=2,
+    method="full",
+    epochs=6,
+    lr=3e-3,
+    batch_size=16,
+    max_length=320,
+    watermark_fraction=0.1,
+    pairs_per_account=2,
+    bystanders=19,
+    alpha=1e-3,
+    black_box_budget=0,
+)
