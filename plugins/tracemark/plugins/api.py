@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
@@ -61,6 +61,16 @@ class RewriteContext:
     services: dict[str, Any] = field(default_factory=dict)
     # Attempt number (0 first); a rewriter may vary its behaviour on retries.
     attempt: int = 0
+    # Short public notes a rewriter leaves for the step's ``detail`` (returned to the caller: no secrets).
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        """Add a short caller-visible note to this step's result (never put secrets here)."""
+        self.notes.append(text)
+
+    def for_attempt(self, attempt: int, *, seed: int) -> RewriteContext:
+        """A copy for one attempt of one step: own RNG (seeded), own notes, shared services."""
+        return replace(self, attempt=attempt, rng=random.Random(seed), notes=[])
 
 
 class Rewriter(ABC):
@@ -77,6 +87,9 @@ class Rewriter(ABC):
     Options: ClassVar[type[BaseModel]] = NoOptions
     # True when the rewriter needs an LLM backend in the context.
     requires_llm: ClassVar[bool] = False
+    # True when no other rewriter may run after this one (e.g. ``watermark``: a later rewrite could
+    # remove the embedded signature). The pipeline rejects specifications that violate it.
+    must_be_last: ClassVar[bool] = False
 
     def __init__(self, options: BaseModel | None = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -92,4 +105,14 @@ class Rewriter(ABC):
 
     @abstractmethod
     def rewrite(self, trace: str, context: RewriteContext) -> str:
-        """Return the rewritten trace. Must keep the final answer; raise RewriterError to give up."""
+        """Return the rewritten trace. Must keep the final answer; raise RewriterError to give up.
+
+        May run in a worker thread that the host abandons after its time limit; keep state on
+        ``self`` (one instance per pipeline run) or in ``context``, never in globals.
+        """
+
+    def accepted(self, trace: str, context: RewriteContext) -> None:
+        """Called by the host, in its own thread, once the answer guard accepted ``trace`` (this
+        rewriter's output) for delivery. Side effects that must only happen for delivered traces
+        (e.g. recording an issued signature) belong here; raising makes the step fall back."""
+        return None

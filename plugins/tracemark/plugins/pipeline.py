@@ -1,0 +1,352 @@
+"""Run rewriters in sequence with an answer guard, time limits and fallbacks.
+
+A :class:`RewritePipeline` is created once (per server) and is safe to share between concurrent requests:
+it keeps no per-request state, each run creates fresh rewriter instances, and each attempt gets its own
+copy of the context (own seeded RNG and notes; shared ``services`` and ``llm``).
+
+Per step and attempt:
+
+* the rewriter runs in a worker thread; the caller waits at most ``timeout_s``. A thread still running
+  after that is *abandoned* (Python cannot kill threads): it is counted, the step falls back to its input,
+  and once ``max_abandoned`` threads of one rewriter are still alive that rewriter is quarantined
+  (status ``failed`` in the registry) so a plugin that always hangs cannot exhaust the process. By default
+  each attempt runs in a fresh *daemon* thread so an abandoned one never blocks interpreter exit; pass an
+  ``executor`` (``concurrent.futures.Executor``) to use a pool instead.
+* the answer guard compares the normalised final answers of the step's input and output; on mismatch it
+  retries (``context.attempt`` 1, 2, ...) up to ``retries`` times, then falls back to the step's input.
+* a step that raises falls back as well (outcome ``error``, detail ``"ExcType: message"``, no traceback).
+
+With ``on_error="raise"`` a raising step raises :class:`RewriterFailed` and a hung one
+:class:`RewriterTimeout` instead of falling back (the server maps them to INTERNAL / DEADLINE_EXCEEDED);
+guard mismatches always fall back. Since steps run in order, a watermark step (which must be last) sees a
+fallen-back trace and still signs it.
+
+Guard outcomes (``StepResult.guard``) and the proto ``GuardOutcome`` they map to:
+``preserved`` / ``preserved_after_retry`` / ``fell_back`` / ``no_answer`` map one to one; ``error``,
+``timeout`` and ``skipped`` (rewriter quarantined) returned the step's input, i.e. FELL_BACK with a detail.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from tracemark.plugins.answers import answers_match, extract_final_answer, normalize_answer
+from tracemark.plugins.api import RewriteContext, Rewriter
+from tracemark.plugins.errors import (
+    InvalidRewriterOptions,
+    RewriterFailed,
+    RewriterTimeout,
+    UnknownRewriterError,
+)
+from tracemark.plugins.loader import RewriterRegistry
+
+log = logging.getLogger(__name__)
+
+Guard = Literal["preserved", "preserved_after_retry", "fell_back", "no_answer", "error", "timeout", "skipped"]
+OnError = Literal["fallback", "raise"]
+FALLBACK_OUTCOMES = frozenset({"fell_back", "error", "timeout", "skipped"})
+
+
+@dataclass
+class StepResult:
+    """What happened in one pipeline step."""
+
+    name: str
+    version: str
+    guard: Guard
+    attempts: int
+    seconds: float
+    detail: str = ""
+
+    @property
+    def fell_back(self) -> bool:
+        """True when the step's input was passed on unchanged because of a failure."""
+        return self.guard in FALLBACK_OUTCOMES
+
+
+@dataclass
+class PipelineResult:
+    """The outcome of :meth:`RewritePipeline.run`."""
+
+    trace: str
+    original_answer: str | None
+    final_answer: str | None
+    answer_preserved: bool
+    steps: list[StepResult] = field(default_factory=list)
+    trace_id: str = ""
+    seconds: float = 0.0
+
+
+class _DaemonThreadExecutor(cf.Executor):
+    """Run every task in a fresh daemon thread (an abandoned, hung task never blocks process exit)."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        future: cf.Future = cf.Future()
+
+        def target() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(exc)
+
+        threading.Thread(target=target, name="tracemark-rewriter", daemon=True).start()
+        return future
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _validation_message(name: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "options"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    more = f" (+{exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+    return f"invalid options for rewriter {name!r}: " + "; ".join(parts) + more
+
+
+def _attempt_seed(base: int, step: int, name: str, attempt: int) -> int:
+    digest = hashlib.sha256(f"{base}|{step}|{name}|{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+class RewritePipeline:
+    """Compose rewriters with the answer guard and per-step isolation (thread-safe, reusable)."""
+
+    def __init__(
+        self,
+        registry: RewriterRegistry,
+        *,
+        timeout_s: float = 30.0,
+        retries: int = 1,
+        executor: cf.Executor | None = None,
+        on_error: OnError = "fallback",
+        max_abandoned: int = 4,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        if on_error not in ("fallback", "raise"):
+            raise ValueError("on_error must be 'fallback' or 'raise'")
+        if max_abandoned < 1:
+            raise ValueError("max_abandoned must be >= 1")
+        self.registry = registry
+        self.timeout_s = float(timeout_s)
+        self.retries = int(retries)
+        self.on_error: OnError = on_error
+        self.max_abandoned = int(max_abandoned)
+        self._executor = executor or _DaemonThreadExecutor()
+        self._lock = threading.Lock()
+        self._abandoned: dict[str, int] = {}
+        self._abandoned_total = 0
+
+    # -- bookkeeping for abandoned threads ---------------------------------------------------------
+    def abandoned(self, name: str | None = None) -> int:
+        """Worker threads still running after their time limit (for ``name``, or all)."""
+        with self._lock:
+            return self._abandoned.get(name, 0) if name else sum(self._abandoned.values())
+
+    @property
+    def abandoned_total(self) -> int:
+        """How many attempts were ever abandoned by this pipeline."""
+        with self._lock:
+            return self._abandoned_total
+
+    def _abandon(self, name: str, future: cf.Future) -> bool:
+        """Count an abandoned attempt; True when ``name`` just reached the bound and was quarantined."""
+        with self._lock:
+            self._abandoned[name] = self._abandoned.get(name, 0) + 1
+            self._abandoned_total += 1
+            live = self._abandoned[name]
+
+        def finished(_: cf.Future) -> None:
+            with self._lock:
+                self._abandoned[name] = max(0, self._abandoned.get(name, 0) - 1)
+
+        future.add_done_callback(finished)
+        if live >= self.max_abandoned and not future.done():
+            self.registry.quarantine(
+                name, f"disabled after {live} time-outs whose worker threads are still running"
+            )
+            return True
+        return False
+
+    # -- validation ---------------------------------------------------------------------------------
+    def prepare(
+        self, names: Sequence[str], options: Mapping[str, Mapping[str, Any] | None] | None = None
+    ) -> list[tuple[str, type[Rewriter], Any]]:
+        """Check the pipeline and parse every step's options before any work is done."""
+        names = [n.strip() for n in names if n and n.strip()]
+        if not names:
+            raise InvalidRewriterOptions("the rewriter pipeline is empty")
+        options = dict(options or {})
+        stray = sorted(set(options) - set(names))
+        if stray:
+            raise InvalidRewriterOptions(
+                f"options given for rewriters not in the pipeline: {', '.join(stray)}"
+            )
+        steps = []
+        for index, name in enumerate(names):
+            cls = self.registry.get(name)  # UnknownRewriterError
+            if cls.must_be_last and index != len(names) - 1:
+                raise InvalidRewriterOptions(
+                    f"rewriter {name!r} must be the last step of the pipeline (a later rewrite could undo it)"
+                )
+            raw = options.get(name)
+            if raw is not None and not isinstance(raw, Mapping):
+                raise InvalidRewriterOptions(f"options for rewriter {name!r} must be a JSON object")
+            try:
+                parsed = cls.parse_options(dict(raw or {}))
+            except ValidationError as exc:
+                raise InvalidRewriterOptions(_validation_message(name, exc)) from None
+            except (TypeError, ValueError) as exc:
+                raise InvalidRewriterOptions(f"invalid options for rewriter {name!r}: {exc}") from None
+            steps.append((name, cls, parsed))
+        return steps
+
+    # -- running ------------------------------------------------------------------------------------
+    def run(
+        self,
+        trace: str,
+        *,
+        names: Sequence[str],
+        options: Mapping[str, Mapping[str, Any] | None] | None = None,
+        context: RewriteContext | None = None,
+        timeout_s: float | None = None,
+        on_error: OnError | None = None,
+    ) -> PipelineResult:
+        """Rewrite ``trace`` through ``names`` in order; see the module docstring for the guarantees."""
+        if not isinstance(trace, str):
+            raise InvalidRewriterOptions("trace must be a string")
+        policy = on_error or self.on_error
+        if policy not in ("fallback", "raise"):
+            raise InvalidRewriterOptions(f"on_error must be 'fallback' or 'raise', not {policy!r}")
+        limit = self.timeout_s if timeout_s is None else float(timeout_s)
+        if limit <= 0:
+            raise InvalidRewriterOptions("timeout_s must be positive")
+        steps = self.prepare(names, options)
+        context = context if context is not None else RewriteContext()
+        if not context.trace_id:
+            context.trace_id = uuid.uuid4().hex
+        base_seed = context.rng.getrandbits(63)
+        started = time.perf_counter()
+        original_answer = extract_final_answer(trace)
+        current = trace
+        results: list[StepResult] = []
+        for index, (name, cls, parsed) in enumerate(steps):
+            current, step = self._run_step(
+                index, name, cls, parsed, current, context, base_seed, limit, policy
+            )
+            results.append(step)
+        final_answer = extract_final_answer(current)
+        preserved = (
+            answers_match(original_answer, final_answer)
+            if original_answer is not None
+            else final_answer is None
+        )
+        return PipelineResult(
+            current,
+            original_answer,
+            final_answer,
+            preserved,
+            results,
+            context.trace_id,
+            time.perf_counter() - started,
+        )
+
+    def _version(self, name: str) -> str:
+        try:
+            return self.registry.record(name).version
+        except UnknownRewriterError:
+            return ""
+
+    def _run_step(
+        self,
+        index: int,
+        name: str,
+        cls: type[Rewriter],
+        parsed: Any,
+        trace: str,
+        context: RewriteContext,
+        base_seed: int,
+        limit: float,
+        policy: OnError,
+    ) -> tuple[str, StepResult]:
+        version = self._version(name)
+        started = time.perf_counter()
+
+        def result(guard: Guard, attempts: int, detail: str) -> StepResult:
+            return StepResult(name, version, guard, attempts, time.perf_counter() - started, detail)
+
+        try:
+            self.registry.get(name)
+        except UnknownRewriterError as exc:  # quarantined since the pipeline was prepared
+            if policy == "raise":
+                raise RewriterFailed(str(exc), name=name) from None
+            return trace, result("skipped", 0, str(exc))
+
+        wanted = normalize_answer(extract_final_answer(trace))
+        rewriter = cls(parsed)
+        attempts = 0
+        mismatch_detail = ""
+        for attempt in range(self.retries + 1):
+            attempts += 1
+            ctx = context.for_attempt(attempt, seed=_attempt_seed(base_seed, index, name, attempt))
+            future = self._executor.submit(rewriter.rewrite, trace, ctx)
+            try:
+                output = future.result(timeout=limit)
+            except cf.TimeoutError:
+                future.cancel()
+                quarantined = self._abandon(name, future)
+                detail = f"timed out after {limit:g} s"
+                if quarantined:
+                    detail += f"; rewriter disabled after {self.max_abandoned} hung attempts"
+                log.warning("rewriter %r: %s (worker thread abandoned)", name, detail)
+                if policy == "raise":
+                    raise RewriterTimeout(f"rewriter {name!r} {detail}", name=name) from None
+                return trace, result("timeout", attempts, detail)
+            except Exception as exc:
+                detail = _one_line(exc)
+                log.warning("rewriter %r raised %s", name, detail)
+                if policy == "raise":
+                    raise RewriterFailed(f"rewriter {name!r} failed: {detail}", name=name) from None
+                return trace, result("error", attempts, detail)
+            if not isinstance(output, str):
+                detail = f"TypeError: rewrite() returned {type(output).__name__}, not str"
+                if policy == "raise":
+                    raise RewriterFailed(f"rewriter {name!r} failed: {detail}", name=name)
+                return trace, result("error", attempts, detail)
+
+            got = normalize_answer(extract_final_answer(output))
+            if wanted is None:
+                guard: Guard = "no_answer"
+            elif got == wanted:
+                guard = "preserved" if attempt == 0 else "preserved_after_retry"
+            else:
+                mismatch_detail = f"answer changed ({got!r} instead of {wanted!r})"
+                continue
+            try:
+                rewriter.accepted(output, ctx)
+            except Exception as exc:
+                detail = _one_line(exc)
+                log.warning("rewriter %r failed while accepting its output: %s", name, detail)
+                if policy == "raise":
+                    raise RewriterFailed(f"rewriter {name!r} failed: {detail}", name=name) from None
+                return trace, result("error", attempts, detail)
+            return output, result(guard, attempts, "; ".join(ctx.notes))
+        detail = f"{mismatch_detail} on every attempt; kept the step's input"
+        return trace, result("fell_back", attempts, detail)
