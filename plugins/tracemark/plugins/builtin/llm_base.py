@@ -1,0 +1,149 @@
+"""Shared machinery of the LLM rewriters (``semantic``, ``optimized``): options, prompting, retries and
+clean-up of the model's reply."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from tracemark.plugins.answers import _boxed_contents, extract_final_answer
+from tracemark.plugins.api import RewriteContext, Rewriter, RewriterError
+
+log = logging.getLogger(__name__)
+
+_FENCE = re.compile(r"^\s*```[\w-]*\s*\n(?P<body>.*?)\n\s*```\s*$", re.DOTALL)
+_PREAMBLE = re.compile(
+    r"^\s*(?:sure|certainly|of course|okay|ok|absolutely|alright|great|here(?:'s| is| are)|below is|"
+    r"the (?:rewritten|revised|paraphrased|formal|compact)|rewritten|revised|paraphrased|formal derivation|"
+    r"compact derivation|i(?:'ve| have) rewritten)\b",
+    re.IGNORECASE,
+)
+_HEADER = re.compile(
+    r"^\s*(?:\*\*|#+\s*)?(?:rewritten|revised|paraphrased|formal|compact)?\s*(?:solution|derivation|answer|"
+    r"version|rewrite)\s*(?:\*\*)?\s*:\s*(?:\*\*)?\s*$",
+    re.IGNORECASE,
+)
+_CLOSING = re.compile(
+    r"^\s*(?:i hope|hope this|let me know|feel free|note:|"
+    r"(?:this|the) (?:rewrite|version|derivation|rewritten solution) (?:keeps|preserves))",
+    re.IGNORECASE,
+)
+
+
+def strip_preamble(text: str) -> str:
+    """Remove what chat models wrap around an answer: code fences, "Sure! Here is ...:" openers,
+    "Rewritten solution:" headers and "I hope this helps" closers (only lines without digits)."""
+    text = text.strip()
+    for _ in range(2):  # "Sure! Here it is:" + fenced block + "Hope this helps" needs two passes
+        fenced = _FENCE.match(text)
+        if fenced:
+            text = fenced.group("body").strip()
+        lines = text.split("\n")
+        while (
+            lines
+            and not re.search(r"\d", lines[0])
+            and (
+                _HEADER.match(lines[0])
+                or (_PREAMBLE.match(lines[0]) and len(lines) > 1)
+                or not lines[0].strip()
+            )
+        ):
+            lines.pop(0)
+        while (
+            lines and not re.search(r"\d", lines[-1]) and (_CLOSING.match(lines[-1]) or not lines[-1].strip())
+        ):
+            lines.pop()
+        text = "\n".join(lines).strip()
+    return text
+
+
+def final_line_of(trace: str) -> str | None:
+    """How the trace states its answer: ``#### x``, ``\\boxed{x}`` or ``None`` (last number only)."""
+    boxed = _boxed_contents(trace)
+    if boxed:
+        return f"\\boxed{{{boxed[-1].strip()}}}"
+    hashes = re.findall(r"####\s*([^\n]+)", trace)
+    if hashes:
+        return f"#### {hashes[-1].strip()}"
+    return None
+
+
+class LLMRewriterOptions(BaseModel):
+    """Options shared by the LLM rewriters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instruction: str | None = Field(
+        None, max_length=8000, description="replaces the built-in instruction (system message)"
+    )
+    temperature: float = Field(0.2, ge=0.0, le=2.0, description="sampling temperature of the first attempt")
+    retry_temperature: float = Field(
+        0.7, ge=0.0, le=2.0, description="temperature floor on guard retries (so a retry can differ)"
+    )
+    max_new_tokens: int = Field(768, ge=16, le=8192, description="length limit of the rewrite")
+    llm_retries: int = Field(
+        2, ge=0, le=5, description="extra LLM calls when a call fails or returns nothing"
+    )
+
+
+class LLMRewriter(Rewriter):
+    """Base of rewriters that ask an LLM (``context.llm``) to rewrite the trace."""
+
+    requires_llm = True
+    Options = LLMRewriterOptions
+    instruction: ClassVar[str] = ""
+
+    def build_messages(self, trace: str, context: RewriteContext) -> list[dict[str, str]]:
+        """The chat messages sent to the LLM."""
+        opts: LLMRewriterOptions = self.options  # type: ignore[assignment]
+        system = opts.instruction or self.instruction
+        parts = []
+        if context.problem.strip():
+            parts.append(f"Problem:\n{context.problem.strip()}")
+        parts.append(f"Solution:\n{trace.strip()}")
+        closing = self.closing_line(trace)
+        if closing:
+            parts.append(f"Finish with this exact final line: {closing}")
+        return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
+
+    def closing_line(self, trace: str) -> str | None:
+        """The final line the rewrite must end with (the original's format by default)."""
+        found = final_line_of(trace)
+        if found is None:
+            answer = extract_final_answer(trace)
+            return f"#### {answer}" if answer is not None else None
+        return found
+
+    def rewrite(self, trace: str, context: RewriteContext) -> str:
+        if context.llm is None:
+            raise RewriterError(
+                f"rewriter {self.name!r} needs an LLM backend and none is configured "
+                "(server: rewrite.llm = teacher | openai)"
+            )
+        opts: LLMRewriterOptions = self.options  # type: ignore[assignment]
+        messages = self.build_messages(trace, context)
+        temperature = (
+            opts.temperature if context.attempt == 0 else max(opts.temperature, opts.retry_temperature)
+        )
+        problem = "no reply"
+        for _ in range(opts.llm_retries + 1):
+            seed = context.rng.randrange(2**31)
+            try:
+                reply = context.llm.chat(
+                    messages, max_new_tokens=opts.max_new_tokens, temperature=temperature, seed=seed
+                )
+            except Exception as exc:  # a transient backend failure: try again
+                problem = (
+                    f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                )
+                log.warning("rewriter %r: LLM call failed (%s)", self.name, problem)
+                continue
+            text = strip_preamble(reply or "")
+            if text:
+                return text
+            problem = "the LLM returned an empty rewrite"
+        raise RewriterError(
+            f"rewriter {self.name!r} got no usable rewrite after {opts.llm_retries + 1} calls: {problem}"
+        )

@@ -1,0 +1,244 @@
+"""``watermark``: weave one of the caller account's keyed signature pairs (e.g. ``x137 = 4821``) into a
+fraction of that account's traces (DESIGN.md section 5).
+
+Needs ``context.services["signatures"]``: an issuer with ``pairs_for(account) -> list[SignaturePair]`` and
+``record_issue(*, account, trace_id, pair, rewriter)`` (``tracemark.forensics.issuer.SignatureIssuer``);
+``issued_counts(account) -> {pair_id: n}`` is used when present.
+
+* **Which traces** carry a pair: those whose keyed hash ``HMAC(k, trace_id)`` falls below ``fraction``.
+  ``k`` is derived from the account's secret pairs, so the decision is reproducible from the trace id by
+  whoever holds the master secret, yet a caller cannot predict it or steer it (``context.rng`` is seeded
+  from the request, which a caller could vary until the watermark disappears).
+* **Which pair**: ``selection="balanced"`` gives the pair issued least often so far (exact equal exposure,
+  from the ledger's counts; ties by keyed hash), ``"keyed"`` a keyed pick (uniform, stateless).
+* **Where**: ``mode="template"`` inserts a short definition of the pair as an auxiliary quantity after
+  the first line (or first sentence), never touching a number the answer depends on nor the final line.
+  ``mode="llm"`` asks ``context.llm`` to integrate the exact pair text naturally and accepts the result
+  only if the text is present verbatim, every number of the input survives, the final line is unchanged
+  and the answer matches; otherwise the template is used. ``"auto"`` = LLM when one is configured.
+* **Recording**: the pair is recorded with ``record_issue`` only once the pipeline's answer guard has
+  accepted the woven trace (``Rewriter.accepted``), so the ledger lists exactly the delivered pairs.
+* **Secrecy**: the step's public detail never says whether this trace was signed; only an anonymous
+  caller is told that no watermark applies.
+* **Host policy**: options found in ``context.services["watermark_policy"]`` (a dict set by the server)
+  override the request's options, so callers cannot lower ``fraction`` for themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+from collections import Counter
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from tracemark.plugins.answers import answers_match, extract_final_answer
+from tracemark.plugins.api import RewriteContext, Rewriter, RewriterError
+from tracemark.plugins.builtin.llm_base import strip_preamble
+
+log = logging.getLogger(__name__)
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+_FORMAL = re.compile(r"⟸|:=|^\(\d+\)|^∵", re.MULTILINE)
+
+PROSE_TEMPLATES = (
+    "Auxiliary constant: {text}.",
+    "Define the reference index {text}.",
+    "For bookkeeping, set {text}.",
+    "Let {text} denote an auxiliary tag.",
+)
+FORMAL_TEMPLATES = ("(aux) {text}", "∵ aux: {text}", "(ref) {text}")
+
+LLM_WEAVE_INSTRUCTION = (
+    "You edit worked math solutions. Insert the given definition into the solution at a natural place near "
+    "the beginning, as an auxiliary quantity. Write the definition exactly as given, character for "
+    "character. Do not change, remove or reorder anything else: every number, equation and the final line "
+    "stay exactly as they are. Reply with the edited solution only."
+)
+
+
+class WatermarkOptions(BaseModel):
+    """Options of ``watermark``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fraction: float = Field(0.1, ge=0.0, le=1.0, description="share of an account's traces that carry a pair")
+    mode: Literal["template", "llm", "auto"] = Field(
+        "auto", description="template | llm | auto (LLM-woven when an LLM backend is configured)"
+    )
+    selection: Literal["balanced", "keyed"] = Field(
+        "balanced", description="balanced: least-issued pair first; keyed: keyed hash of the trace id"
+    )
+    max_new_tokens: int = Field(768, ge=16, le=8192, description="length limit of an LLM-woven trace")
+
+
+def _selection_key(pairs: list[Any]) -> bytes:
+    """A per-account secret: hash of the account's (secret) pair texts; nothing of it is ever revealed."""
+    h = hashlib.sha256(b"tracemark-watermark-selection-v1")
+    for pair in sorted(pairs, key=lambda p: p.pair_id):
+        h.update(f"\x00{pair.pair_id}\x00{pair.text}".encode())
+    return h.digest()
+
+
+def _unit(key: bytes, label: str, trace_id: str) -> float:
+    digest = hmac.new(key, f"{label}\x00{trace_id}".encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def is_selected(pairs: list[Any], trace_id: str, fraction: float) -> bool:
+    """Whether the trace ``trace_id`` of the account owning ``pairs`` carries a pair at ``fraction``."""
+    if fraction <= 0.0 or not pairs:
+        return False
+    return fraction >= 1.0 or _unit(_selection_key(pairs), "select", trace_id) < fraction
+
+
+def _final_line(trace: str) -> str:
+    lines = [line for line in trace.rstrip().split("\n") if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def weave_template(trace: str, text: str, *, variant: int = 0) -> str:
+    """Insert ``text`` as an auxiliary definition after the first line or sentence (never at the end)."""
+    formal = bool(_FORMAL.search(trace))
+    templates = FORMAL_TEMPLATES if formal else PROSE_TEMPLATES
+    sentence = templates[variant % len(templates)].format(text=text)
+    lines = trace.split("\n")
+    content = [i for i, line in enumerate(lines) if line.strip()]
+    if len(content) >= 2:
+        first = content[0]
+        return "\n".join([*lines[: first + 1], sentence, *lines[first + 1 :]])
+    if content:
+        line = lines[content[0]]
+        parts = _SENTENCE_END.split(line, maxsplit=1)
+        if len(parts) == 2:
+            lines[content[0]] = f"{parts[0]} {sentence} {parts[1]}"
+            return "\n".join(lines)
+        return sentence + "\n" + trace.lstrip("\n")
+    return sentence + ("\n" + trace if trace else "")
+
+
+def _numbers(text: str) -> Counter[str]:
+    return Counter(_NUMBER.findall(text.replace(",", "")))
+
+
+def llm_weave_ok(original: str, woven: str, text: str) -> str:
+    """Why an LLM-woven trace is unacceptable ('' when it is acceptable)."""
+    if text not in woven:
+        return "pair text missing"
+    if not answers_match(extract_final_answer(original), extract_final_answer(woven)) and (
+        extract_final_answer(original) is not None
+    ):
+        return "answer changed"
+    if _final_line(original) != _final_line(woven):
+        return "final line changed"
+    missing = _numbers(original) - _numbers(woven)
+    if missing:
+        return "numbers changed"
+    if len(woven) > 2 * len(original) + 4 * len(text) + 200:
+        return "rewrite too long"
+    return ""
+
+
+class WatermarkRewriter(Rewriter):
+    name = "watermark"
+    description = (
+        "Weaves one of the caller account's keyed signature pairs into a configurable fraction of its "
+        "traces (LLM-woven or by a deterministic template); every issued pair is recorded in the ledger."
+    )
+    Options = WatermarkOptions
+    must_be_last = True
+
+    def __init__(self, options: BaseModel | None = None) -> None:
+        super().__init__(options)
+        self._pending: dict[str, tuple[Any, str]] = {}
+
+    def _effective(self, context: RewriteContext) -> WatermarkOptions:
+        opts: WatermarkOptions = self.options  # type: ignore[assignment]
+        policy = context.services.get("watermark_policy")
+        if policy:
+            opts = WatermarkOptions.model_validate({**opts.model_dump(), **dict(policy)})
+        return opts
+
+    def _choose(self, pairs: list[Any], issuer: Any, context: RewriteContext, opts: WatermarkOptions) -> Any:
+        key = _selection_key(pairs)
+
+        def tie(pair: Any) -> float:
+            return _unit(key, f"pair\x00{pair.pair_id}", context.trace_id)
+
+        if opts.selection == "balanced" and hasattr(issuer, "issued_counts"):
+            try:
+                counts = issuer.issued_counts(context.account)
+                return min(pairs, key=lambda p: (counts.get(p.pair_id, 0), tie(p)))
+            except Exception as exc:  # ledger unavailable for counting: a keyed pick still works
+                log.warning("watermark: issued_counts failed (%s); using a keyed pick", type(exc).__name__)
+        index = int(_unit(key, "pick", context.trace_id) * len(pairs)) % len(pairs)
+        return pairs[index]
+
+    def _weave_llm(
+        self, trace: str, text: str, context: RewriteContext, opts: WatermarkOptions
+    ) -> str | None:
+        messages = [
+            {"role": "system", "content": LLM_WEAVE_INSTRUCTION},
+            {"role": "user", "content": f"Definition to insert: {text}\n\nSolution:\n{trace.strip()}"},
+        ]
+        try:
+            reply = context.llm.chat(  # type: ignore[union-attr]
+                messages,
+                max_new_tokens=opts.max_new_tokens,
+                temperature=0.0 if context.attempt == 0 else 0.7,
+                seed=context.rng.randrange(2**31),
+            )
+        except Exception as exc:
+            log.info("watermark: LLM weave failed (%s); using the template", type(exc).__name__)
+            return None
+        woven = strip_preamble(reply or "")
+        why = llm_weave_ok(trace, woven, text)
+        if why:
+            log.debug("watermark: LLM weave rejected (%s); using the template", why)
+            return None
+        return woven
+
+    def rewrite(self, trace: str, context: RewriteContext) -> str:
+        opts = self._effective(context)
+        if not context.account:
+            context.note("anonymous caller: no watermark")
+            return trace
+        issuer = context.services.get("signatures")
+        if issuer is None:
+            raise RewriterError(
+                "watermark needs a signature issuer (services['signatures']); none is configured"
+            )
+        pairs = list(issuer.pairs_for(context.account))
+        if not pairs:
+            raise RewriterError("the signature issuer returned no pairs for this account")
+        if not context.trace_id:
+            raise RewriterError("watermark needs a trace id in the context")
+        if not is_selected(pairs, context.trace_id, opts.fraction):
+            return trace
+        pair = self._choose(pairs, issuer, context, opts)
+        use_llm = opts.mode == "llm" or (opts.mode == "auto" and context.llm is not None)
+        if use_llm and context.llm is None:
+            raise RewriterError("watermark mode 'llm' needs an LLM backend and none is configured")
+        woven = self._weave_llm(trace, pair.text, context, opts) if use_llm else None
+        how = "llm" if woven is not None else "template"
+        if woven is None:
+            variant = int(_unit(_selection_key(pairs), "variant", context.trace_id) * 1024)
+            woven = weave_template(trace, pair.text, variant=variant)
+            original = extract_final_answer(trace)
+            if original is not None and not answers_match(original, extract_final_answer(woven)):
+                woven = pair.text + "\n" + trace  # cannot happen for well-formed traces; stay safe
+        self._pending[woven] = (pair, how)
+        log.debug("watermark: trace %s woven (%s)", context.trace_id, how)
+        return woven
+
+    def accepted(self, trace: str, context: RewriteContext) -> None:
+        issued = self._pending.pop(trace, None)
+        if issued is None:
+            return
+        pair, how = issued
+        context.services["signatures"].record_issue(
+            account=context.account, trace_id=context.trace_id, pair=pair, rewriter=f"watermark/{how}"
+        )
