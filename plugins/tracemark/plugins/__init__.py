@@ -1,5 +1,33 @@
-"""Rewriter plugin API, loader and built-in rewriters (import as ``tracemark.plugins``)."""
+"""Rewriter plugin API, loader, pipeline and built-in rewriters (import as ``tracemark.plugins``)."""
 
-from tracemark.plugins.api import API_VERSION, LLMBackend, RewriteContext, Rewriter, RewriterError
+from tracemark.plugins.api import (
+    API_VERSION,
+    ENTRY_POINT_GROUP,
+    LLMBackend,
+    RewriteContext,
+    Rewriter,
+    RewriterError,
+)
+from tracemark.plugins.errors import (
+    InvalidRewriterOptions,
+    PluginError,
+    PluginLoadError,
+    RewriterFailed,
+    RewriterTimeout,
+    UnknownRewriterError,
+)
 
-__all__ = ["API_VERSION", "LLMBackend", "RewriteContext", "Rewriter", "RewriterError"]
+__all__ = [
+    "API_VERSION",
+    "ENTRY_POINT_GROUP",
+    "InvalidRewriterOptions",
+    "LLMBackend",
+    "PluginError",
+    "PluginLoadError",
+    "RewriteContext",
+    "Rewriter",
+    "RewriterError",
+    "RewriterFailed",
+    "RewriterTimeout",
+    "UnknownRewriterError",
+]
