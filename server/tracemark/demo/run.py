@@ -123,7 +123,7 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
         t0 = time.perf_counter()
         distiller = Stubs(open_channel(address, token=tokens[DISTILLER]))
         harvested: list[tuple[str, str]] = []
-        watermarked = preserved = 0
+        preserved = 0
         with _progress(console) as progress, ThreadPoolExecutor(8) as pool:
             task = progress.add_task("distiller: Generate (gRPC)", total=len(problems))
 
@@ -139,6 +139,7 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
                 )
                 progress.advance(task)
         distiller.close()
+        watermarked = sum(server.runtime.issuer.issued_counts(DISTILLER).values())
         timings["harvest_s"] = time.perf_counter() - t0
         control_examples = [(p.question, p.solution) for p in problems]
 

@@ -117,9 +117,18 @@ class Runtime:
             trace_id=trace_id,
             rng=Random(seed if seed else uuid.UUID(trace_id).int),
             llm=self.llm,
-            services={"signatures": self.issuer} if self.issuer is not None else {},
+            services=self._services(),
         )
         return trace_id, self.pipeline.run(trace, names=names, options=options, context=context)
+
+    def _services(self) -> dict[str, Any]:
+        if self.issuer is None:
+            return {}
+        # The server's policy beats request options: a caller cannot lower its own watermark fraction.
+        return {
+            "signatures": self.issuer,
+            "watermark_policy": {"fraction": self.settings.rewrite.watermark_fraction},
+        }
 
     def require_ready(self) -> None:
         if not self.ready.is_set():
