@@ -134,9 +134,6 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
             for problem, reply in pool.map(ask, problems):
                 harvested.append((problem.question, reply.trace))
                 preserved += int(reply.answer_preserved)
-                watermarked += int(
-                    any(r.name == "watermark" and "embedded" in r.detail for r in reply.rewriters)
-                )
                 progress.advance(task)
         distiller.close()
         watermarked = sum(server.runtime.issuer.issued_counts(DISTILLER).values())
