@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tracemark.server.app import TracemarkServer
 from tracemark.server.client import Stubs, open_channel
 from tracemark.server.teacher.reference import ReferenceTeacher

@@ -1,0 +1,106 @@
+"""Third-party plugins discovered from a (fake) installed distribution: a crash or a hang is isolated."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+
+import grpc
+import pytest
+from tracemark.server.app import TracemarkServer
+from tracemark.server.client import Stubs, open_channel
+from tracemark.server.teacher.reference import ReferenceTeacher
+from tracemark.v1 import common_pb2, rewrite_pb2
+
+from .conftest import TOKENS, make_settings, token_store
+
+TRACE = "3 * 4 = <<3*4=12>>12 apples.\n#### 12"
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory):
+    site = tmp_path_factory.mktemp("site")
+    (site / "tm_misbehaving_plugins.py").write_text(
+        textwrap.dedent(
+            """
+            import time
+            from tracemark.plugins.api import Rewriter
+
+            class Crashing(Rewriter):
+                name = "crashing"
+                def rewrite(self, trace, context):
+                    raise RuntimeError("boom: plugin bug")
+
+            class Sleepy(Rewriter):
+                name = "sleepy"
+                def rewrite(self, trace, context):
+                    time.sleep(3)
+                    return trace
+            """
+        )
+    )
+    info = site / "tm_misbehaving_plugins-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tm-misbehaving-plugins\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text(
+        "[tracemark.rewriters]\n"
+        "crashing = tm_misbehaving_plugins:Crashing\n"
+        "sleepy = tm_misbehaving_plugins:Sleepy\n"
+    )
+    sys.path.insert(0, str(site))
+    yield site
+    sys.path.remove(str(site))
+    sys.modules.pop("tm_misbehaving_plugins", None)
+
+
+def _server(tmp_path, on_error):
+    settings = make_settings(tmp_path, rewrite={"timeout_s": 0.5, "on_error": on_error, "retries": 0})
+    server = TracemarkServer(settings, teacher=ReferenceTeacher({}), tokens=token_store())
+    server.start()
+    assert server.wait_ready(30)
+    return server, Stubs(open_channel(f"127.0.0.1:{server.port}", token=TOKENS["alice"]))
+
+
+def test_plugins_listed_with_their_distribution(plugin_site, tmp_path):
+    server, stubs = _server(tmp_path, "fallback")
+    try:
+        listing = stubs.rewrite.ListRewriters(rewrite_pb2.ListRewritersRequest(), timeout=10)
+        by_name = {r.name: r for r in listing.rewriters}
+        assert by_name["crashing"].distribution == "tm-misbehaving-plugins"
+        assert by_name["sleepy"].version == "0.3"
+        assert by_name["crashing"].status == rewrite_pb2.PLUGIN_STATUS_LOADED
+    finally:
+        stubs.close()
+        server.stop(grace=0)
+
+
+def test_fallback_policy_keeps_serving(plugin_site, tmp_path):
+    server, stubs = _server(tmp_path, "fallback")
+    try:
+        for name in ("crashing", "sleepy"):
+            started = time.monotonic()
+            reply = stubs.rewrite.Rewrite(rewrite_pb2.RewriteRequest(trace=TRACE, rewriters=[name]), timeout=30)
+            assert time.monotonic() - started < 2.5  # the hang was cut at the 0.5 s limit
+            assert reply.trace == TRACE and reply.answer_preserved
+            assert reply.rewriters[0].guard == common_pb2.GUARD_OUTCOME_FELL_BACK
+            assert reply.rewriters[0].detail and "Traceback" not in reply.rewriters[0].detail
+        ok = stubs.rewrite.Rewrite(rewrite_pb2.RewriteRequest(trace=TRACE, rewriters=["identity"]), timeout=30)
+        assert ok.trace == TRACE
+    finally:
+        stubs.close()
+        server.stop(grace=0)
+
+
+def test_raise_policy_maps_to_status_codes(plugin_site, tmp_path):
+    server, stubs = _server(tmp_path, "raise")
+    try:
+        for name, code in (("crashing", grpc.StatusCode.INTERNAL), ("sleepy", grpc.StatusCode.DEADLINE_EXCEEDED)):
+            with pytest.raises(grpc.RpcError) as info:
+                stubs.rewrite.Rewrite(rewrite_pb2.RewriteRequest(trace=TRACE, rewriters=[name]), timeout=30)
+            assert info.value.code() == code
+            assert "Traceback" not in (info.value.details() or "")
+        assert stubs.rewrite.Rewrite(rewrite_pb2.RewriteRequest(trace=TRACE, rewriters=["identity"]), timeout=30).trace
+    finally:
+        stubs.close()
+        server.stop(grace=0)
