@@ -199,7 +199,7 @@ def rewrite_command(
         }
         typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
         return
-    typer.echo(result.trace)
+    typer.echo(result.trace, nl=not result.trace.endswith("\n"))
     for step in result.steps:
         detail = f" - {step.detail}" if step.detail else ""
         typer.echo(

@@ -218,6 +218,8 @@ class WatermarkRewriter(Rewriter):
             raise RewriterError("watermark needs a trace id in the context")
         if not is_selected(pairs, context.trace_id, opts.fraction):
             return trace
+        if extract_final_answer(trace) is None:
+            return trace  # the pair's target would become the answer of an answerless trace
         pair = self._choose(pairs, issuer, context, opts)
         use_llm = opts.mode == "llm" or (opts.mode == "auto" and context.llm is not None)
         if use_llm and context.llm is None:
