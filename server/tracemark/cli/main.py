@@ -8,6 +8,7 @@ from tracemark.cli.demo import demo_command
 from tracemark.cli.serve import accounts_app, generate_command, serve_command
 from tracemark.forensics.cli_keys import keys_app
 from tracemark.forensics.cli_report import report_app
+from tracemark.plugins.cli import plugins_app, rewrite_command
 
 app = typer.Typer(
     name="tracemark",
@@ -19,6 +20,8 @@ app = typer.Typer(
 app.command("serve")(serve_command)
 app.command("generate")(generate_command)
 app.command("demo")(demo_command)
+app.command("rewrite")(rewrite_command)
+app.add_typer(plugins_app, name="plugins")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
