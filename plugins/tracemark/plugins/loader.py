@@ -228,7 +228,8 @@ class RewriterRegistry:
     ) -> RewriterRegistry:
         """Discover, load and validate every plugin of the group (see module docstring for policies).
 
-        ``strict``/``allowlist`` default to ``TRACEMARK_STRICT_PLUGINS`` / ``TRACEMARK_PLUGINS``;
+        ``strict``/``allowlist`` default to ``TRACEMARK_STRICT_PLUGINS`` / ``TRACEMARK_PLUGINS``
+        (``allowlist=[]`` means "no allowlist": everything enabled, whatever the environment says);
         ``entry_points`` defaults to the installed distributions' entry points.
         """
         strict = strict_from_env() if strict is None else strict
