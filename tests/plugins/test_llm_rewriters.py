@@ -37,7 +37,7 @@ def test_semantic_prompt_reply_cleanup(h):
 
 
 def test_optimized_asks_for_a_boxed_answer_and_accepts_overrides(h):
-    llm = h.ScriptedLLM(lambda m, i: "n = 3·4 = 12 ⇒ 12 + 5 = 17\n\\boxed{17}")
+    llm = h.ScriptedLLM(lambda m, i: "n = 3·4 = 12 ⇒ n + 5 = 17\n\\boxed{17}")
     opts = OptimizedRewriter.parse_options(
         {"instruction": "Be terse.", "max_new_tokens": 64, "temperature": 0}
     )
@@ -50,7 +50,9 @@ def test_optimized_asks_for_a_boxed_answer_and_accepts_overrides(h):
 
 
 def test_llm_failures_are_retried_then_reported(h):
-    flaky = h.ScriptedLLM(lambda m, i: ConnectionError("reset") if i < 2 else "12 + 5 = 17\n#### 17")
+    flaky = h.ScriptedLLM(
+        lambda m, i: ConnectionError("reset") if i < 2 else "3*4 = 12; 12 + 5 = 17\n#### 17"
+    )
     out = SemanticRewriter(SemanticRewriter.parse_options({"llm_retries": 2})).rewrite(
         TRACE, RewriteContext(llm=flaky)
     )
@@ -64,6 +66,24 @@ def test_llm_failures_are_retried_then_reported(h):
         )
 
 
+def test_rewrites_that_drop_numbers_or_parrot_the_prompt_are_unusable(h):
+    def respond(messages, i):
+        if i == 0:
+            return "He has some apples.\n#### 17"  # dropped 3, 4, 12 and 5
+        return (
+            "Finish with this exact final line: #### 17\n"
+            + SEMANTIC_INSTRUCTION.split(". ")[0]
+            + ".\n3·4 = 12, 12+5 = 17\n#### 17"
+        )
+
+    llm = h.ScriptedLLM(respond)
+    out = SemanticRewriter().rewrite(TRACE, RewriteContext(llm=llm))
+    assert out == "3·4 = 12, 12+5 = 17\n#### 17" and len(llm.calls) == 2
+    strict = SemanticRewriter(SemanticRewriter.parse_options({"llm_retries": 0, "min_number_recall": 1.0}))
+    with pytest.raises(RewriterError, match="kept 1 of 5 numbers"):
+        strict.rewrite(TRACE, RewriteContext(llm=h.ScriptedLLM(lambda m, i: "#### 17")))
+
+
 def test_without_an_llm_the_step_falls_back_with_a_clear_detail(registry):
     result = RewritePipeline(registry).run(TRACE, names=["optimized"])
     step = result.steps[0]
@@ -72,7 +92,9 @@ def test_without_an_llm_the_step_falls_back_with_a_clear_detail(registry):
 
 
 def test_guard_retry_uses_a_higher_temperature(registry, h):
-    llm = h.ScriptedLLM(lambda m, i: "\\boxed{18}" if i == 0 else "3·4 = 12; 12 + 5 = 17 ∴ \\boxed{17}")
+    llm = h.ScriptedLLM(
+        lambda m, i: "3·4 = 12; 12 + 5 = 18 \\boxed{18}" if i == 0 else "3·4 = 12; 12 + 5 = 17 ∴ \\boxed{17}"
+    )
     result = RewritePipeline(registry, retries=1).run(
         TRACE, names=["optimized"], context=RewriteContext(llm=llm)
     )

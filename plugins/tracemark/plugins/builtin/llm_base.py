@@ -59,6 +59,33 @@ def strip_preamble(text: str) -> str:
     return text
 
 
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_ECHO = re.compile(r"^\s*(?:finish with this exact final line|problem:|solution:)", re.IGNORECASE)
+
+
+def number_recall(original: str, rewrite: str) -> tuple[int, int]:
+    """(kept, total): how many distinct numbers of ``original`` also occur in ``rewrite``."""
+    wanted = set(_NUMBER.findall(original.replace(",", "")))
+    present = set(_NUMBER.findall(rewrite.replace(",", "")))
+    return len(wanted & present), len(wanted)
+
+
+def remove_echo(text: str, messages: list[dict[str, str]]) -> str:
+    """Drop lines where a small model parrots the prompt (instructions, headers, the problem)."""
+    prompt = " ".join(m["content"] for m in messages)
+    kept = []
+    for line in text.split("\n"):
+        stripped = line.strip()
+        if _ECHO.match(stripped) or (
+            len(stripped) > 24 and not _NUMBER.search(stripped) and stripped in prompt
+        ):
+            continue
+        if len(stripped) > 24 and stripped in messages[0]["content"]:
+            continue  # a sentence of the instruction, numbers or not ("\boxed{ANSWER}")
+        kept.append(line)
+    return "\n".join(kept).strip()
+
+
 def final_line_of(trace: str) -> str | None:
     """How the trace states its answer: ``#### x``, ``\\boxed{x}`` or ``None`` (last number only)."""
     boxed = _boxed_contents(trace)
@@ -84,7 +111,13 @@ class LLMRewriterOptions(BaseModel):
     )
     max_new_tokens: int = Field(768, ge=16, le=8192, description="length limit of the rewrite")
     llm_retries: int = Field(
-        2, ge=0, le=5, description="extra LLM calls when a call fails or returns nothing"
+        2, ge=0, le=5, description="extra LLM calls when a call fails or returns an unusable rewrite"
+    )
+    min_number_recall: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="share of the original's distinct numbers the rewrite must keep (else it is unusable)",
     )
 
 
@@ -140,10 +173,15 @@ class LLMRewriter(Rewriter):
                 )
                 log.warning("rewriter %r: LLM call failed (%s)", self.name, problem)
                 continue
-            text = strip_preamble(reply or "")
-            if text:
-                return text
-            problem = "the LLM returned an empty rewrite"
+            text = remove_echo(strip_preamble(reply or ""), messages)
+            if not text:
+                problem = "the LLM returned an empty rewrite"
+                continue
+            kept, total = number_recall(trace, text)
+            if total and kept / total < opts.min_number_recall:
+                problem = f"the rewrite kept {kept} of {total} numbers (min {opts.min_number_recall:g})"
+                continue
+            return text
         raise RewriterError(
             f"rewriter {self.name!r} got no usable rewrite after {opts.llm_retries + 1} calls: {problem}"
         )

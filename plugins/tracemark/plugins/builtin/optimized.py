@@ -13,8 +13,8 @@ OPTIMIZED_INSTRUCTION = (
     "Name every quantity with a symbol, state each step as an equation or an implication (use =, ⇒, ∴), "
     "and compress several steps into one line where possible. Remove all conversational, narrative and "
     "explanatory text: no greetings, no 'we', no 'let us', no commentary. Keep every intermediate result and "
-    "every number exactly as in the original. The last line must be the final answer written as "
-    "\\boxed{ANSWER}. Reply with the derivation only."
+    "every number exactly as in the original, without <<...>> calculator annotations. The last line must be "
+    "the final answer written as \\boxed{ANSWER}. Reply with the derivation only."
 )
 
 
