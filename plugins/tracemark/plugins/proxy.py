@@ -61,17 +61,18 @@ _DIGIT = re.compile(r"\d")
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _ANNOTATION = re.compile(r"<<[^<>]*>>")
 _BOXED = re.compile(r"\\boxed\s*\{")
-_NUMBER_WORD = re.compile(
-    r"\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|"
+_QUANTITY_WORDS = (
+    r"zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|"
     r"sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundreds?|"
     r"thousands?|millions?|billions?|half|halves|twice|thrice|once|double|doubled|triple|tripled|"
     r"quadruple|quarters?|thirds?|fourths?|fifths?|tenths?|dozens?|percent|pairs?|first|second|third|"
-    r"none|no|not|all|each|every|per|more|less|fewer|than)\b",
-    re.IGNORECASE,
+    r"none|no|not|all|each|every|per|more|less|fewer|than"
 )
-_OPERATOR_WORD = re.compile(
-    r"(?<=[\d)%])\s*(?:[xX]|times|plus|minus|divided\s+by|multiplied\s+by|over|by|and|to|from)\s*(?=[\d($.])"
-)
+_OPERATOR_WORDS = r"[xX]|times|plus|minus|divided\s+by|multiplied\s+by|over|by|and|to|from"
+_NUMBER_WORD = re.compile(rf"\b(?:{_QUANTITY_WORDS})\b", re.IGNORECASE)
+# replacement tokens must not introduce quantities or operators either
+_QUANTITY_PIECE = re.compile(rf"^(?:{_QUANTITY_WORDS}|{_OPERATOR_WORDS}|divided|multiplied)$", re.IGNORECASE)
+_OPERATOR_WORD = re.compile(rf"(?<=[\d)%])\s*(?:{_OPERATOR_WORDS})\s*(?=[\d($.])")
 
 
 def protected_spans(text: str) -> list[tuple[int, int]]:
@@ -232,7 +233,7 @@ class ProxyStudent:
                 pieces[i] = piece
             lead = piece.startswith(" ")
             word = piece[1:] if lead else piece
-            ok = i not in special and word.isascii() and word.isalpha()
+            ok = i not in special and word.isascii() and word.isalpha() and not _QUANTITY_PIECE.match(word)
             classes.append((lead, word[0].isupper()) if ok else None)
         return _Vocab(pieces=pieces, word_class=classes)
 
