@@ -378,6 +378,7 @@ class SearchLimits:
     max_tokens: int = 2048
     whole_words: bool = True
     fluency_top_k: int | None = None
+    round_share: float = 0.25  # default swaps per round, as a share of the budget
 
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -632,7 +633,7 @@ class TraceSearch:
     def confirm_and_apply(self, candidates: Sequence[tuple[int, int]]) -> int:
         """Score up to ``confirm_top`` candidate swaps ``(trace position, token)`` with real forward
         passes, then apply the best non-adjacent ones that raise the loss (within budget and cap)."""
-        per_round = self.limits.swaps_per_round or max(1, math.ceil(self.budget / 4))
+        per_round = self.limits.swaps_per_round or max(1, math.ceil(self.budget * self.limits.round_share))
         room = min(per_round, self.budget_left())
         if room <= 0:
             return 0
@@ -709,7 +710,7 @@ class ProxyRewriterOptions(BaseModel):
         16, ge=1, le=512, description="candidate swaps confirmed by forward passes per round"
     )
     swaps_per_round: int | None = Field(
-        None, ge=1, description="swaps applied per round (default: a quarter of the budget)"
+        None, ge=1, description="swaps applied per round at most (default: a share of the budget)"
     )
     ppl_cap_ratio: float | None = Field(
         None, gt=1, description="fluency cap: proxy perplexity at most this multiple of the original's"
@@ -734,6 +735,8 @@ class ProxyRewriter(Rewriter):
     """Base of the rewriters that substitute trace tokens to raise a proxy student's loss."""
 
     Options: ClassVar[type[BaseModel]] = ProxyRewriterOptions
+    # default ``swaps_per_round``, as a share of the budget (expensive rounds apply more per round)
+    round_share: ClassVar[float] = 0.25
 
     @abstractmethod
     def search(self, state: TraceSearch, generator: torch.Generator) -> None:
@@ -753,6 +756,7 @@ class ProxyRewriter(Rewriter):
                 max_tokens=opts.max_tokens,  # type: ignore[attr-defined]
                 whole_words=opts.whole_words,  # type: ignore[attr-defined]
                 fluency_top_k=opts.fluency_top_k,  # type: ignore[attr-defined]
+                round_share=self.round_share,
             )
             state = TraceSearch(proxy, context.problem, trace, limits)
         except ProxyError as exc:

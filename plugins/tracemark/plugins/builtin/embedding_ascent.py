@@ -95,6 +95,7 @@ class EmbeddingAscentRewriter(ProxyRewriter):
         "(cosine) and kept only where the real loss rises; answer-bearing tokens never change."
     )
     Options = EmbeddingAscentOptions
+    round_share = 0.5
 
     def search(self, state: TraceSearch, generator: torch.Generator) -> None:
         opts = self.options
