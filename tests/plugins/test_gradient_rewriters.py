@@ -206,7 +206,8 @@ def test_whole_words_and_fluency_filters_restrict_candidates(proxy, tiny_model_d
     state = TraceSearch(proxy, problem, trace, SearchLimits(whole_words=False, fluency_top_k=3))
     position = state.free_positions()[0]
     assert int(state.allowed(position).sum()) <= 3
-    mask = proxy.candidate_mask(state.classes[position])
+    mask, frequent = proxy.candidate_mask((False, False)), proxy.candidate_mask((False, False), top_k=5)
+    assert 0 < int(frequent.sum()) <= 5 and bool((mask | ~frequent).all())  # a subset of the full filter
     assert not bool(mask[proxy.tokenizer.convert_tokens_to_ids("x")])  # an operator is never introduced
 
 

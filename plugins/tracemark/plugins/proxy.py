@@ -246,16 +246,12 @@ class ProxyStudent:
         with self._lock:
             mask = vocab.masks.get(key)
             if mask is None:
+                words = [i for i, cls in enumerate(vocab.word_class) if cls is not None]
+                if top_k is not None:
+                    words = words[:top_k]
+                chosen = [i for i in words if vocab.word_class[i] == word_class]
                 mask = torch.zeros(self.vocab_size, dtype=torch.bool)
-                seen = 0
-                for i, cls in enumerate(vocab.word_class):
-                    if cls is None:
-                        continue
-                    seen += 1
-                    if top_k is not None and seen > top_k:
-                        break
-                    if cls == word_class:
-                        mask[i] = True
+                mask[torch.tensor(chosen, dtype=torch.long)] = True
                 vocab.masks[key] = mask
             return mask
 
