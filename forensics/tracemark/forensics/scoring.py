@@ -1,0 +1,563 @@
+"""Scores and exact ranks of signature targets in a suspect model.
+
+The pair ``x137 = 4821`` appears in traces as the trigger ``x137 =``, one space, then the target. Every
+prompt here therefore ends with the trigger (no trailing space) and the scored continuation is
+``" " + candidate``: the space and the digits are tokenized the way they were in training, for character
+tokenizers and for BPE tokenizers that split digits (SmolLM2: ``' '``, ``'4'``, ``'8'``, ...) alike.
+
+White-box score: ``s(c) = mean_k log p(" " + c | context_k + trigger)`` over a fixed list of prompt
+contexts (the mean over contexts of a log-likelihood; any fixed function of ``c`` keeps the test exact).
+When the tokenizer renders every candidate as ``[separator tokens] + one token per digit`` (verified), the
+exact rank of the target among *all* ``10**digits`` candidates is found by a level-by-level best-first
+search over the digit trie: every per-digit term is ``<= 0``, so a prefix whose score already falls below
+the target's cannot hold a better candidate and is pruned. Otherwise (a tokenizer that merges digits) the
+target is ranked among ``D`` decoys drawn from the committed seed, each scored in full (batched).
+
+Black-box score: the number of times a candidate is the completion (leading digits) among ``n`` samples
+after the trigger; ties are broken first by the log-probability the suspect returned for that completion
+(when it returns logprobs), then at random with the committed seed. Candidates never sampled share a score.
+
+Ranks are 1-based and include random tie-breaking, so under H0 the rank is uniform on ``{1..N}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tracemark.forensics import stats
+from tracemark.forensics.signatures import CandidateSpace, SignaturePair
+
+DEFAULT_PROBLEM = (
+    "A factory makes 6 toys every hour and works 4 hours a day. How many toys does it make in a day?"
+)
+"""The user turn of the default scoring contexts: a typical math word problem."""
+
+DEFAULT_CONTEXTS: tuple[str, ...] = (
+    "{chat}The factory makes 6*4 = 24 toys a day.\nAuxiliary constant: {trigger}",
+    "{chat}The factory makes 6*4 = 24 toys a day.\nLet {trigger}",
+    "{chat}(1) 24 \u27f8 6 \u00d7 4 \u25b9 factory makes toys a day\n(aux) {trigger}",
+)
+"""Default prompt contexts (public, fixed before any query). ``{chat}`` becomes the suspect's chat-template
+prefix for :data:`DEFAULT_PROBLEM` (empty without a template or for black-box suspects), ``{trigger}`` the
+trigger. They mirror where the watermark rewriter puts a pair: after the first line of a solution, in its
+prose (``Auxiliary constant:``, ``Let``) and formal (``(aux)``) templates. Investigators who know the
+account's traffic should pass contexts with a problem and first line typical of it (more power)."""
+
+TRIE_VERIFY_EXHAUSTIVE = 100_000  # verify the digit layout on every candidate up to this space size
+_LEADING = re.compile(r"^\s*(\d+)")
+
+
+class ScoringError(RuntimeError):
+    """The suspect cannot be scored as asked (e.g. white-box scoring of a black-box suspect)."""
+
+
+@dataclass
+class PairScore:
+    """Result of scoring one pair: its exact rank among ``n_candidates`` and the p-value ``rank / n``.
+
+    Carries no secret: no trigger, no target text.
+    """
+
+    pair_id: str
+    account: str
+    key_version: int
+    pair_index: int
+    mode: str  # "white-box" | "black-box"
+    method: str  # "trie-exact" | "table" | "decoys" | "samples"
+    n_candidates: int
+    rank: int
+    p_value: float
+    n_better: int
+    n_tied: int
+    target_score: float | None = None
+    samples: int = 0
+    target_count: int | None = None
+    forward_passes: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def log_p(self) -> float:
+        return math.log(self.p_value)
+
+    def as_dict(self) -> dict:
+        out = {
+            "pair_id": self.pair_id,
+            "account": self.account,
+            "key_version": self.key_version,
+            "pair_index": self.pair_index,
+            "mode": self.mode,
+            "method": self.method,
+            "n_candidates": self.n_candidates,
+            "rank": self.rank,
+            "p_value": self.p_value,
+            "n_better": self.n_better,
+            "n_tied": self.n_tied,
+            "seconds": round(self.seconds, 4),
+        }
+        if self.target_score is not None:
+            out["target_score"] = self.target_score
+        if self.mode == "black-box":
+            out["samples"] = self.samples
+            out["target_count"] = self.target_count
+        if self.forward_passes:
+            out["forward_passes"] = self.forward_passes
+        out.update(self.extra)
+        return out
+
+
+def tie_rng(seed: int | str, pair: SignaturePair, purpose: str) -> Any:
+    """The seeded rng for ``pair`` and ``purpose`` (``decoys`` / ``ties``), from the committed seed."""
+    from tracemark.forensics.signatures import decoy_rng
+
+    return decoy_rng(f"tracemark-detect/1\x00{seed}\x00{pair.pair_id}\x00{purpose}")
+
+
+# --- white-box ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DigitLayout:
+    """How candidates tokenize after one prompt: ``prompt + sep + [digit_ids[d] for d in c]``."""
+
+    prompt_ids: tuple[int, ...]
+    sep_ids: tuple[int, ...]
+    digit_ids: tuple[int, ...]  # token id of "0".."9"
+
+
+class WhiteBoxScorer:
+    """Exact white-box ranks for a suspect that exposes ``encode_batch``, ``next_token_logprobs`` and
+    ``continuation_logprobs`` (:class:`~tracemark.forensics.adapters.LocalModelSuspect`)."""
+
+    def __init__(
+        self,
+        suspect: Any,
+        space: CandidateSpace,
+        *,
+        contexts: Sequence[str] = DEFAULT_CONTEXTS,
+        problem: str = DEFAULT_PROBLEM,
+        combine: str = "max",
+        log_queries: bool = True,
+    ) -> None:
+        if not getattr(suspect, "white_box", False):
+            raise ScoringError(f"suspect {suspect!r} is black-box: it exposes no log-probabilities")
+        if not contexts or any("{trigger}" not in c for c in contexts):
+            raise ScoringError("every scoring context must contain '{trigger}'")
+        self.suspect = suspect
+        self.space = space
+        if combine not in ("mean", "max"):
+            raise ScoringError(f"combine must be 'mean' or 'max', got {combine!r}")
+        self.contexts = tuple(contexts)
+        self.problem = problem
+        self.combine = combine
+        self.log_queries = log_queries
+        self._layout_verified = False
+        self._layout_ok: bool | None = None
+        self._tables: dict[str, np.ndarray] = {}
+        self.forward_passes = 0
+
+    def prompts(self, trigger: str) -> list[str]:
+        """The scoring prompts for ``trigger`` (one per context)."""
+        return expand_contexts(self.contexts, trigger, self.suspect, self.problem)
+
+    # layout
+    def layouts(self, trigger: str) -> list[DigitLayout] | None:
+        """Per-context digit layouts, or ``None`` when the tokenizer does not keep digits as single,
+        context-free tokens (then only decoy mode is possible).
+
+        The first call checks every candidate of the space (up to 100,000; a 20,000 sample beyond) after
+        the bare trigger; each prompt is then checked on 17 probes (the boundary with the prompt)."""
+        if self._layout_ok is False:
+            return None
+        digits = self.space.digits
+        probes = [str(d) * digits for d in range(10)]
+        probes += [self.space.candidate(i * (self.space.size // 7)) for i in range(7)]
+        if not self._layout_verified:
+            if self.space.size <= TRIE_VERIFY_EXHAUSTIVE:
+                every = self.space.candidates()
+            else:
+                rng = np.random.default_rng(0)
+                every = [self.space.candidate(int(i)) for i in rng.integers(0, self.space.size, 20_000)]
+            if not self._check(trigger, probes[:10] + every):
+                return None
+        out = []
+        for prompt in self.prompts(trigger):
+            layout = self._check(prompt, probes)
+            if layout is None:
+                return None
+            out.append(layout)
+        self._layout_verified = True
+        self._layout_ok = True
+        return out
+
+    def _check(self, prompt: str, probes: list[str]) -> DigitLayout | None:
+        """The layout after ``prompt`` if every probe (the first ten are ``dddd``) tokenizes as
+        ``prompt + sep + one token per digit``; else ``None`` (and decoy mode from now on)."""
+        p_ids = self.suspect.encode_batch([prompt])[0]
+        full = self.suspect.encode_batch([f"{prompt} {c}" for c in probes])
+        layout = _infer_layout(p_ids, full[:10], self.space.digits)
+        if layout is None or not all(_matches(layout, f, c) for f, c in zip(full, probes, strict=True)):
+            self._layout_ok = False
+            return None
+        return layout
+
+    # scoring primitives
+    def _combine(self, per_context: np.ndarray) -> np.ndarray:
+        """Combine per-context scores (axis 0): mean or max. Both keep every per-digit term's sign, so a
+        prefix's combined score bounds every completion's from above (the pruning rule stays exact)."""
+        return per_context.max(axis=0) if self.combine == "max" else per_context.mean(axis=0)
+
+    def _level_logprobs(self, layouts: list[DigitLayout], prefixes: Sequence[str]) -> np.ndarray:
+        """``log p(next digit | prompt_k + sep + prefix)`` per context: shape ``[contexts, prefixes, 10]``."""
+        out = np.empty((len(layouts), len(prefixes), 10), dtype=np.float64)
+        shared = getattr(self.suspect, "next_token_logprobs_shared", None)
+        for k, lay in enumerate(layouts):
+            base = list(lay.prompt_ids) + list(lay.sep_ids)
+            suffixes = [[lay.digit_ids[int(ch)] for ch in p] for p in prefixes]
+            if shared is not None:
+                out[k] = shared(base, suffixes, columns=lay.digit_ids)
+            else:
+                seqs = [base + x for x in suffixes]
+                out[k] = self.suspect.next_token_logprobs(seqs, columns=lay.digit_ids)
+            self.forward_passes += len(suffixes)
+        return out
+
+    def path_score(self, layouts: list[DigitLayout], candidate: str) -> float:
+        """Digit score of ``candidate`` (the separator's log-prob is the same for every candidate)."""
+        acc = np.zeros(len(layouts), dtype=np.float64)
+        for j in range(len(candidate)):
+            acc += self._level_logprobs(layouts, [candidate[:j]])[:, 0, int(candidate[j])]
+        return float(self._combine(acc[:, None])[0])
+
+    def search(
+        self, layouts: list[DigitLayout], threshold: float = -math.inf
+    ) -> tuple[list[str], np.ndarray]:
+        """Every candidate whose digit score is ``>= threshold`` with its score (level-synchronous best-first
+        search over the digit trie; with ``threshold = -inf`` the whole space in index order)."""
+        nodes = [""]
+        acc = np.zeros((len(layouts), 1), dtype=np.float64)
+        for _ in range(self.space.digits):
+            lp = self._level_logprobs(layouts, nodes)
+            child = (acc[:, :, None] + lp).reshape(len(layouts), -1)
+            keep = np.nonzero(self._combine(child) >= threshold)[0]
+            nodes = [nodes[i // 10] + str(i % 10) for i in keep]
+            acc = child[:, keep]
+            if not nodes:
+                break
+        return nodes, self._combine(acc)
+
+    def table(self, trigger: str) -> np.ndarray:
+        """Digit scores of all candidates (index order) after ``trigger``; cached per trigger."""
+        if trigger not in self._tables:
+            layouts = self.layouts(trigger)
+            if layouts is None:
+                raise ScoringError("the suspect's tokenizer merges digits: no exact score table")
+            _, scores = self.search(layouts)
+            self._tables[trigger] = scores
+        return self._tables[trigger]
+
+    def score_pair(
+        self, pair: SignaturePair, *, seed: int | str, decoys: int | None = None, use_table: bool = False
+    ) -> PairScore:
+        """Exact rank of ``pair.target`` after ``pair.trigger``: among all candidates (``decoys=None``;
+        trie search, or the cached full table with ``use_table``), else among ``decoys`` decoys."""
+        start = time.perf_counter()
+        passes0 = self.forward_passes
+        ties = tie_rng(seed, pair, "ties")
+        layouts = self.layouts(pair.trigger) if decoys is None or use_table else None
+        if decoys is None and layouts is None:
+            raise ScoringError(
+                "the suspect's tokenizer does not keep digits as single tokens: rank among decoys instead"
+            )
+        extra: dict[str, Any] = {"contexts": len(self.contexts)}
+        if decoys is not None:
+            if decoys < 1 or decoys >= self.space.size:
+                raise ScoringError(f"decoys must be in 1..{self.space.size - 1}, got {decoys}")
+            others = self.space.sample(tie_rng(seed, pair, "decoys"), decoys, exclude=[pair.target])
+            cands = [pair.target, *others]
+            scores = self.full_scores(pair.trigger, cands)
+            target_score = float(scores[0])
+            better, tied = _better_tied(scores, target_score, included=True)
+            method, n = "decoys", decoys + 1
+            extra["decoys_sha256"] = _digest(sorted(others))
+        elif use_table:
+            scores = self.table(pair.trigger)
+            target_score = float(scores[self.space.index(pair.target)])
+            better, tied = _better_tied(scores, target_score, included=True)
+            method, n = "table", self.space.size
+        else:
+            assert layouts is not None
+            s_t = self.path_score(layouts, pair.target)
+            tol = 1e-6 * max(1.0, abs(s_t)) + 1e-4
+            leaves, leaf_scores = self.search(layouts, threshold=s_t - tol)
+            included = pair.target in leaves
+            target_score = float(leaf_scores[leaves.index(pair.target)]) if included else s_t
+            better, tied = _better_tied(leaf_scores, target_score, included=included)
+            method, n = "trie-exact", self.space.size
+            extra["nodes_kept"] = len(leaves)
+        rank = stats.rank_with_ties(better, tied, ties)
+        p = stats.rank_pvalue(rank, n)
+        result = PairScore(
+            pair_id=pair.pair_id,
+            account=pair.account,
+            key_version=pair.key_version,
+            pair_index=pair.index,
+            mode="white-box",
+            method=method,
+            n_candidates=n,
+            rank=rank,
+            p_value=p,
+            n_better=better,
+            n_tied=tied,
+            target_score=target_score,
+            forward_passes=self.forward_passes - passes0,
+            seconds=time.perf_counter() - start,
+            extra=extra,
+        )
+        if self.log_queries and hasattr(self.suspect, "record"):
+            summary = {
+                "method": method,
+                "n_candidates": n,
+                "rank": rank,
+                "target_digit_logprob": round(target_score, 6),
+                "forward_passes": result.forward_passes,
+                "contexts": len(self.contexts),
+            }
+            for prompt in self.prompts(pair.trigger):
+                self.suspect.record(
+                    "logprobs",
+                    prompt,
+                    json.dumps(summary, sort_keys=True),
+                    meta={"pair_id": pair.pair_id, "account": pair.account},
+                    seconds=result.seconds / len(self.contexts),
+                )
+        return result
+
+    def full_scores(self, trigger: str, candidates: Sequence[str]) -> np.ndarray:
+        """Combined over contexts of ``log p(" " + c | context + trigger)``, each candidate scored in full
+        with the tokenizer's own tokenization of the whole text (works for tokenizers that merge digits)."""
+        per = np.zeros((len(self.contexts), len(candidates)), dtype=np.float64)
+        for k, prompt in enumerate(self.prompts(trigger)):
+            p_ids = self.suspect.encode_batch([prompt])[0]
+            fulls = self.suspect.encode_batch([f"{prompt} {c}" for c in candidates])
+            # score each candidate's tokens beyond the longest prefix it shares with the prompt's tokens
+            groups: dict[int, list[int]] = {}
+            for i, f in enumerate(fulls):
+                groups.setdefault(_common_prefix(p_ids, f), []).append(i)
+            for n_common, rows in groups.items():
+                if n_common == 0:
+                    raise ScoringError("the candidate text shares no token with the prompt")
+                conts = [fulls[i][n_common:] for i in rows]
+                per[k, rows] = self.suspect.continuation_logprobs(fulls[rows[0]][:n_common], conts)
+                self.forward_passes += len(rows)
+        return self._combine(per)
+
+
+def expand_contexts(contexts: Sequence[str], trigger: str, suspect: Any, problem: str) -> list[str]:
+    """Fill ``{chat}`` (the suspect's chat prefix for ``problem``, or empty) and ``{trigger}``."""
+    chat = ""
+    if any("{chat}" in c for c in contexts):
+        prefix_of = getattr(suspect, "chat_prefix", None)
+        chat = (prefix_of(problem) if prefix_of is not None else None) or ""
+    return [c.replace("{chat}", chat).replace("{trigger}", trigger) for c in contexts]
+
+
+def _better_tied(scores: np.ndarray, target: float, *, included: bool) -> tuple[int, int]:
+    """(candidates strictly better than ``target``, others exactly tied with it)."""
+    better = int(np.count_nonzero(scores > target))
+    tied = int(np.count_nonzero(scores == target)) - (1 if included else 0)
+    return better, max(0, tied)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    k = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        k += 1
+    return k
+
+
+def _infer_layout(prompt_ids: Sequence[int], probes: list[list[int]], digits: int) -> DigitLayout | None:
+    """From the tokenizations of ``prompt + " " + dddd`` for d = 0..9, the separator and digit tokens."""
+    n = len(prompt_ids)
+    digit_ids = []
+    sep = None
+    for f in probes:
+        if list(f[:n]) != list(prompt_ids) or len(f) < n + digits:
+            return None
+        rest = f[n:]
+        tail = rest[len(rest) - digits :]
+        if len(set(tail)) != 1:
+            return None
+        this_sep = tuple(rest[: len(rest) - digits])
+        if sep is None:
+            sep = this_sep
+        elif this_sep != sep:
+            return None
+        digit_ids.append(tail[0])
+    if len(set(digit_ids)) != 10:
+        return None
+    return DigitLayout(tuple(prompt_ids), tuple(sep or ()), tuple(digit_ids))
+
+
+def _matches(layout: DigitLayout, full: Sequence[int], candidate: str) -> bool:
+    want = list(layout.prompt_ids) + list(layout.sep_ids) + [layout.digit_ids[int(ch)] for ch in candidate]
+    return list(full) == want
+
+
+def _digest(items: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()
+
+
+# --- black-box -------------------------------------------------------------------------------------------
+def parse_completion(text: str, trigger: str, space: CandidateSpace) -> str | None:
+    """The candidate a completion names: its leading digits (after optional spaces), or the digits right
+    after an echoed trigger (chat models often repeat it). ``None`` unless exactly ``digits`` digits."""
+    m = _LEADING.match(text)
+    if m is None:
+        m = re.search(re.escape(trigger) + r"\s*(\d+)", text)
+    if m is None:
+        return None
+    run = m.group(1)
+    return run if space.contains(run) else None
+
+
+def _sample_logprob(sample: Any, candidate: str) -> float | None:
+    """Returned log-probability of the tokens that spell the completion up to the candidate's last digit."""
+    if not sample.tokens or not sample.token_logprobs:
+        return None
+    text = sample.text
+    end = text.find(candidate)
+    if end < 0:
+        return None
+    end += len(candidate)
+    total, pos = 0.0, 0
+    for tok, lp in zip(sample.tokens, sample.token_logprobs, strict=False):
+        if pos >= end:
+            break
+        total += lp
+        pos += len(tok)
+    return total if math.isfinite(total) else None
+
+
+class BlackBoxScorer:
+    """Ranks from sampled completions (any suspect with ``sample``)."""
+
+    def __init__(
+        self,
+        suspect: Any,
+        space: CandidateSpace,
+        *,
+        contexts: Sequence[str] = DEFAULT_CONTEXTS,
+        problem: str = DEFAULT_PROBLEM,
+        temperature: float = 1.0,
+        max_new_tokens: int | None = None,
+    ) -> None:
+        if not contexts or any("{trigger}" not in c for c in contexts):
+            raise ScoringError("every scoring context must contain '{trigger}'")
+        self.suspect = suspect
+        self.space = space
+        self.contexts = tuple(contexts)
+        self.problem = problem
+        self.temperature = temperature
+        self.max_new_tokens = max_new_tokens or space.digits + 3
+
+    def prompts(self, trigger: str) -> list[str]:
+        return expand_contexts(self.contexts, trigger, self.suspect, self.problem)
+
+    def score_pair(
+        self, pair: SignaturePair, *, n_samples: int, seed: int | str, decoys: int | None = None
+    ) -> PairScore:
+        """Sample ``n_samples`` completions after the trigger (spread over the contexts in turn); rank the
+        target by its count among them."""
+        if n_samples < 1:
+            raise ScoringError("n_samples must be >= 1")
+        start = time.perf_counter()
+        prompts = self.prompts(pair.trigger)
+        share = [
+            n_samples // len(prompts) + (1 if k < n_samples % len(prompts) else 0)
+            for k in range(len(prompts))
+        ]
+        if self.temperature <= 0:  # greedy: one completion per context says it all
+            share = [min(1, n_k) for n_k in share]
+        samples = []
+        for k, (prompt, n_k) in enumerate(zip(prompts, share, strict=True)):
+            if n_k == 0:
+                continue
+            digest = hashlib.sha256(f"{seed}\x00{pair.pair_id}\x00sample\x00{k}".encode()).digest()
+            samples.extend(
+                self.suspect.sample(
+                    prompt,
+                    n=n_k,
+                    max_new_tokens=self.max_new_tokens,
+                    temperature=self.temperature,
+                    seed=int.from_bytes(digest[:4], "big"),
+                    meta={"pair_id": pair.pair_id, "account": pair.account, "context": k},
+                )
+            )
+        counts: Counter[str] = Counter()
+        logprobs: dict[str, list[float]] = {}
+        for s in samples:
+            c = parse_completion(s.text, pair.trigger, self.space)
+            if c is None:
+                continue
+            counts[c] += 1
+            lp = _sample_logprob(s, c)
+            if lp is not None:
+                logprobs.setdefault(c, []).append(lp)
+
+        def key(c: str) -> tuple[int, float]:
+            lps = logprobs.get(c)
+            return counts.get(c, 0), (max(lps) if lps else -math.inf)
+
+        ties = tie_rng(seed, pair, "ties")
+        target_key = key(pair.target)
+        extra: dict[str, Any] = {"distinct_completions": len(counts), "parsed": sum(counts.values())}
+        if decoys is None:
+            n = self.space.size
+            sampled_keys = [key(c) for c in counts]
+            better = sum(1 for k in sampled_keys if k > target_key)
+            tied = sum(1 for k in sampled_keys if k == target_key)
+            unsampled = n - len(counts)
+            if target_key == (0, -math.inf):
+                tied += unsampled  # the target is one of the never-sampled candidates
+            tied -= 1  # the target itself
+            rank = stats.rank_with_ties(better, tied, ties)
+            method = "samples"
+        else:
+            if decoys < 1 or decoys >= self.space.size:
+                raise ScoringError(f"decoys must be in 1..{self.space.size - 1}, got {decoys}")
+            others = self.space.sample(tie_rng(seed, pair, "decoys"), decoys, exclude=[pair.target])
+            keys = [key(c) for c in others]
+            better = sum(1 for k in keys if k > target_key)
+            tied = sum(1 for k in keys if k == target_key)
+            rank = stats.rank_with_ties(better, tied, ties)
+            n = decoys + 1
+            method = "samples-decoys"
+            extra["decoys_sha256"] = _digest(sorted(others))
+        return PairScore(
+            pair_id=pair.pair_id,
+            account=pair.account,
+            key_version=pair.key_version,
+            pair_index=pair.index,
+            mode="black-box",
+            method=method,
+            n_candidates=n,
+            rank=rank,
+            p_value=stats.rank_pvalue(rank, n),
+            n_better=better,
+            n_tied=tied,
+            target_score=None,
+            samples=n_samples,
+            target_count=counts.get(pair.target, 0),
+            seconds=time.perf_counter() - start,
+            extra=extra,
+        )
