@@ -89,7 +89,8 @@ def best_first_rank(
                 return emitted
             continue
         group = []
-        while heap and len(heap[0][1]) < n and len(group) < batch:
+        width = len(heap[0][1])  # one forward pass per prefix length (no padding needed)
+        while heap and len(heap[0][1]) == width and len(group) < batch:
             group.append(heapq.heappop(heap))
         ids = torch.tensor([list(context_ids) + [digit_ids[int(c)] for c in p] for _, p in group])
         logp = torch.log_softmax(model(input_ids=ids).logits[:, -1, :].float(), dim=-1)[:, digit_ids]
