@@ -37,6 +37,7 @@ ENV_API_KEY = "TRACEMARK_SUSPECT_API_KEY"
 ENV_TOKEN = "TRACEMARK_TOKEN"
 SPEC_HELP = "hf:PATH | gguf:PATH | openai:URL#MODEL | tracemark:ADDR"
 PACKED_TOKENS = 384  # tokens per packed batch of trie nodes (attention mask is PACKED_TOKENS x (prompt + it))
+TREE_TOKENS = 600  # tokens per packed call of the trie (whole first-digit subtrees)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt")
 CHAT_CONTINUE_INSTRUCTION = (
     "Continue the user's text exactly where it stops. Reply with the continuation only, no commentary."
@@ -506,6 +507,84 @@ class LocalModelSuspect(SuspectAdapter):
             lp = run(model, cache, len(prefix), chunk) if run else self._shared_expanded(model, cache, chunk)
             parts.append((lp[:, cols] if cols is not None else lp).numpy())
         return np.concatenate(parts, axis=0)
+
+    def tree_logprobs(
+        self, prefix: Sequence[int], branch_ids: Sequence[int], depth: int, columns: Sequence[int]
+    ) -> list[Any]:
+        """Next-token log-probs (``columns`` only) at every node of the complete ``len(branch_ids)``-ary
+        tree of the given ``depth`` hanging after ``prefix``: level ``j`` is an array
+        ``[branches**j, len(columns)]`` in lexicographic order (level 0 = right after the prefix).
+
+        All nodes are packed into as few sequences as possible after the single prefix cache, with a
+        tree attention mask (each node sees the prefix and its ancestors) and the positions of a plain
+        sequence, so a 4-digit trie costs one forward pass over 1,110 tokens.
+        """
+        import copy
+
+        import numpy as np
+        import torch
+
+        model, _ = self._load()
+        cache, last = self._prefix_state(tuple(prefix))
+        cols = list(columns)
+        k = len(branch_ids)
+        levels = [last[cols].numpy()[None, :]]
+        if depth < 1:
+            return levels
+        # one subtree per first branch: nodes in BFS order, with their level and parent (local indices)
+        sub_levels, sub_parent, sub_token = [], [], []
+        frontier = [-1]
+        for j in range(1, depth + 1):
+            new = []
+            for par in frontier:
+                for b in range(k if j > 1 else 1):
+                    sub_parent.append(par)
+                    sub_levels.append(j)
+                    sub_token.append(b)
+                    new.append(len(sub_parent) - 1)
+            frontier = new
+        size = len(sub_parent)
+        anc = np.zeros((size, size), dtype=bool)
+        for i in range(size):
+            anc[i, i] = True
+            if sub_parent[i] >= 0:
+                anc[i] |= anc[sub_parent[i]]
+        per_call = max(1, TREE_TOKENS // size)
+        outs = {j: np.empty((k**j, len(cols))) for j in range(1, depth + 1)}
+        n_prefix = len(prefix)
+        sub_levels_a = np.array(sub_levels)
+        with torch.inference_mode():
+            for first in range(0, k, per_call):
+                firsts = list(range(first, min(k, first + per_call)))
+                tokens, positions = [], []
+                for f in firsts:
+                    tokens.extend(
+                        branch_ids[f] if lv == 1 else branch_ids[b]
+                        for lv, b in zip(sub_levels, sub_token, strict=True)
+                    )
+                    positions.extend(n_prefix + lv - 1 for lv in sub_levels)
+                n = len(tokens)
+                mask = np.zeros((n, n_prefix + n), dtype=bool)
+                mask[:, :n_prefix] = True
+                for s_i in range(len(firsts)):
+                    o = n_prefix + s_i * size
+                    mask[s_i * size : (s_i + 1) * size, o : o + size] = anc
+                kwargs = {self._cache_kwarg(): copy.deepcopy(cache)}
+                logits = model(
+                    input_ids=torch.tensor([tokens], dtype=torch.long),
+                    position_ids=torch.tensor([positions], dtype=torch.long),
+                    attention_mask=torch.from_numpy(mask)[None, None],
+                    use_cache=True,
+                    **kwargs,
+                ).logits[0]
+                lp = torch.log_softmax(logits.double(), dim=-1)[:, cols].numpy()
+                for s_i, f in enumerate(firsts):
+                    block = lp[s_i * size : (s_i + 1) * size]
+                    for j in range(1, depth + 1):
+                        rows = block[sub_levels_a == j]  # BFS order within a subtree = lexicographic
+                        per = k ** (j - 1)
+                        outs[j][f * per : (f + 1) * per] = rows
+        return levels + [outs[j] for j in range(1, depth + 1)]
 
     def _shared_expanded(self, model: Any, cache: Any, ids: Any) -> Any:
         """Next-token log-probs after ``prefix + row`` for each row, with the prefix cache copied per row."""

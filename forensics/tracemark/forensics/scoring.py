@@ -52,7 +52,8 @@ trigger. They mirror where the watermark rewriter puts a pair: after the first l
 prose (``Auxiliary constant:``, ``Let``) and formal (``(aux)``) templates. Investigators who know the
 account's traffic should pass contexts with a problem and first line typical of it (more power)."""
 
-TRIE_VERIFY_EXHAUSTIVE = 100_000  # verify the digit layout on every candidate up to this space size
+TRIE_VERIFY_EXHAUSTIVE = 100_000
+TABLE_MAX = 10_000  # spaces up to this size are scored in full (one packed trie pass per context)
 _LEADING = re.compile(r"^\s*(\d+)")
 
 
@@ -161,6 +162,7 @@ class WhiteBoxScorer:
         self._layout_verified = False
         self._layout_ok: bool | None = None
         self._tables: dict[str, np.ndarray] = {}
+        self._tree_ok: bool | None = None
         self.forward_passes = 0
 
     def prompts(self, trigger: str) -> list[str]:
@@ -254,14 +256,45 @@ class WhiteBoxScorer:
         return nodes, self._combine(acc)
 
     def table(self, trigger: str) -> np.ndarray:
-        """Digit scores of all candidates (index order) after ``trigger``; cached per trigger."""
+        """Digit scores of all candidates (index order) after ``trigger``; cached per trigger.
+
+        One packed forward pass over the whole digit trie per context when the suspect supports it
+        (``tree_logprobs``, checked once against the level-by-level search), else the level search."""
         if trigger not in self._tables:
             layouts = self.layouts(trigger)
             if layouts is None:
                 raise ScoringError("the suspect's tokenizer merges digits: no exact score table")
-            _, scores = self.search(layouts)
+            scores = self._tree_table(layouts) if self._tree_usable(layouts) else None
+            if scores is None:
+                _, scores = self.search(layouts)
             self._tables[trigger] = scores
         return self._tables[trigger]
+
+    def _tree_usable(self, layouts: list[DigitLayout]) -> bool:
+        if self._tree_ok is None:
+            self._tree_ok = False
+            if hasattr(self.suspect, "tree_logprobs") and self.space.size <= TABLE_MAX:
+                try:
+                    lay = layouts[0]
+                    base = list(lay.prompt_ids) + list(lay.sep_ids)
+                    tree = self.suspect.tree_logprobs(base, lay.digit_ids, 1, lay.digit_ids)[1]
+                    level = self._level_logprobs([lay], [str(d) for d in range(10)])[0]
+                    self._tree_ok = bool(np.allclose(tree, level, atol=1e-4, rtol=0))
+                except Exception:  # no tree attention for this model: level search
+                    self._tree_ok = False
+        return self._tree_ok
+
+    def _tree_table(self, layouts: list[DigitLayout]) -> np.ndarray:
+        per = np.empty((len(layouts), self.space.size), dtype=np.float64)
+        for k, lay in enumerate(layouts):
+            base = list(lay.prompt_ids) + list(lay.sep_ids)
+            levels = self.suspect.tree_logprobs(base, lay.digit_ids, self.space.digits - 1, lay.digit_ids)
+            acc = levels[0][0]
+            for j in range(1, self.space.digits):
+                acc = (acc[:, None] + levels[j]).reshape(-1)
+            per[k] = acc
+            self.forward_passes += sum(len(x) for x in levels)
+        return self._combine(per)
 
     def score_pair(
         self, pair: SignaturePair, *, seed: int | str, decoys: int | None = None, use_table: bool = False
@@ -272,7 +305,7 @@ class WhiteBoxScorer:
         passes0 = self.forward_passes
         ties = tie_rng(seed, pair, "ties")
         layouts = self.layouts(pair.trigger) if decoys is None or use_table else None
-        if decoys is None and layouts is None:
+        if (decoys is None or use_table) and layouts is None:
             raise ScoringError(
                 "the suspect's tokenizer does not keep digits as single tokens: rank among decoys instead"
             )
@@ -282,12 +315,16 @@ class WhiteBoxScorer:
                 raise ScoringError(f"decoys must be in 1..{self.space.size - 1}, got {decoys}")
             others = self.space.sample(tie_rng(seed, pair, "decoys"), decoys, exclude=[pair.target])
             cands = [pair.target, *others]
-            scores = self.full_scores(pair.trigger, cands)
+            if use_table:  # the cached full table holds every candidate's score (calibration)
+                table = self.table(pair.trigger)
+                scores = table[[self.space.index(c) for c in cands]]
+            else:
+                scores = self.full_scores(pair.trigger, cands)
             target_score = float(scores[0])
             better, tied = _better_tied(scores, target_score, included=True)
             method, n = "decoys", decoys + 1
             extra["decoys_sha256"] = _digest(sorted(others))
-        elif use_table:
+        elif use_table or (self.space.size <= TABLE_MAX and self._tree_usable(layouts)):
             scores = self.table(pair.trigger)
             target_score = float(scores[self.space.index(pair.target)])
             better, tied = _better_tied(scores, target_score, included=True)

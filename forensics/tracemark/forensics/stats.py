@@ -334,3 +334,78 @@ def rank_uniformity(ranks: Sequence[int], n: int, *, level: float = 1e-3) -> Uni
         method=f"chi-square on {bins} rank bins",
         problems=problems,
     )
+
+
+def mean_test(pvalues: Sequence[float], n: int) -> tuple[float, float]:
+    """(z, two-sided p) of the mean of rank p-values against its exact H0 moments: ``p`` uniform on
+    ``{1/n..1}`` has mean ``(n+1)/(2n)`` and variance ``(n^2-1)/(12 n^2)``. An off-by-one rank moves the
+    mean by ``1/n``."""
+    ps = np.asarray(pvalues, dtype=float)
+    if ps.size < 2 or n < 2:
+        raise StatsError("need at least two p-values and n >= 2")
+    mu = (n + 1) / (2 * n)
+    sd = math.sqrt((n * n - 1) / (12.0 * n * n))
+    z = (float(ps.mean()) - mu) / (sd / math.sqrt(ps.size))
+    return z, float(2 * sps.norm.sf(abs(z)))
+
+
+@dataclass
+class UniformityReport:
+    """A battery of checks that rank p-values on ``{1/n..1}`` are exactly uniform (each at ``level``)."""
+
+    n_values: int
+    n_candidates: int
+    level: float
+    ks: UniformityResult
+    mean_z: float
+    mean_p: float
+    ranks: UniformityResult
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def uniform(self) -> bool:
+        return not self.problems and self.ks.uniform and self.mean_p >= self.level and self.ranks.uniform
+
+    def as_dict(self) -> dict:
+        return {
+            "n_values": self.n_values,
+            "n_candidates": self.n_candidates,
+            "level": self.level,
+            "uniform": self.uniform,
+            "ks": self.ks.as_dict(),
+            "mean_z": self.mean_z,
+            "mean_p_value": self.mean_p,
+            "ranks_chi_square": self.ranks.as_dict(),
+            "problems": list(self.problems),
+        }
+
+
+def discrete_uniformity(
+    pvalues: Sequence[float], n: int, *, level: float = 1e-3, seed: int = 0
+) -> UniformityReport:
+    """Check rank p-values against the exact uniform on ``{1/n, ..., 1}``: values on the grid ``k/n``
+    with ``1 <= k <= n``, a randomized (exact) KS test, a z-test of the mean with exact moments and a
+    chi-square test of the ranks. Loose (``level`` 1e-3 each) yet an off-by-one rank fails it outright
+    (values 0 or above 1 leave the grid) and, with ``n`` around 10, also on the mean and the KS test."""
+    ps = np.asarray(pvalues, dtype=float)
+    ranks = np.round(ps * n).astype(int)
+    problems = []
+    outside = int(np.count_nonzero((ranks < 1) | (ranks > n)))
+    if outside:
+        problems.append(f"{outside} p-value(s) outside {{1/n..1}} (rank 0 or above n)")
+    off = int(np.count_nonzero(np.abs(ps * n - ranks) > 1e-6))
+    if off:
+        problems.append(f"{off} p-value(s) not of the form rank/n")
+    ks = ks_uniformity(ps, n_candidates=n, level=level, seed=seed)
+    z, mp = mean_test(ps, n)
+    rk = rank_uniformity(ranks, n, level=level)
+    return UniformityReport(
+        n_values=int(ps.size),
+        n_candidates=n,
+        level=level,
+        ks=ks,
+        mean_z=z,
+        mean_p=mp,
+        ranks=rk,
+        problems=problems,
+    )
