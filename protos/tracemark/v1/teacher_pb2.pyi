@@ -92,7 +92,7 @@ class GetTeacherInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetTeacherInfoResponse(_message.Message):
-    __slots__ = ("model_id", "backend", "quantization", "quantization_note", "device", "dtype", "parameter_bytes", "max_batch_size", "default_rewriters")
+    __slots__ = ("model_id", "backend", "quantization", "quantization_note", "device", "dtype", "parameter_bytes", "max_batch_size", "default_rewriters", "decoding")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class GetTeacherInfoResponse(_message.Message):
     PARAMETER_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_REWRITERS_FIELD_NUMBER: _ClassVar[int]
+    DECODING_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     backend: str
     quantization: str
@@ -111,4 +112,5 @@ class GetTeacherInfoResponse(_message.Message):
     parameter_bytes: int
     max_batch_size: int
     default_rewriters: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_id: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., quantization_note: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., parameter_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., default_rewriters: _Optional[_Iterable[str]] = ...) -> None: ...
+    decoding: str
+    def __init__(self, model_id: _Optional[str] = ..., backend: _Optional[str] = ..., quantization: _Optional[str] = ..., quantization_note: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., parameter_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., default_rewriters: _Optional[_Iterable[str]] = ..., decoding: _Optional[str] = ...) -> None: ...

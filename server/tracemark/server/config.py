@@ -47,6 +47,13 @@ class TeacherSection(_Section):
     batch_window_ms: float = Field(15.0, ge=0, description="how long the batcher waits to fill a batch")
     max_queue: int = Field(64, ge=1, description="queued requests before RESOURCE_EXHAUSTED")
     request_timeout_s: float = Field(120.0, gt=0, description="remote endpoint time-out")
+    decoding: Literal["standard", "ads"] = Field(
+        "standard", description="standard | ads (antidistillation sampling with a proxy student; local only)"
+    )
+    ads_lambda: float = Field(0.5, ge=0, description="ADS strength λ (logits += λ·Δ)")
+    ads_epsilon: float = Field(0.01, gt=0, description="ADS finite-difference step ε (normalised gradient)")
+    ads_proxy: str = Field("", description="proxy student folder for ADS (empty: the embedded model)")
+    ads_heldout: int = Field(16, ge=1, description="generated clean traces used for the proxy's gradient")
     system_prompt: str = Field(
         "You are a careful math tutor. Solve the problem step by step, then give the final answer "
         "on its own last line as '#### <number>'.",
@@ -73,6 +80,9 @@ class RewriteSection(_Section):
     retries: int = Field(1, ge=0, description="guard retries before falling back to the input trace")
     watermark_fraction: float = Field(0.1, ge=0, le=1, description="share of an account's traces signed")
     pairs_per_account: int = Field(2, ge=1, le=64, description="signature pairs derived per account")
+    target_digits: int = Field(
+        4, ge=2, le=9, description="digits of a signature target (candidate space 10^digits; min p per pair)"
+    )
     on_error: Literal["fallback", "raise"] = Field(
         "fallback", description="a crashing/hung rewriter: fall back to its input, or fail the RPC"
     )

@@ -53,12 +53,16 @@ class Runtime:
         from tracemark.forensics.issuer import SignatureIssuer
         from tracemark.forensics.keys import MasterSecret
         from tracemark.forensics.ledger.db import make_engine
+        from tracemark.forensics.signatures import CandidateSpace
 
         ledger = self.settings.ledger
         self.master = MasterSecret.load(path=ledger.master_key_file)
         self.engine = make_engine(ledger.url or None)
         self.issuer = SignatureIssuer(
-            master=self.master, engine=self.engine, pairs_per_account=self.settings.rewrite.pairs_per_account
+            master=self.master,
+            engine=self.engine,
+            pairs_per_account=self.settings.rewrite.pairs_per_account,
+            space=CandidateSpace(digits=self.settings.rewrite.target_digits),
         )
 
     def attach_teacher(self, teacher: TeacherBackend) -> None:

@@ -140,4 +140,5 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             parameter_bytes=info.parameter_bytes,
             max_batch_size=info.max_batch_size,
             default_rewriters=list(self.rt.settings.rewrite.default_pipeline),
+            decoding=info.decoding,
         )

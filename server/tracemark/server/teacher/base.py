@@ -50,6 +50,7 @@ class TeacherInfo:
     dtype: str = ""
     parameter_bytes: int = 0
     max_batch_size: int = 1
+    decoding: str = "standard"
     extra: dict[str, str] = field(default_factory=dict)
 
 

@@ -11,9 +11,24 @@ from tracemark.server.teacher.base import TeacherBackend, TeacherError
 log = logging.getLogger(__name__)
 
 
+def _ads(section: TeacherSection) -> dict:
+    """Antidistillation-sampling arguments for a local teacher (empty for standard decoding)."""
+    if section.decoding != "ads":
+        return {}
+    from tracemark.bench.problems import generate_problems
+    from tracemark.server.teacher.ads import AntidistillationSampler
+
+    # Held-out clean traces come from the procedural generator, so no data set is needed.
+    heldout = [(p.question, p.solution) for p in generate_problems(section.ads_heldout, seed=7919)]
+    sampler = AntidistillationSampler(section.ads_proxy or None, heldout, epsilon=section.ads_epsilon)
+    return {"ads": sampler, "ads_lambda": section.ads_lambda}
+
+
 def build_teacher(section: TeacherSection) -> TeacherBackend:
     """Load the teacher described by ``section`` (may take seconds: conversion, quantization)."""
     if section.backend == "openai":
+        if section.decoding == "ads":
+            raise TeacherError("decoding=ads needs a local teacher (it adjusts logits during generation)")
         from tracemark.server.teacher.remote import OpenAITeacher
 
         return OpenAITeacher(
@@ -35,6 +50,7 @@ def build_teacher(section: TeacherSection) -> TeacherBackend:
             model_id=EMBEDDED_MODEL_ID,
             backend_name="embedded",
             max_batch_size=section.max_batch_size,
+            **_ads(section),
         )
     if section.backend == "tiny":
         from tracemark.server.tiny import build_tiny_model
@@ -47,6 +63,7 @@ def build_teacher(section: TeacherSection) -> TeacherBackend:
             model_id="tiny-random-llama",
             backend_name="tiny",
             max_batch_size=section.max_batch_size,
+            **_ads(section),
         )
     if not section.model:
         raise TeacherError("teacher.backend=transformers needs teacher.model (a folder or a .gguf file)")
@@ -55,4 +72,5 @@ def build_teacher(section: TeacherSection) -> TeacherBackend:
         quantization=section.quantization,
         device=section.device,
         max_batch_size=section.max_batch_size,
+        **_ads(section),
     )

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tracemark.server.teacher.base import (
@@ -121,6 +122,8 @@ class LocalTeacher(TeacherBackend):
         model_id: str | None = None,
         backend_name: str = "transformers",
         max_batch_size: int = 8,
+        ads: Any | None = None,
+        ads_lambda: float = 0.0,
     ) -> None:
         path = Path(model_path)
         if not path.exists():
@@ -155,6 +158,9 @@ class LocalTeacher(TeacherBackend):
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
+        self.ads, self.ads_lambda = ads, ads_lambda
+        if ads is not None:
+            ads.check_tokenizer(self.tokenizer)
         self._lock = threading.Lock()  # one generate at a time; batching happens in front of it
         self.info = TeacherInfo(
             model_id=model_id or str(model_path),
@@ -165,6 +171,9 @@ class LocalTeacher(TeacherBackend):
             dtype=str(dtype).removeprefix("torch."),
             parameter_bytes=int(self.model.get_memory_footprint()),
             max_batch_size=max_batch_size,
+            decoding=f"ads(lambda={ads_lambda:g}, epsilon={ads.epsilon:g})"
+            if ads is not None
+            else "standard",
         )
 
     def _encode(self, conversations: list[Messages]) -> dict[str, torch.Tensor]:
@@ -190,6 +199,13 @@ class LocalTeacher(TeacherBackend):
         )
         if not params.greedy:
             kwargs.update(temperature=params.temperature, top_p=1.0, top_k=0)
+        if self.ads is not None:
+            from transformers import LogitsProcessorList
+
+            processor = self.ads.make_logits_processor(
+                self.ads_lambda, teacher_tokenizer=self.tokenizer, prompt_attention_mask=enc["attention_mask"]
+            )
+            kwargs["logits_processor"] = LogitsProcessorList([processor])
         if on_text and any(on_text):
             kwargs["streamer"] = _BatchStreamer(self.tokenizer, on_text, self.eos_ids)
         start = time.perf_counter()
