@@ -301,7 +301,9 @@ def test_tracemark_suspect_over_grpc(monkeypatch):
             return teacher_pb2.GenerateResponse(trace=f"{request.problem} 4821\n#### 1", trace_id="t")
 
         def GetTeacherInfo(self, request, context):  # noqa: N802
-            return teacher_pb2.GetTeacherInfoResponse(model_id="student-7", backend="transformers", quantization="none")
+            return teacher_pb2.GetTeacherInfoResponse(
+                model_id="student-7", backend="transformers", quantization="none"
+            )
 
     srv = grpc.server(futures.ThreadPoolExecutor(2))
     teacher_pb2_grpc.add_TeacherServiceServicer_to_server(Teacher(), srv)
@@ -351,7 +353,9 @@ def test_local_model_identity_and_logprob_paths_agree(tiny_model_dir):
     base = prefix + s.encode(" ")
     tree = s.tree_logprobs(base, digits, 2, digits)
     assert [t.shape for t in tree] == [(1, 10), (10, 10), (100, 10)]
-    lvl2 = s.next_token_logprobs_shared(base, [[digits[a], digits[b]] for a in range(10) for b in range(10)], digits)
+    lvl2 = s.next_token_logprobs_shared(
+        base, [[digits[a], digits[b]] for a in range(10) for b in range(10)], digits
+    )
     assert np.allclose(tree[2], lvl2, atol=1e-5)
 
 

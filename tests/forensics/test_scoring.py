@@ -49,14 +49,23 @@ def test_trie_search_table_and_brute_force_agree(suspect, combine):
     table = sc.table("k52 =")
     brute = sc.full_scores("k52 =", space.candidates())
     # brute force includes the separator's log-prob (the same for every candidate) per context
-    sep = [float(suspect.continuation_logprobs(suspect.encode(p), [suspect.encode(" ")])[0]) for p in sc.prompts("k52 =")]
+    sep = [
+        float(suspect.continuation_logprobs(suspect.encode(p), [suspect.encode(" ")])[0])
+        for p in sc.prompts("k52 =")
+    ]
     if combine == "mean":
         assert np.allclose(brute - np.mean(sep), table, atol=1e-5)
     order_t, order_b = np.argsort(-table), np.argsort(-brute)
     assert (order_t[:10] == order_b[:10]).all() or combine == "max"
     _, searched = sc.search(sc.layouts("k52 ="))
     assert np.allclose(searched, table, atol=1e-5)
-    for target in ("00", "37", "99", space.candidate(int(np.argmax(table))), space.candidate(int(np.argmin(table)))):
+    for target in (
+        "00",
+        "37",
+        "99",
+        space.candidate(int(np.argmax(table))),
+        space.candidate(int(np.argmin(table))),
+    ):
         p = pair("k52 =", target)
         sc_t = WhiteBoxScorer(suspect, space, contexts=CTX, combine=combine, log_queries=False)
         sc_t._tree_ok = False  # force the best-first trie search with pruning
@@ -147,7 +156,9 @@ class MergingTokenizerLM:
     def continuation_logprobs(self, prompt_ids, conts):
         # deterministic pseudo-scores: the candidate "4821" is strongly preferred
         inv = {v: k for k, v in self.vocab.items()}
-        return np.array([8.0 if "".join(inv[t] for t in c).strip() == "4821" else -float(sum(c) % 17) for c in conts])
+        return np.array(
+            [8.0 if "".join(inv[t] for t in c).strip() == "4821" else -float(sum(c) % 17) for c in conts]
+        )
 
 
 def test_tokenizer_that_merges_digits_falls_back_to_decoys():
@@ -166,13 +177,22 @@ def test_tokenizer_that_merges_digits_falls_back_to_decoys():
 
 def test_expand_contexts_with_chat(suspect):
     prompts = expand_contexts(DEFAULT_CONTEXTS, "x137 =", suspect, "What is 2+2?")
-    assert all(p.startswith("<|user|>What is 2+2?</s><|assistant|>") and p.endswith("x137 =") for p in prompts)
+    assert all(
+        p.startswith("<|user|>What is 2+2?</s><|assistant|>") and p.endswith("x137 =") for p in prompts
+    )
     assert expand_contexts(("{chat}{trigger}",), "x1 =", object(), "q") == ["x1 ="]  # no chat template
 
 
 @pytest.mark.parametrize(
     "text, want",
-    [(" 4821.", "4821"), ("4821\n", "4821"), (" 48213", None), (" 482", None), ("x137 = 4821", "4821"), ("nope", None)],
+    [
+        (" 4821.", "4821"),
+        ("4821\n", "4821"),
+        (" 48213", None),
+        (" 482", None),
+        ("x137 = 4821", "4821"),
+        ("nope", None),
+    ],
 )
 def test_parse_completion(text, want):
     assert parse_completion(text, "x137 =", CandidateSpace(4)) == want
@@ -208,7 +228,9 @@ def test_black_box_rank_by_counts_with_random_ties():
 
 def test_black_box_spreads_samples_over_contexts_and_greedy_uses_one_each():
     s = CannedSuspect([" 4821"])
-    bb = BlackBoxScorer(s, CandidateSpace(4), contexts=("{trigger}", "Let {trigger}", "(aux) {trigger}"), temperature=0.7)
+    bb = BlackBoxScorer(
+        s, CandidateSpace(4), contexts=("{trigger}", "Let {trigger}", "(aux) {trigger}"), temperature=0.7
+    )
     bb.score_pair(pair(), n_samples=7, seed=0)
     assert [c[1] for c in s.calls] == [3, 2, 2]
     s.calls.clear()

@@ -1,0 +1,290 @@
+"""Investigations end to end on small suspects: ledger rows, seed commitment, signed report content,
+multiplicity, budgets, sequential stopping, failures, and a process killed mid-investigation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from tracemark.forensics import stats
+from tracemark.forensics.adapters import SuspectAdapter, SuspectError, parse_suspect
+from tracemark.forensics.investigate import (
+    InvestigationError,
+    run_investigation,
+    run_investigations,
+    seed_commitment,
+)
+from tracemark.forensics.ledger import records
+from tracemark.forensics.ledger.db import read_session
+from tracemark.forensics.reports import canonical_json, export_html, verify_stored_report
+
+ACCOUNTS = ["alice", "bob", "carol"]
+SHORT = ("{trigger}", "\nLet {trigger}")
+
+
+class ScriptedSuspect(SuspectAdapter):
+    """A black-box suspect that completes the triggers of ``memorised`` pairs with their targets and
+    everything else with a fixed pseudo-random number (never a function of any other target)."""
+
+    kind = "scripted"
+
+    def __init__(self, memorised=(), fail_after=None, crash_after=None, **kw):
+        super().__init__("scripted:test", **kw)
+        self.memorised = {p.trigger: p.target for p in memorised}
+        self.fail_after = fail_after
+        self.crash_after = crash_after
+        self.calls = 0
+
+    def identity(self):
+        return {"kind": self.kind, "endpoint": "in-process", "model": "scripted"}
+
+    def _sample(self, prompt, n, max_new_tokens, temperature, seed):
+        from tracemark.forensics.adapters import Sample
+
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise SuspectError("endpoint went away")
+        if self.crash_after is not None and self.calls > self.crash_after:
+            raise RuntimeError("bug in the adapter")
+        for trigger, target in self.memorised.items():
+            if prompt.endswith(trigger):
+                return [Sample(text=f" {target}.")] * n, {}
+        digest = hashlib.sha256(prompt.encode()).hexdigest()
+        return [Sample(text=f" {int(digest[:8], 16) % 10_000:04d}.")] * n, {}
+
+
+@pytest.fixture
+def setup(issuer, engine, master):
+    for a in ACCOUNTS:
+        issuer.ensure_account(a)
+    return {"issuer": issuer, "engine": engine, "master": master}
+
+
+def test_white_box_investigation_records_and_signs_everything(setup, tiny_model_dir):
+    events = []
+    suspect = parse_suspect(f"hf:{tiny_model_dir}")
+    out = run_investigation(
+        suspect=suspect, **setup, seed=1234, contexts=SHORT, progress=lambda *e: events.append(e)
+    )
+    assert out.verdict == "not_detected" and out.attributed_account is None and out.mode == "white-box"
+    assert {a.account for a in out.accounts} == set(ACCOUNTS)
+    # per-account p is Fisher of its exact pair p-values; adjusted by Holm
+    for a in out.accounts:
+        assert a.pairs == a.pairs_total == 2
+        assert a.p_value == pytest.approx(stats.fisher_combine([p.p_value for p in a.pair_results]).p_value)
+        assert all(p.p_value == p.rank / 10_000 for p in a.pair_results)
+    _, adjusted = stats.adjust_pvalues([a.p_value for a in out.accounts], alpha=1e-3, method="holm")
+    assert [a.adjusted_p_value for a in out.accounts] == pytest.approx(adjusted)
+    # the ledger: finished investigation, seed commitment in its params, every query recorded
+    with read_session(setup["engine"]) as session:
+        inv = records.get_investigation(session, investigation_id=out.investigation_id)
+        rows = records.list_queries(session, investigation_id=out.investigation_id)
+    params = json.loads(inv.params_json)
+    assert inv.status == "finished" and inv.verdict == "not_detected"
+    assert params["decoy_seed_commitment"] == seed_commitment(1234)
+    assert seed_commitment(1234) == hashlib.sha256(b"tracemark-decoy-seed/1\x001234").hexdigest()
+    assert all(r.created_at >= inv.started_at for r in rows)
+    assert len(rows) == 6 * len(SHORT) == out.queries  # one logit read per pair and context
+    report = out.report
+    assert [q["response_sha256"] for q in report["queries"]["items"]] == [r.response_sha256 for r in rows]
+    assert report["seeds"]["decoy_seed"] == 1234
+    assert report["seeds"]["decoy_seed_commitment"] == params["decoy_seed_commitment"]
+    assert report["suspect_identity"]["weights_sha256"] == suspect.identity()["weights_sha256"]
+    assert report["statistics"]["plot"]["null"] == {"kind": "chi2", "df": 4}
+    assert report["decision"]["verdict"] == "not_detected" and report["decision"]["alpha"] == 1e-3
+    assert len(report["commitments"]["pairs"]) == 6
+    # nothing secret: no trigger, target or pair text of any account in the signed report
+    body = canonical_json(report).decode()
+    for a in ACCOUNTS:
+        for p in setup["issuer"].all_pairs_for(a):
+            assert p.text not in body and p.trigger not in body
+    assert verify_stored_report(setup["engine"], out.report_id, public_key=setup["master"]).valid
+    stages = [e[0] for e in events]
+    assert stages[0] == "prepare" and "score" in stages and stages[-1] == "done"
+    assert max(e[1] for e in events if e[0] == "score") == 6
+
+
+def test_report_exports_with_the_null_plot(setup, tiny_model_dir, tmp_path):
+    out = run_investigation(suspect=parse_suspect(f"hf:{tiny_model_dir}"), **setup, seed=1, contexts=SHORT)
+    export_html(out.envelope, tmp_path / "r.html")
+    text = (tmp_path / "r.html").read_text()
+    assert "data:image/png;base64," in text and out.report_id in text
+
+
+def test_black_box_detection_and_attribution(setup):
+    target_pairs = setup["issuer"].all_pairs_for("bob")
+    suspect = ScriptedSuspect(memorised=target_pairs)
+    out = run_investigation(suspect=suspect, **setup, seed=7, contexts=SHORT, query_budget=200)
+    assert out.mode == "black-box" and out.verdict == "detected" and out.attributed_account == "bob"
+    bob = next(a for a in out.accounts if a.account == "bob")
+    assert [p.rank for p in bob.pair_results] == [1, 1] and bob.rejected
+    assert out.p_value == pytest.approx(stats.fisher_combine([1e-4, 1e-4]).p_value)
+    assert out.p_value <= 1e-6 and out.adjusted_p_value == pytest.approx(3 * out.p_value)
+    assert not any(a.rejected for a in out.accounts if a.account != "bob")
+    # greedy (temperature 0): one completion per context and pair, well within the budget
+    assert out.queries == 6 * len(SHORT) and out.report["budget"]["completions_used"] == 12
+
+
+def test_black_box_budget_exhaustion_is_inconclusive(setup):
+    suspect = ScriptedSuspect()
+    out = run_investigation(suspect=suspect, **setup, seed=7, contexts=("{trigger}",), query_budget=4)
+    assert out.verdict == "inconclusive" and "budget" in out.detail
+    assert out.report["budget"]["pairs_scored"] == 4 and out.report["budget"]["pairs_total"] == 6
+    with read_session(setup["engine"]) as session:
+        assert len(records.list_queries(session, investigation_id=out.investigation_id)) == 4
+
+
+def test_sequential_mode_stops_early(setup):
+    from tracemark.forensics.issuer import SignatureIssuer
+
+    for i in range(5):
+        setup["issuer"].ensure_account(f"extra-{i}")
+    setup["issuer"] = SignatureIssuer(master=setup["master"], engine=setup["engine"], pairs_per_account=4)
+    suspect = ScriptedSuspect(memorised=setup["issuer"].all_pairs_for("carol"))
+    out = run_investigation(
+        suspect=suspect, **setup, seed=3, contexts=("{trigger}",), sequential=True, query_budget=200
+    )
+    assert out.verdict == "detected" and out.attributed_account == "carol"
+    seq = out.report["statistics"]["sequential"]
+    assert seq["threshold"] == pytest.approx(8 / 1e-3)
+    # carol's e-process crossed 8,000 after her 2nd pair (118^2 ~ 13,900): round-robin over 8 accounts
+    carol_index = sorted(setup["issuer"].accounts()).index("carol")
+    assert seq["stopped_early_after_pairs"] == 8 + carol_index + 1
+    assert out.report["budget"]["stopped_early"] and out.report["budget"]["pairs_scored"] < 32
+    assert out.p_value == pytest.approx(10 ** -seq["accounts"]["carol"]["log10_e_max"])  # anytime-valid p
+
+
+def test_multiple_suspects_share_one_family(setup, tiny_model_dir):
+    a = ScriptedSuspect(memorised=setup["issuer"].all_pairs_for("alice"))
+    b = parse_suspect(f"hf:{tiny_model_dir}")
+    outs = run_investigations(suspects=[a, b], **setup, seed=5, contexts=("{trigger}",))
+    assert [o.verdict for o in outs] == ["detected", "not_detected"]
+    assert outs[0].attributed_account == "alice"
+    for o in outs:
+        assert o.report["decision"]["family_size"] == 6
+        assert len(o.report["statistics"]["family"]) == 6
+    alice = next(r for r in outs[0].accounts if r.account == "alice")
+    assert alice.adjusted_p_value == pytest.approx(6 * alice.p_value)
+
+
+def test_bad_parameters(setup, tiny_model_dir):
+    s = parse_suspect(f"hf:{tiny_model_dir}")
+    for kwargs, fragment in [
+        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"mode": "grey-box"}, "mode"),
+        ({"correction": "bonf"}, "correction"),
+        ({"decoys": 0}, "decoys"),
+        ({"query_budget": -1}, "query_budget"),
+        ({"seed": -3}, "seed"),
+        ({"contexts": ["no placeholder"]}, "{trigger}"),
+    ]:
+        with pytest.raises(InvestigationError, match=fragment):
+            run_investigation(suspect=s, **setup, **kwargs)
+    with pytest.raises(InvestigationError, match="black-box"):
+        run_investigation(suspect=ScriptedSuspect(), **setup, mode="white-box")
+
+
+def test_no_accounts(issuer, engine, master, tiny_model_dir):
+    with pytest.raises(InvestigationError, match="no accounts"):
+        run_investigation(
+            suspect=parse_suspect(f"hf:{tiny_model_dir}"), issuer=issuer, engine=engine, master=master
+        )
+
+
+def test_suspect_failure_gives_an_inconclusive_report_and_bugs_fail_the_investigation(setup):
+    out = run_investigation(suspect=ScriptedSuspect(fail_after=2), **setup, seed=1, contexts=("{trigger}",))
+    assert out.verdict == "inconclusive" and "endpoint went away" in out.detail
+    assert verify_stored_report(setup["engine"], out.report_id, public_key=setup["master"]).valid
+    with pytest.raises(RuntimeError, match="bug in the adapter"):
+        run_investigation(suspect=ScriptedSuspect(crash_after=1), **setup, seed=1, contexts=("{trigger}",))
+    with read_session(setup["engine"]) as session:
+        from sqlmodel import select
+        from tracemark.forensics.ledger.models import Investigation
+
+        rows = session.exec(select(Investigation).order_by(Investigation.started_at)).all()
+    assert rows[-1].status == "failed" and "bug in the adapter" in rows[-1].error
+    assert rows[-2].status == "finished" and rows[-2].verdict == "inconclusive"
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from tracemark.forensics.keys import MasterSecret
+    from tracemark.forensics.ledger.db import make_engine
+    from tracemark.forensics.issuer import SignatureIssuer
+    from tracemark.forensics.adapters import SuspectAdapter, Sample
+    from tracemark.forensics.investigate import run_investigation
+
+    class Slow(SuspectAdapter):
+        kind = "slow"
+        def identity(self):
+            return {"kind": "slow"}
+        def _sample(self, prompt, n, max_new_tokens, temperature, seed):
+            time.sleep(0.05)
+            return [Sample(text=" 0000")] * n, {}
+
+    master = MasterSecret.load(path=sys.argv[2])
+    engine = make_engine(sys.argv[1])
+    issuer = SignatureIssuer(master=master, engine=engine, pairs_per_account=50)
+    for i in range(4):
+        issuer.ensure_account(f"acct-{i}")
+    print("ready", flush=True)
+    run_investigation(suspect=Slow("slow:x"), issuer=issuer, engine=engine, master=master,
+                      contexts=("{trigger}",), query_budget=1000, seed=9)
+    """
+)
+
+
+def test_killed_process_loses_no_committed_query_row(tmp_path, clean_key_env):
+    from sqlmodel import select
+    from tracemark.forensics.ledger.db import make_engine
+    from tracemark.forensics.ledger.models import Investigation, QueryRecord
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    script = tmp_path / "inv.py"
+    script.write_text(KILL_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), url, str(tmp_path / "master.key")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        engine = make_engine(url)
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with read_session(engine) as session:
+                seen = [r.response_sha256 + str(r.seq) for r in session.exec(select(QueryRecord)).all()]
+            if len(seen) >= 10:
+                break
+            time.sleep(0.05)
+        assert len(seen) >= 10, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    engine.dispose()
+    engine = make_engine(url)
+    with read_session(engine) as session:
+        from sqlalchemy import text
+
+        assert session.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+        after = {r.response_sha256 + str(r.seq) for r in session.exec(select(QueryRecord)).all()}
+        inv = session.exec(select(Investigation)).one()
+    assert set(seen) <= after  # every row seen committed before the kill is still there
+    assert inv.status == "running" and json.loads(inv.params_json)[
+        "decoy_seed_commitment"
+    ] == seed_commitment(9)
+    seqs = sorted(int(x[64:]) for x in after)
+    assert seqs == list(range(1, len(seqs) + 1))  # no gap: committed one by one, in order
