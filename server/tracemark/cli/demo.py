@@ -32,6 +32,9 @@ def demo_command(
     from tracemark.demo.run import run_demo
     from tracemark.demo.settings import DEFAULT, QUICK
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     size = QUICK if quick else DEFAULT
     err = Console(stderr=True)
     result = run_demo(size, workdir=out, seed=seed, console=err)
