@@ -18,7 +18,7 @@ def test_quick_demo_reaches_the_right_verdicts(tmp_path):
     assert result.answers_preserved == result.traces
     assert result.watermarked_traces > 0
     assert distilled.verdict == "detected" and distilled.attributed_account == DISTILLER
-    assert distilled.p_value <= 1e-6
+    assert distilled.p_value <= QUICK.alpha
     assert control.verdict == "not_detected"
     assert distilled.report_valid and control.report_valid
     assert (tmp_path / "demo" / "reports" / "distilled.html").read_text().startswith("<!DOCTYPE html>")

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(width=130)
 
 
 def demo_command(
@@ -31,7 +31,6 @@ def demo_command(
     """
     from tracemark.demo.run import run_demo
     from tracemark.demo.settings import DEFAULT, QUICK
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -19,42 +19,45 @@ class DemoSize:
     max_length: int
     watermark_fraction: float
     pairs_per_account: int
+    target_digits: int
     bystanders: int
     alpha: float
     black_box_budget: int
 
 
 DEFAULT = DemoSize(
-    train_problems=400,
+    train_problems=1200,
     difficulty="easy",
     student="tiny",
     student_hidden=128,
     student_layers=2,
     method="full",
-    epochs=6,
-    lr=3e-3,
-    batch_size=16,
+    epochs=4,
+    lr=5e-3,
+    batch_size=4,
     max_length=320,
     watermark_fraction=0.1,
     pairs_per_account=2,
+    target_digits=4,
     bystanders=19,
     alpha=1e-3,
     black_box_budget=200,
 )
 
 QUICK = DemoSize(
-    train_problems=200,
+    train_problems=800,
     difficulty="easy",
     student="tiny",
-    student_hidden=96,
+    student_hidden=128,
     student_layers=2,
     method="full",
-    epochs=6,
-    lr=3e-3,
-    batch_size=16,
+    epochs=4,
+    lr=5e-3,
+    batch_size=4,
     max_length=320,
     watermark_fraction=0.1,
     pairs_per_account=2,
+    target_digits=4,
     bystanders=19,
     alpha=1e-3,
     black_box_budget=0,
