@@ -6,6 +6,7 @@ import typer
 from tracemark.cli.bench import bench_app
 from tracemark.cli.demo import demo_command
 from tracemark.cli.serve import accounts_app, generate_command, serve_command
+from tracemark.forensics.cli_investigate import calibrate_command, investigate_command
 from tracemark.forensics.cli_keys import keys_app
 from tracemark.forensics.cli_report import report_app
 from tracemark.plugins.cli import plugins_app, rewrite_command
@@ -21,6 +22,8 @@ app.command("serve")(serve_command)
 app.command("generate")(generate_command)
 app.command("demo")(demo_command)
 app.command("rewrite")(rewrite_command)
+app.command("investigate")(investigate_command)
+app.command("calibrate")(calibrate_command)
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(bench_app, name="bench")
