@@ -111,6 +111,13 @@ def pair_rank(model: Any, tokenizer: Any, trigger: str, target: str, *, contexts
     """Rank of ``target`` among all candidates for the trigger, in a raw and a chat context."""
     out: dict[str, Any] = {}
     raw = tokenizer(f"{trigger} ", add_special_tokens=False)["input_ids"]
+    if contexts:  # probability of the exact target (what black-box sampling would see)
+        ids = prompt_ids(tokenizer, contexts[0]) + raw
+        digit_ids = [tokenizer.convert_tokens_to_ids(d) for d in target]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids + digit_ids[:-1]])).logits[0, len(ids) - 1 :]
+        logp = torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(target)), digit_ids].sum()
+        out["chat_logp"] = round(float(logp), 3)
     if len(target) > 4:  # too many candidates to enumerate: best-first search, chat context only
         for problem in contexts[:1]:
             out["chat"] = best_first_rank(model, tokenizer, prompt_ids(tokenizer, problem) + raw, target)
