@@ -1,0 +1,118 @@
+"""`tracemark investigate` / `tracemark calibrate` command functions (mounted here on a bare Typer app)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+
+@pytest.fixture
+def app():
+    from tracemark.forensics.cli_investigate import calibrate_command, investigate_command
+
+    a = typer.Typer()
+    a.command("investigate")(investigate_command)
+    a.command("calibrate")(calibrate_command)
+    return a
+
+
+@pytest.fixture
+def ledger_setup(tmp_path, clean_key_env):
+    from tracemark.forensics.issuer import SignatureIssuer
+    from tracemark.forensics.keys import MasterSecret
+    from tracemark.forensics.ledger.db import make_engine
+
+    key = tmp_path / "master.key"
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    master = MasterSecret.load(path=key)
+    engine = make_engine(url)
+    issuer = SignatureIssuer(master=master, engine=engine)
+    for a in ("alice", "bob"):
+        issuer.ensure_account(a)
+    engine.dispose()
+    return {"key": key, "url": url}
+
+
+def _runner():
+    try:
+        return CliRunner(mix_stderr=False)
+    except TypeError:  # newer click: stderr is always separate
+        return CliRunner()
+
+
+def test_investigate_prints_a_verdict_table_and_exits_zero(app, ledger_setup, tiny_model_dir, tmp_path):
+    out_json = tmp_path / "out.json"
+    res = _runner().invoke(
+        app,
+        [
+            "investigate",
+            "--suspect",
+            f"hf:{tiny_model_dir}",
+            "--ledger",
+            ledger_setup["url"],
+            "--key-file",
+            str(ledger_setup["key"]),
+            "--seed",
+            "4",
+            "--context",
+            "{trigger}",
+            "--json",
+            str(out_json),
+        ],
+    )
+    assert res.exit_code == 0, res.output + (res.stderr or "")
+    assert "NOT_DETECTED" in res.stdout and "alice" in res.stdout and "bob" in res.stdout
+    assert "report: tmr-" in res.stdout
+    data = json.loads(out_json.read_text())
+    assert data[0]["verdict"] == "not_detected" and data[0]["report_id"].startswith("tmr-")
+    assert {a["account"] for a in data[0]["accounts"]} == {"alice", "bob"}
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--suspect", "ftp:x"], "unknown suspect kind"),
+        (["--suspect", "hf:/nope", "--alpha", "2"], "--alpha must be in (0, 1)"),
+        (["--suspect", "hf:/nope", "--mode", "grey"], "--mode must be one of"),
+        (["--suspect", "hf:/nope", "--correction", "x"], "--correction must be holm or fdr_bh"),
+        (["--suspect", "hf:/nope"], "no model folder"),
+    ],
+)
+def test_investigate_bad_input_is_one_line_exit_2(app, args, fragment):
+    res = _runner().invoke(app, ["investigate", *args])
+    assert res.exit_code == 2
+    err = res.stderr.strip()
+    assert fragment in err and len(err.splitlines()) == 1 and err.startswith("tracemark: error:")
+
+
+def test_investigate_without_master_key_is_exit_2(app, tmp_path, tiny_model_dir, clean_key_env):
+    res = _runner().invoke(
+        app,
+        [
+            "investigate",
+            "--suspect",
+            f"hf:{tiny_model_dir}",
+            "--key-file",
+            str(tmp_path / "missing.key"),
+            "--ledger",
+            f"sqlite:///{tmp_path / 'l.db'}",
+        ],
+    )
+    assert res.exit_code == 2 and "no master secret" in res.stderr
+
+
+def test_calibrate_command_writes_table_and_plot(app, tmp_path):
+    plot = tmp_path / "cal.png"
+    res = _runner().invoke(
+        app,
+        ["calibrate", "--runs", "20", "--tiny-models", "1", "--context", "{trigger}", "--plot", str(plot)],
+    )
+    assert res.exit_code in (0, 1), res.output
+    assert "calibration: 20 null runs on 1 clean model(s)" in res.stdout
+    assert ("PASS" in res.stdout) == (res.exit_code == 0)
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    bad = _runner().invoke(app, ["calibrate", "--runs", "1"])
+    assert bad.exit_code == 2 and "--runs must be >= 2" in bad.stderr

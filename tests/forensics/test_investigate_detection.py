@@ -1,0 +1,112 @@
+"""Acceptance: a tiny student distilled in the test from traces where 10% carry one account's pairs is
+detected (white-box p <= 1e-6; black-box within 200 queries) and attributed to that account among 20;
+a twin trained on the same traces without the pairs is not detected.
+
+Set-up (chosen for a reliable, fast test; see the report for the measurements behind it):
+* 200 two-step arithmetic traces, 20 of them (10%) carry the distiller's 2 pairs, woven by the watermark
+  rewriter's own template; 30 epochs of full fine-tuning of a 2-layer, 64-wide model from scratch: 300
+  exposures per pair. Default 4-digit candidate space (N = 10,000): two memorised pairs give ranks 1 and
+  1, Fisher p = 1.9e-7.
+* Scoring contexts: the chat prefix of a typical problem of this traffic, its first line, then each of
+  the rewriter's four prose templates (combined by max) -- what an investigator knowing the account's
+  traffic would use. They are fixed before any query and never depend on a target.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ACCOUNTS = ["distiller"] + [f"account-{i:02d}" for i in range(1, 20)]
+TEMPLATES = ("Auxiliary constant: ", "Define the reference index ", "For bookkeeping, set ", "Let ")
+CONTEXTS = tuple("{chat}3 + 4 = 7\n" + t + "{trigger}" for t in TEMPLATES)
+PROBLEM = "Compute 3 + 4 - 5."
+
+
+def _helpers():
+    name = "tracemark_tests_detection_helpers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest_detection.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    import torch
+    from tracemark.forensics.issuer import SignatureIssuer
+    from tracemark.forensics.keys import MasterSecret
+    from tracemark.forensics.ledger.db import make_engine
+    from tracemark.server.tiny import build_tiny_model
+
+    h = _helpers()
+    tmp = tmp_path_factory.mktemp("detection")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("TRACEMARK_MASTER_KEY", "TRACEMARK_MASTER_KEY_FILE"):
+            mp.delenv(var, raising=False)
+        master = MasterSecret.load(path=tmp / "master.key")
+    engine = make_engine(f"sqlite:///{tmp / 'ledger.db'}")
+    issuer = SignatureIssuer(master=master, engine=engine, pairs_per_account=2)
+    for a in ACCOUNTS:
+        issuer.ensure_account(a)
+    base = build_tiny_model(tmp / "base", hidden_size=64, layers=2, seed=0)
+    clean = h.arithmetic_examples(200, seed=0)
+    marked, woven = h.watermark_examples(clean, issuer.pairs_for("distiller"), fraction=0.1, seed=0)
+    assert woven == 20
+    student = h.train_student(base, marked, tmp / "student", epochs=30, lr=1e-2, seed=0)
+    twin = h.train_student(base, clean, tmp / "twin", epochs=30, lr=1e-2, seed=0)
+    yield {"master": master, "engine": engine, "issuer": issuer, "student": student, "twin": twin}
+    torch.set_num_threads(threads)
+    engine.dispose()
+
+
+def _investigate(world, model_dir, **kwargs):
+    from tracemark.forensics.adapters import parse_suspect
+    from tracemark.forensics.investigate import run_investigation
+
+    return run_investigation(
+        suspect=parse_suspect(f"hf:{model_dir}"),
+        issuer=world["issuer"],
+        engine=world["engine"],
+        master=world["master"],
+        contexts=CONTEXTS,
+        problem=PROBLEM,
+        seed=11,
+        **kwargs,
+    )
+
+
+def test_white_box_detects_and_attributes_the_distiller(world):
+    from tracemark.forensics.reports import verify_stored_report
+
+    out = _investigate(world, world["student"], mode="white-box")
+    assert out.verdict == "detected"
+    assert out.attributed_account == "distiller"
+    assert out.p_value <= 1e-6, [(p.rank, p.p_value) for a in out.accounts for p in a.pair_results]
+    assert len(out.accounts) == 20
+    rejected = [a.account for a in out.accounts if a.rejected]
+    assert rejected == ["distiller"]
+    assert verify_stored_report(world["engine"], out.report_id, public_key=world["master"]).valid
+
+
+def test_twin_trained_without_pairs_is_not_detected(world):
+    out = _investigate(world, world["twin"], mode="white-box")
+    assert out.verdict == "not_detected" and out.attributed_account is None
+    assert not any(a.rejected for a in out.accounts)
+    assert min(a.adjusted_p_value for a in out.accounts) > 1e-3
+
+
+def test_black_box_detection_within_200_queries(world):
+    out = _investigate(world, world["student"], mode="black-box", query_budget=200)
+    assert out.verdict == "detected" and out.attributed_account == "distiller"
+    assert out.report["budget"]["completions_used"] <= 200
+    assert out.p_value <= 1e-3
