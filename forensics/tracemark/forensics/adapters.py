@@ -39,6 +39,7 @@ SPEC_HELP = "hf:PATH | gguf:PATH | openai:URL#MODEL | tracemark:ADDR"
 PACKED_TOKENS = 384  # tokens per packed batch of trie nodes (attention mask is PACKED_TOKENS x (prompt + it))
 TREE_TOKENS = 600  # tokens per packed call of the trie (whole first-digit subtrees)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt")
+CHAT_EXTRA_TOKENS = 16
 CHAT_CONTINUE_INSTRUCTION = (
     "Continue the user's text exactly where it stops. Reply with the continuation only, no commentary."
 )
@@ -844,8 +845,9 @@ class OpenAISuspect(SuspectAdapter):
         return out
 
     def _chat(self, prompt, n, max_new_tokens, temperature, seed) -> list[Sample]:  # noqa: ANN001
+        # chat models often echo the end of the prompt ("x137 = 4821"): leave room for that
         body = {
-            **self._body(n, max_new_tokens, temperature, seed),
+            **self._body(n, max_new_tokens + CHAT_EXTRA_TOKENS, temperature, seed),
             "messages": [
                 {"role": "system", "content": CHAT_CONTINUE_INSTRUCTION},
                 {"role": "user", "content": prompt},
