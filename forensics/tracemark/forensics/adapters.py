@@ -337,8 +337,18 @@ class LocalModelSuspect(SuspectAdapter):
 
     white_box = True
 
-    def __init__(self, spec: str, path: Path, *, gguf: bool = False, batch_size: int = 256, **kw: Any):
+    def __init__(
+        self,
+        spec: str,
+        path: Path,
+        *,
+        gguf: bool = False,
+        batch_size: int = 256,
+        device: str = "auto",
+        **kw: Any,
+    ):
         super().__init__(spec, **kw)
+        self.device = device  # "auto": CUDA when available, else CPU
         self.kind = "gguf" if gguf else "hf"
         self.path = Path(path)
         self.gguf = gguf
@@ -390,6 +400,9 @@ class LocalModelSuspect(SuspectAdapter):
                 except (OSError, ValueError) as exc:
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     raise SuspectError(f"cannot load suspect model {self.path}: {first}") from None
+                if self.device == "auto":
+                    self.device = "cuda" if torch.cuda.is_available() else "cpu"
+                model.to(self.device)
                 model.eval()
                 self._model, self._tokenizer = model, tok
         return self._model, self._tokenizer
@@ -440,12 +453,14 @@ class LocalModelSuspect(SuspectAdapter):
             for _, rows in sorted(by_len.items()):
                 for start in range(0, len(rows), self.batch_size):
                     chunk = rows[start : start + self.batch_size]
-                    ids = torch.tensor([list(sequences[i]) for i in chunk], dtype=torch.long)
+                    ids = torch.tensor(
+                        [list(sequences[i]) for i in chunk], dtype=torch.long, device=self.device
+                    )
                     logits = model(input_ids=ids, logits_to_keep=1).logits[:, -1, :].double()
                     lp = torch.log_softmax(logits, dim=-1)
                     if columns is not None:
                         lp = lp[:, list(columns)]
-                    lp = lp.numpy()
+                    lp = lp.cpu().numpy()
                     if out is None:
                         out = np.empty((len(sequences), lp.shape[1]), dtype=np.float64)
                     out[chunk] = lp
@@ -461,7 +476,9 @@ class LocalModelSuspect(SuspectAdapter):
             return hit
         model, _ = self._load()
         with torch.inference_mode():
-            out = model(input_ids=torch.tensor([list(prefix)], dtype=torch.long), use_cache=True)
+            out = model(
+                input_ids=torch.tensor([list(prefix)], dtype=torch.long, device=self.device), use_cache=True
+            )
         cache = out.get("cache")
         if cache is None:  # transformers before the `cache` rename
             cache = out.past_key_values
@@ -488,10 +505,10 @@ class LocalModelSuspect(SuspectAdapter):
         cache, last = self._prefix_state(tuple(prefix))
         cols = list(columns) if columns is not None else None
         if lengths == {0}:
-            row = (last[cols] if cols is not None else last).numpy()
+            row = (last[cols] if cols is not None else last).cpu().numpy()
             return np.tile(row, (len(suffixes), 1))
         model, _ = self._load()
-        arr = torch.tensor([list(x) for x in suffixes], dtype=torch.long)
+        arr = torch.tensor([list(x) for x in suffixes], dtype=torch.long, device=self.device)
         if self._packed_ok is None:  # check once that packed (tree-masked) batches match expanded caches
             probe = arr[: min(8, len(arr))]
             try:
@@ -506,7 +523,7 @@ class LocalModelSuspect(SuspectAdapter):
         for start in range(0, len(arr), step):
             chunk = arr[start : start + step]
             lp = run(model, cache, len(prefix), chunk) if run else self._shared_expanded(model, cache, chunk)
-            parts.append((lp[:, cols] if cols is not None else lp).numpy())
+            parts.append((lp[:, cols] if cols is not None else lp).cpu().numpy())
         return np.concatenate(parts, axis=0)
 
     def tree_logprobs(
@@ -529,7 +546,7 @@ class LocalModelSuspect(SuspectAdapter):
         cache, last = self._prefix_state(tuple(prefix))
         cols = list(columns)
         k = len(branch_ids)
-        levels = [last[cols].numpy()[None, :]]
+        levels = [last[cols].cpu().numpy()[None, :]]
         if depth < 1:
             return levels
         # one subtree per first branch: nodes in BFS order, with their level and parent (local indices)
@@ -572,13 +589,13 @@ class LocalModelSuspect(SuspectAdapter):
                     mask[s_i * size : (s_i + 1) * size, o : o + size] = anc
                 kwargs = {self._cache_kwarg(): copy.deepcopy(cache)}
                 logits = model(
-                    input_ids=torch.tensor([tokens], dtype=torch.long),
-                    position_ids=torch.tensor([positions], dtype=torch.long),
-                    attention_mask=torch.from_numpy(mask)[None, None],
+                    input_ids=torch.tensor([tokens], dtype=torch.long, device=self.device),
+                    position_ids=torch.tensor([positions], dtype=torch.long, device=self.device),
+                    attention_mask=torch.from_numpy(mask)[None, None].to(self.device),
                     use_cache=True,
                     **kwargs,
                 ).logits[0]
-                lp = torch.log_softmax(logits.double(), dim=-1)[:, cols].numpy()
+                lp = torch.log_softmax(logits.double(), dim=-1)[:, cols].cpu().numpy()
                 for s_i, f in enumerate(firsts):
                     block = lp[s_i * size : (s_i + 1) * size]
                     for j in range(1, depth + 1):
@@ -613,8 +630,8 @@ class LocalModelSuspect(SuspectAdapter):
         group = torch.arange(b).repeat_interleave(j)
         within = torch.arange(j).repeat(b)
         own = (group[:, None] == group[None, :]) & (within[None, :] <= within[:, None])
-        mask = torch.cat([torch.ones(n, n_prefix, dtype=torch.bool), own], dim=1)[None, None]
-        positions = (n_prefix + within).unsqueeze(0)
+        mask = torch.cat([torch.ones(n, n_prefix, dtype=torch.bool), own], dim=1)[None, None].to(self.device)
+        positions = (n_prefix + within).unsqueeze(0).to(self.device)
         with torch.inference_mode():
             kwargs = {self._cache_kwarg(): copy.deepcopy(cache)}
             logits = model(
@@ -655,10 +672,12 @@ class LocalModelSuspect(SuspectAdapter):
                     continue
                 for start in range(0, len(rows), self.batch_size):
                     chunk = rows[start : start + self.batch_size]
-                    ids = torch.tensor([list(continuations[i]) for i in chunk], dtype=torch.long)
+                    ids = torch.tensor(
+                        [list(continuations[i]) for i in chunk], dtype=torch.long, device=self.device
+                    )
                     first = last[ids[:, 0]]  # log p(first token | prompt), from the prompt's own pass
                     if length == 1:
-                        scores[chunk] = first.numpy()
+                        scores[chunk] = first.cpu().numpy()
                         continue
                     expanded = copy.deepcopy(cache)
                     expanded.batch_repeat_interleave(len(chunk))
@@ -666,7 +685,7 @@ class LocalModelSuspect(SuspectAdapter):
                     logits = model(input_ids=ids[:, :-1], use_cache=True, **kwargs).logits.double()
                     lp = torch.log_softmax(logits, dim=-1)
                     rest = lp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).sum(-1)
-                    scores[chunk] = (first + rest).numpy()
+                    scores[chunk] = (first + rest).cpu().numpy()
         return scores
 
     def _sample(
@@ -675,7 +694,7 @@ class LocalModelSuspect(SuspectAdapter):
         import torch
 
         model, tok = self._load()
-        ids = torch.tensor([self.encode(prompt)], dtype=torch.long)
+        ids = torch.tensor([self.encode(prompt)], dtype=torch.long, device=self.device)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         with torch.inference_mode(), torch.random.fork_rng(devices=[]):
             if seed is not None:
@@ -688,7 +707,7 @@ class LocalModelSuspect(SuspectAdapter):
             }
             if temperature <= 0:
                 out = model.generate(ids, do_sample=False, **kwargs)
-                texts = [tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)] * n
+                texts = [tok.decode(out[0, ids.shape[1] :].tolist(), skip_special_tokens=True)] * n
             else:
                 out = model.generate(
                     ids,
@@ -699,7 +718,7 @@ class LocalModelSuspect(SuspectAdapter):
                     num_return_sequences=n,
                     **kwargs,
                 )
-                texts = [tok.decode(row[ids.shape[1] :], skip_special_tokens=True) for row in out]
+                texts = [tok.decode(row[ids.shape[1] :].tolist(), skip_special_tokens=True) for row in out]
         return [Sample(text=t) for t in texts], {}
 
     def close(self) -> None:
