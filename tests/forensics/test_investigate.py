@@ -26,7 +26,7 @@ from tracemark.forensics.ledger.db import read_session
 from tracemark.forensics.reports import canonical_json, export_html, verify_stored_report
 
 ACCOUNTS = ["alice", "bob", "carol"]
-SHORT = ("{trigger}", "\nLet {trigger}")
+SHORT = ("\nLet {trigger}",)
 
 
 class ScriptedSuspect(SuspectAdapter):
@@ -111,8 +111,8 @@ def test_white_box_investigation_records_and_signs_everything(setup, tiny_model_
     assert max(e[1] for e in events if e[0] == "score") == 6
 
 
-def test_report_exports_with_the_null_plot(setup, tiny_model_dir, tmp_path):
-    out = run_investigation(suspect=parse_suspect(f"hf:{tiny_model_dir}"), **setup, seed=1, contexts=SHORT)
+def test_report_exports_with_the_null_plot(setup, tmp_path):
+    out = run_investigation(suspect=ScriptedSuspect(), **setup, seed=1, contexts=("{trigger}",))
     export_html(out.envelope, tmp_path / "r.html")
     text = (tmp_path / "r.html").read_text()
     assert "data:image/png;base64," in text and out.report_id in text
@@ -129,7 +129,7 @@ def test_black_box_detection_and_attribution(setup):
     assert out.p_value <= 1e-6 and out.adjusted_p_value == pytest.approx(3 * out.p_value)
     assert not any(a.rejected for a in out.accounts if a.account != "bob")
     # greedy (temperature 0): one completion per context and pair, well within the budget
-    assert out.queries == 6 * len(SHORT) and out.report["budget"]["completions_used"] == 12
+    assert out.queries == 6 * len(SHORT) == out.report["budget"]["completions_used"]
 
 
 def test_black_box_budget_exhaustion_is_inconclusive(setup):
@@ -161,9 +161,9 @@ def test_sequential_mode_stops_early(setup):
     assert out.p_value == pytest.approx(10 ** -seq["accounts"]["carol"]["log10_e_max"])  # anytime-valid p
 
 
-def test_multiple_suspects_share_one_family(setup, tiny_model_dir):
+def test_multiple_suspects_share_one_family(setup):
     a = ScriptedSuspect(memorised=setup["issuer"].all_pairs_for("alice"))
-    b = parse_suspect(f"hf:{tiny_model_dir}")
+    b = ScriptedSuspect()
     outs = run_investigations(suspects=[a, b], **setup, seed=5, contexts=("{trigger}",))
     assert [o.verdict for o in outs] == ["detected", "not_detected"]
     assert outs[0].attributed_account == "alice"

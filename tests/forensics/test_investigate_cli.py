@@ -108,10 +108,10 @@ def test_calibrate_command_writes_table_and_plot(app, tmp_path):
     plot = tmp_path / "cal.png"
     res = _runner().invoke(
         app,
-        ["calibrate", "--runs", "20", "--tiny-models", "1", "--context", "{trigger}", "--plot", str(plot)],
+        ["calibrate", "--runs", "6", "--tiny-models", "1", "--context", "{trigger}", "--plot", str(plot)],
     )
     assert res.exit_code in (0, 1), res.output
-    assert "calibration: 20 null runs on 1 clean model(s)" in res.stdout
+    assert "calibration: 6 null runs on 1 clean model(s)" in res.stdout
     assert ("PASS" in res.stdout) == (res.exit_code == 0)
     assert plot.read_bytes()[:4] == b"\x89PNG"
     bad = _runner().invoke(app, ["calibrate", "--runs", "1"])
