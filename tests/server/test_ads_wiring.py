@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from tracemark.server.teacher.base import GenerationParams
 from tracemark.server.teacher.local import LocalTeacher
 
