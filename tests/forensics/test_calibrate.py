@@ -10,16 +10,19 @@ from tracemark.forensics.calibrate import CalibrationError, run_calibration
 BARE = ("{trigger}",)
 
 
-@pytest.fixture(scope="module")
-def calibration(tmp_path_factory):
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        return run_calibration(runs=200, n_models=4, contexts=BARE, alpha=1e-3, seed=0)
-    finally:
-        torch.set_num_threads(threads)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return run_calibration(runs=200, n_models=4, contexts=BARE, alpha=1e-3, seed=0)
 
 
 @pytest.mark.slow

@@ -72,6 +72,14 @@ def world(tmp_path_factory):
     engine.dispose()
 
 
+def _summary(out) -> str:
+    ranks = {a.account: [p.rank for p in a.pair_results] for a in out.accounts}
+    return (
+        f"{out.mode}: {out.verdict} {out.attributed_account} p={out.p_value:.3g} adj={out.adjusted_p_value:.3g} "
+        f"distiller ranks={ranks['distiller']} queries={out.queries} {out.seconds:.1f}s"
+    )
+
+
 def _investigate(world, model_dir, **kwargs):
     from tracemark.forensics.adapters import parse_suspect
     from tracemark.forensics.investigate import run_investigation
@@ -92,6 +100,7 @@ def test_white_box_detects_and_attributes_the_distiller(world):
     from tracemark.forensics.reports import verify_stored_report
 
     out = _investigate(world, world["student"], mode="white-box")
+    print(_summary(out))
     assert out.verdict == "detected"
     assert out.attributed_account == "distiller"
     assert out.p_value <= 1e-6, [(p.rank, p.p_value) for a in out.accounts for p in a.pair_results]
@@ -103,6 +112,7 @@ def test_white_box_detects_and_attributes_the_distiller(world):
 
 def test_twin_trained_without_pairs_is_not_detected(world):
     out = _investigate(world, world["twin"], mode="white-box")
+    print(_summary(out))
     assert out.verdict == "not_detected" and out.attributed_account is None
     assert not any(a.rejected for a in out.accounts)
     assert min(a.adjusted_p_value for a in out.accounts) > 1e-3
@@ -110,6 +120,7 @@ def test_twin_trained_without_pairs_is_not_detected(world):
 
 def test_black_box_detection_within_200_queries(world):
     out = _investigate(world, world["student"], mode="black-box", query_budget=200)
+    print(_summary(out))
     assert out.verdict == "detected" and out.attributed_account == "distiller"
     assert out.report["budget"]["completions_used"] <= 200
     assert out.p_value <= 1e-3
