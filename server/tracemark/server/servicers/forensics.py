@@ -99,6 +99,7 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
                 verdict=verdict_enum(result.verdict),
                 attributed_account=result.attributed_account or "",
                 p_value=result.p_value,
+                detail=result.detail or "",
                 accounts=[
                     forensics_pb2.AccountResult(
                         account=a.account,
