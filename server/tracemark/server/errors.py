@@ -59,6 +59,14 @@ def _status_for(exc: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error (see server log)"
 
 
+def _abort(context: grpc.ServicerContext, exc: Exception, where: str) -> None:
+    """End the RPC with ``exc``'s status; unexpected errors are logged here, never sent to the caller."""
+    code, message = _status_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("%s failed", where)
+    context.abort(code, message)
+
+
 def grpc_errors(method: Callable) -> Callable:
     """Decorate a unary servicer method: domain errors become status codes, others INTERNAL."""
 
@@ -67,10 +75,7 @@ def grpc_errors(method: Callable) -> Callable:
         try:
             return method(self, request, context)
         except Exception as exc:  # the one place exceptions turn into statuses
-            code, message = _status_for(exc)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", method.__name__)
-            context.abort(code, message)
+            _abort(context, exc, method.__name__)
 
     return run
 
@@ -83,9 +88,6 @@ def grpc_stream_errors(method: Callable) -> Callable:
         try:
             yield from method(self, request, context)
         except Exception as exc:
-            code, message = _status_for(exc)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", method.__name__)
-            context.abort(code, message)
+            _abort(context, exc, method.__name__)
 
     return run
