@@ -27,6 +27,9 @@ class StudentVerdict:
     report_html: str
     report_valid: bool
     expected: str
+    # Accounts other than the distiller whose test rejected: false alarms (should be 0).
+    false_alarms: int = 0
+    accounts_tested: int = 0
 
     @property
     def correct(self) -> bool:
@@ -216,6 +219,8 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
                     report_html=str(html),
                     report_valid=check.valid,
                     expected=expected,
+                    false_alarms=sum(a.rejected for a in final.accounts if a.account != DISTILLER),
+                    accounts_tested=len(final.accounts),
                 )
             )
         investigator.close()
