@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from tracemark.cli.bench import bench_app
 from tracemark.cli.demo import demo_command
+from tracemark.cli.optimize import optimize_app
 from tracemark.cli.serve import accounts_app, generate_command, serve_command
 from tracemark.forensics.cli_investigate import calibrate_command, investigate_command
 from tracemark.forensics.cli_keys import keys_app
@@ -29,6 +30,7 @@ app.add_typer(accounts_app, name="accounts")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
 app.add_typer(report_app, name="report")
+app.add_typer(optimize_app, name="optimize")
 
 if __name__ == "__main__":
     app()
