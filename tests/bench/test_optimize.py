@@ -120,7 +120,7 @@ def test_search_scores_logs_and_resumes_without_rescoring(tmp_path):
     assert again.rewrites == [] and again.meta_calls == 0
     assert lines(out) == logged
 
-    more = DoubleLLM([TERSE.replace("tersely", "tersely and compactly") + " Round two.", TERSE])
+    more = DoubleLLM([TERSE.replace("tersely", "tersely and compactly") + " Round two.", TERSE, "x" * 50])
     third = run_search(out, config(), SearchPlan(rounds=2, proposals=2, workers=4), more)
     assert third.scored_now == 1 and third.reused == 3  # the duplicate TERSE proposal was dropped
     assert set(more.rewrites) == {TERSE.replace("tersely", "tersely and compactly") + " Round two."}
@@ -197,6 +197,11 @@ def test_meta_prompt_lists_best_last_and_parses_proposals():
     assert parse_proposal("<INS>Write only equations; keep all numbers; end with \\boxed{ANSWER}.</INS>")
     assert parse_proposal("x$%^ 12 ~~ 7& *(&^ qq zz") is None
     assert parse_proposal("Be terse.") is None  # too short to be an instruction
+    # fluent but off-topic (what a 135M model produced in a real run): no boxed answer line asked for
+    assert (
+        parse_proposal("Stew last now revised in modern technical French mathematical language, as it is")
+        is None
+    )
 
 
 def test_install_makes_the_rewriter_use_the_best_instruction(tmp_path, monkeypatch, caplog):

@@ -621,7 +621,8 @@ _LEAD = re.compile(r"^\s*(?:new\s+)?instruction\s*:\s*", re.IGNORECASE)
 
 
 def parse_proposal(reply: str) -> str | None:
-    """The instruction in an LLM reply (inside ``<INS>...</INS>`` if present), or ``None`` if unusable."""
+    """The instruction in an LLM reply (inside ``<INS>...</INS>`` if present), or ``None`` if unusable:
+    too short or long, mostly non-words, or not asking for the ``\\boxed{}`` answer line."""
     from tracemark.plugins.builtin.llm_base import strip_preamble
 
     found = [m.group(1) for m in _INS.finditer(reply or "") if m.group(1).strip()]
@@ -633,6 +634,8 @@ def parse_proposal(reply: str) -> str | None:
     if not MIN_PROPOSAL_CHARS <= len(text) <= MAX_PROPOSAL_CHARS or len(words) < 6:
         return None
     if len(words) < 0.6 * len(tokens):  # mostly not words: noise from a weak model
+        return None
+    if "boxed" not in text.lower():  # the meta-prompt requires it; off-topic text from weak models lacks it
         return None
     return text
 
