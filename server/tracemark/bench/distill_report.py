@@ -121,13 +121,15 @@ def markdown(results: dict) -> str:
     base = results.get("base") or {}
     lines = [
         f"### Anti-distillation ({results['name']}: {p['train']} training / {p['test']} held-out "
-        f"{p['source']} problems; student {s['model']} {s['method']}, {s['epochs']:g} epoch(s), lr {s['lr']:g})",
+        f"{p['source']} problems; student {s['model']} {s['method']}, {s['epochs']:g} epoch(s), "
+        f"lr {s['lr']:g})",
         "",
         f"Untrained student: answer-forced accuracy {_pct(base.get('accuracy_forced'))}, free "
         f"{_pct(base.get('accuracy_free'))}, held-out clean NLL {_num(base.get('heldout_nll'), '.3f')}.",
         "",
-        "| trace set | rewritten / kept by guard | answers preserved | teacher acc. (forced) | protection s/trace "
-        "| cost vs semantic | student acc. (forced) | student acc. (free) | clean NLL | gain (points) "
+        "| trace set | rewritten / kept by guard | answers preserved | teacher acc. (forced) "
+        "| protection s/trace | cost vs semantic | student acc. (forced) | student acc. (free) | clean NLL "
+        "| gain (points) "
         "| gain ratio |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -145,19 +147,22 @@ def markdown(results: dict) -> str:
             if ratio is None
             else f"{ratio:.2f}" + (" (vs teacher-standard)" if r["reference"] != "clean" else "")
         )
+        gain_points = None if r.get("gain") is None else 100 * r["gain"]
         lines.append(
-            f"| {r['set']} | {rewritten} | {'–' if preserved is None else f'{preserved}/{n}'} | {_pct(forced)} "
+            f"| {r['set']} | {rewritten} | {'–' if preserved is None else f'{preserved}/{n}'} "
+            f"| {_pct(forced)} "
             f"| {_num(r.get('protection_seconds_per_trace'))} | {_num(r.get('cost_vs_semantic'))} "
             f"| {_pct(st.get('accuracy_forced'))} | {_pct(st.get('accuracy_free'))} "
-            f"| {_num(st.get('heldout_nll'), '.3f')} | {_num(None if r.get('gain') is None else 100 * r['gain'], '+.1f')} "
+            f"| {_num(st.get('heldout_nll'), '.3f')} | {_num(gain_points, '+.1f')} "
             f"| {ratio_text} |"
         )
     if results["detection"]:
         w = cfg["watermark"]
         lines += [
             "",
-            f"### Watermark detection (tiny students, {w['train']} harvested traces per run, {w['pairs_per_account']} "
-            f"pairs × {w['target_digits']} digits per account, {w['bystanders'] + 1} accounts, alpha "
+            f"### Watermark detection (tiny students, {w['train']} harvested traces per run, "
+            f"{w['pairs_per_account']} pairs × {w['target_digits']} digits per account, "
+            f"{w['bystanders'] + 1} accounts, alpha "
             f"{results['watermark_alpha']:g})",
             "",
             "| fraction | watermarked traces | runs | detected (TPR) | attributed | distiller p-values "
@@ -169,7 +174,8 @@ def markdown(results: dict) -> str:
             lines.append(
                 f"| {d['fraction']:g} | {median(d['watermarked_traces']):g} of {d['traces']} | {d['runs']} "
                 f"| {d['detected']}/{d['runs']} | {d['attributed']}/{d['runs']} | {pv} "
-                f"| {d['control_false_alarms']}/{d['controls']} | {d['bystander_false_alarms']}/{d['bystander_tests']} |"
+                f"| {d['control_false_alarms']}/{d['controls']} "
+                f"| {d['bystander_false_alarms']}/{d['bystander_tests']} |"
             )
     if results.get("command"):
         lines += ["", f"Command: `{results['command']}`"]
