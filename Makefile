@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto lint test test-fast demo demo-quick bench clean
+.PHONY: help install proto lint test test-fast demo demo-quick bench bench-distill clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,8 +49,11 @@ demo: $(INSTALLED) ## Run the main job on the embedded default model
 demo-quick: $(INSTALLED) ## The demo's quick path (about 3 minutes)
 	$(VENV)/bin/tracemark demo --quick
 
-bench: $(INSTALLED) ## Benchmarks (not part of the tests)
+bench: $(INSTALLED) ## Serving benchmark: throughput, batching, memory (not part of the tests)
 	$(VENV)/bin/tracemark bench serve
+
+bench-distill: $(INSTALLED) ## Distillation benchmark at CPU scale (about 90 minutes; resumable)
+	$(VENV)/bin/tracemark bench distill --config benchmarks/distill-cpu.toml --out results/bench-distill
 
 clean: ## Remove the venv, caches and build outputs
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache

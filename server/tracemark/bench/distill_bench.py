@@ -580,8 +580,11 @@ def run_distill_bench(
         raise BenchConfigError(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
     paths = BenchPaths(Path(out))
     _check_folder(config, paths, fresh)
-    if command:
-        (paths.root / "command.txt").write_text(command + "\n")
+    if command:  # every command that contributed to this folder (stages may run in separate processes)
+        log = paths.root / "command.txt"
+        seen = log.read_text().splitlines() if log.exists() else []
+        if command not in seen:
+            log.write_text("\n".join([*seen, command]) + "\n")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 

@@ -94,10 +94,11 @@ def assemble(config: BenchConfig, root: Path) -> dict:
                 "seconds": [run["seconds"] for run in runs],
             }
         )
-    command = (root / "command.txt").read_text().strip() if (root / "command.txt").exists() else ""
+    log = root / "command.txt"
+    commands = log.read_text().split("\n") if log.exists() else []
     return {
         "name": config.name,
-        "command": command,
+        "commands": [c for c in commands if c.strip()],
         "config": config.model_dump(mode="json", by_alias=True),
         "base": base,
         "rows": rows,
@@ -177,8 +178,8 @@ def markdown(results: dict) -> str:
                 f"| {d['control_false_alarms']}/{d['controls']} "
                 f"| {d['bystander_false_alarms']}/{d['bystander_tests']} |"
             )
-    if results.get("command"):
-        lines += ["", f"Command: `{results['command']}`"]
+    if results.get("commands"):
+        lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in results["commands"])]
     return "\n".join(lines) + "\n"
 
 

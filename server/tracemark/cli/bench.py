@@ -188,4 +188,7 @@ def bench_distill(
     from tracemark.bench.distill_report import markdown
 
     typer.echo(markdown(results))
-    console.print(f"results in {out}/results.md, results.json and {out}/plots/")
+    if "report" in stages:
+        console.print(f"results in {out}/results.md, results.json and {out}/plots/")
+    else:
+        console.print(f"stage files in {out}; run with --only report to write results.md and plots")
