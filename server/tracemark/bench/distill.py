@@ -26,6 +26,7 @@ __all__ = [
     "distill_student",
     "load_student",
     "prompt_ids",
+    "resolve_device",
     "save_student",
 ]
 
@@ -144,15 +145,22 @@ def _pad_id(tokenizer: Any) -> int:
     return pad
 
 
-def load_student(base_model: str | Path) -> tuple[Any, Any]:
-    """(model, tokenizer) from a model folder, fp32, in eval mode."""
+def resolve_device(device: str) -> str:
+    """'auto' → 'cuda' when a GPU is visible, else 'cpu'; anything else unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_student(base_model: str | Path, *, device: str = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer) from a model folder, fp32, on ``device`` ('cpu', 'cuda', 'auto'), in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(base_model)
     if not (path / "config.json").is_file():
         raise DistillError(f"not a model folder (no config.json): {path}")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(resolve_device(device))
     model.eval()
     return model, tokenizer
 
@@ -176,6 +184,7 @@ def distill_student(
     system_prompt: str | None = None,
     num_threads: int | None = None,
     merge: bool = True,
+    device: str = "cpu",
     progress: Callable[[DistillProgress], None] | None = None,
 ) -> tuple[Any, Any]:
     """Fine-tune a student from ``base_model`` on ``(problem, trace)`` pairs; return (model, tokenizer).
@@ -183,7 +192,8 @@ def distill_student(
     ``method="lora"`` trains rank-``lora_r`` adapters on the attention and MLP projections (merged into
     the weights when ``merge``), ``"full"`` trains every weight. AdamW with a cosine schedule after a
     linear warmup over ``warmup_ratio`` of the steps; ``epochs`` may be fractional. The current
-    ``torch.get_num_threads()`` is used unless ``num_threads`` is given.
+    ``torch.get_num_threads()`` is used unless ``num_threads`` is given; ``device`` as in
+    :func:`load_student`.
     """
     if method not in ("lora", "full"):
         raise DistillError(f"unknown method {method!r}; use 'lora' or 'full'")
@@ -193,7 +203,7 @@ def distill_student(
         raise DistillError("epochs and lr must be > 0, batch_size >= 1, max_length >= 8")
     with _threads(num_threads):
         torch.manual_seed(seed)
-        model, tokenizer = load_student(base_model)
+        model, tokenizer = load_student(base_model, device=device)
         pad_id = _pad_id(tokenizer)
         if method == "lora":
             from peft import LoraConfig, get_peft_model
@@ -243,6 +253,7 @@ def distill_student(
                 if step >= total_steps:
                     break
                 batch = collate([encoded[i] for i in order[b : b + batch_size]], pad_id)
+                batch = {k: v.to(model.device) for k, v in batch.items()}
                 out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 logits = out.logits[:, :-1, :].float()
                 target = batch["labels"][:, 1:]

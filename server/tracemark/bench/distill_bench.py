@@ -205,7 +205,9 @@ class _Forcer:
             else:
                 from tracemark.bench.distill import load_student
 
-                self._model = load_student(resolve_model(spec, workdir=self.workdir))
+                self._model = load_student(
+                    resolve_model(spec, workdir=self.workdir), device=self.config.student.device
+                )
         model, tok = self._model
         report = teacher_accuracy(
             model, [(r["question"], r["trace"], r["answer"]) for r in rows], tokenizer=tok, workers=4
@@ -376,7 +378,7 @@ def train_and_evaluate(
     losses: list[float] = []
     start = time.perf_counter()
     if examples is None:
-        model, tok = load_student(base)
+        model, tok = load_student(base, device=s.device)
     else:
         with _progress(console) as progress:
             task = progress.add_task(f"train student '{name}'", total=None)
@@ -396,6 +398,7 @@ def train_and_evaluate(
                 batch_size=s.batch_size,
                 max_length=s.max_length,
                 seed=config.seed,
+                device=s.device,
                 progress=report,
             )
     train_s = time.perf_counter() - start

@@ -105,6 +105,7 @@ class StudentSection(_Section):
     eval_max_new_tokens: int = Field(100, ge=8)
     eval_batch: int = Field(8, ge=1)
     threads: int = Field(1, ge=1, description="torch threads (1 is fastest on a small shared CPU)")
+    device: str = Field("auto", description="auto (CUDA when visible) | cpu | cuda | cuda:N")
 
 
 class WatermarkSection(_Section):
@@ -135,8 +136,8 @@ class BenchConfig(_Section):
     watermark: WatermarkSection = Field(default_factory=WatermarkSection)
 
     def fingerprint(self) -> str:
-        """Hash of every setting that changes results (not the name)."""
-        data = self.model_dump(mode="json", by_alias=True, exclude={"name"})
+        """Hash of every setting that changes results (not the name, not the device)."""
+        data = self.model_dump(mode="json", by_alias=True, exclude={"name": True, "student": {"device"}})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

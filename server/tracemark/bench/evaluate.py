@@ -64,6 +64,7 @@ def _greedy(
     eos = _eos_ids(tokenizer, model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[str] = [""] * len(prompts)
+    device = getattr(model, "device", "cpu")
     was_training = model.training
     model.eval()
     try:
@@ -77,8 +78,8 @@ def _greedy(
                 input_ids[row, width - len(ids) :] = torch.tensor(ids)
                 mask[row, width - len(ids) :] = 1
             out = model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,
@@ -228,6 +229,7 @@ def heldout_nll(
     try:
         for start in range(0, len(encoded), batch_size):
             batch = collate(encoded[start : start + batch_size], pad)
+            batch = {k: v.to(getattr(model, "device", "cpu")) for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             logits = logits[:, :-1, :].float()
             target = batch["labels"][:, 1:]
