@@ -160,3 +160,25 @@ def test_tiny_end_to_end_run_resumes(tmp_path):
     changed = config.model_copy(update={"seed": 1})
     with pytest.raises(BenchConfigError, match="different config"):
         run_distill_bench(changed, out, only=["report"])
+
+
+def test_local_teacher_writes_the_clean_traces(tmp_path):
+    from rich.console import Console
+    from tracemark.bench.distill_bench import _Forcer, load_problems, read_trace_set, stage_clean
+
+    teacher = build_tiny_model(tmp_path / "teacher", hidden_size=32, layers=1, heads=2, seed=1)
+    config = BenchConfig.model_validate(
+        {
+            "problems": {"train": 3, "test": 2},
+            "teacher": {"kind": "local", "model": str(teacher), "max_new_tokens": 16, "forcing_model": ""},
+        }
+    )
+    paths = BenchPaths(tmp_path / "out")
+    paths.make()
+    train, test = load_problems(config)
+    assert len(train) == 3 and len(test) == 2 and not {p.question for p in train} & {p.question for p in test}
+    stage_clean(config, paths, train, _Forcer(config, paths.models), Console(quiet=True))
+    meta, rows = read_trace_set(paths.trace_set("clean"))
+    assert meta["teacher"] == str(teacher) and meta["teacher_forced"] is None
+    assert [r["question"] for r in rows] == [p.question for p in train]
+    assert all(isinstance(r["trace"], str) for r in rows)

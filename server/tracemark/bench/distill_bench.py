@@ -161,18 +161,28 @@ def _teacher_traces(
 
     backend = _chat_backend(t.kind, t.model, t.endpoint, t.api_key_env)
     params = GenerationParams(max_new_tokens=t.max_new_tokens)
+    traces, _, seconds = generate_all(
+        backend, train, params, batch=8, label="teacher traces", console=console
+    )
+    return traces, {"teacher": backend.info.model_id, "seconds_per_trace": seconds / max(1, len(train))}
+
+
+def generate_all(
+    backend: Any, problems: Sequence[Problem], params: Any, *, batch: int, label: str, console: Console
+) -> tuple[list[str], int, float]:
+    """(traces, completion tokens, seconds): ``backend`` answers every problem, ``batch`` at a time."""
     traces: list[str] = []
+    tokens = 0
     start = time.perf_counter()
-    batch = 8
     with _progress(console) as progress:
-        task = progress.add_task("teacher traces", total=len(train))
-        for i in range(0, len(train), batch):
-            chunk = train[i : i + batch]
+        task = progress.add_task(label, total=len(problems))
+        for i in range(0, len(problems), batch):
+            chunk = problems[i : i + batch]
             outs = backend.generate_batch([[{"role": "user", "content": p.question}] for p in chunk], params)
             traces.extend(o.text for o in outs)
+            tokens += sum(o.completion_tokens for o in outs)
             progress.advance(task, len(chunk))
-    seconds = time.perf_counter() - start
-    return traces, {"teacher": backend.info.model_id, "seconds_per_trace": seconds / max(1, len(train))}
+    return traces, tokens, time.perf_counter() - start
 
 
 def _answer_stats(rows: list[dict]) -> dict:
@@ -477,20 +487,9 @@ def stage_ads(
         )
         with console.status(f"load teacher ({decoding})"):
             backend = build_teacher(section)
-        traces: list[str] = []
-        tokens = 0
-        start = time.perf_counter()
-        with _progress(console) as progress:
-            task = progress.add_task(f"teacher traces: {decoding}", total=len(train))
-            for i in range(0, len(train), a.batch_size):
-                chunk = train[i : i + a.batch_size]
-                outs = backend.generate_batch(
-                    [[{"role": "user", "content": p.question}] for p in chunk], params
-                )
-                traces.extend(o.text for o in outs)
-                tokens += sum(o.completion_tokens for o in outs)
-                progress.advance(task, len(chunk))
-        seconds = time.perf_counter() - start
+        traces, tokens, seconds = generate_all(
+            backend, train, params, batch=a.batch_size, label=f"teacher traces: {decoding}", console=console
+        )
         rows = [
             {"question": p.question, "trace": t, "answer": p.answer}
             for p, t in zip(train, traces, strict=True)
