@@ -22,7 +22,7 @@ def test_shipped_configs_load():
     assert cpu.student.model == "embedded" and cpu.problems.source == "generated"
     assert gpu.teacher.kind == "openai" and gpu.problems.source == "gsm8k"
     assert cpu.rewrite.options["hotflip"]["time_budget_s"] == 4.0
-    assert cpu.ads.lam == 0.5
+    assert cpu.ads.set_names() == [f"ads-{lam:g}" for lam in cpu.ads.lambdas]
     assert cpu.fingerprint() != gpu.fingerprint()
     assert load_bench_config(None) == BenchConfig()
 
@@ -33,6 +33,7 @@ def test_shipped_configs_load():
         ("[student]\nepochz = 2\n", "student.epochz"),
         ("[problems]\nsource = 'gsm8k'\n", "problems.path is required"),
         ("[watermark]\nfractions = [0.0]\n", "(0, 1]"),
+        ("[ads]\nlambda = [-1]\n", "ads.lambda"),
         ("[problems\n", "not valid TOML"),
     ],
 )
@@ -72,13 +73,13 @@ def test_assemble_computes_gains_ratios_and_costs(tmp_path):
     paths.make()
     for name, acc in [("base", 0.2), ("clean", 0.6), ("restructure", 0.3), ("semantic", 0.5)]:
         _write_json(paths.student(name), {"accuracy_forced": acc, "accuracy_free": acc, "heldout_nll": 1.0})
-    for name, acc in [("teacher-standard", 0.5), ("ads", 0.3)]:
+    for name, acc in [("teacher-standard", 0.5), ("ads-0.5", 0.3)]:
         _write_json(paths.student(name), {"accuracy_forced": acc, "accuracy_free": acc, "heldout_nll": 1.0})
     _fake_set(paths, "clean", 0.0)
     _fake_set(paths, "restructure", 0.01, rewritten=1, answer_preserved=1)
     _fake_set(paths, "semantic", 2.0, rewritten=0, answer_preserved=1)
     _fake_set(paths, "teacher-standard", 3.0)
-    _fake_set(paths, "ads", 9.0)
+    _fake_set(paths, "ads-0.5", 9.0)
     verdict = {"verdict": "detected", "attributed_account": "distiller", "p_value": 1e-6}
     run = {
         "fraction": 0.1,
@@ -104,9 +105,9 @@ def test_assemble_computes_gains_ratios_and_costs(tmp_path):
     assert rows["clean"]["gain"] == pytest.approx(0.4)
     assert rows["restructure"]["gain_ratio"] == pytest.approx(0.25)
     assert rows["semantic"]["gain_ratio"] == pytest.approx(0.75)
-    assert rows["ads"]["gain_ratio"] == pytest.approx(0.1 / 0.3)  # relative to the same teacher's traces
-    assert rows["ads"]["protection_seconds_per_trace"] == pytest.approx(6.0)
-    assert rows["ads"]["cost_vs_semantic"] == pytest.approx(3.0)
+    assert rows["ads-0.5"]["gain_ratio"] == pytest.approx(0.1 / 0.3)  # relative to the same teacher's traces
+    assert rows["ads-0.5"]["protection_seconds_per_trace"] == pytest.approx(6.0)
+    assert rows["ads-0.5"]["cost_vs_semantic"] == pytest.approx(3.0)
     assert rows["restructure"]["cost_vs_semantic"] == pytest.approx(0.005)
     (detection,) = results["detection"]
     assert detection["detected"] == 1 and detection["control_false_alarms"] == 0
@@ -130,7 +131,7 @@ def test_tiny_end_to_end_run_resumes(tmp_path):
                 "workers": 2,
                 "options": {"hotflip": {"proxy_model": str(proxy), "time_budget_s": 0.5}},
             },
-            "ads": {"proxy": str(proxy), "heldout": 2},
+            "ads": {"proxy": str(proxy), "heldout": 2, "lambda": [0.5, 0.1]},
             "student": {
                 "model": "tiny",
                 "method": "full",
@@ -144,11 +145,12 @@ def test_tiny_end_to_end_run_resumes(tmp_path):
     out = tmp_path / "out"
     results = run_distill_bench(config, out, command="test")
     rows = {r["set"]: r for r in results["rows"]}
-    assert set(rows) == {"clean", "restructure", "hotflip", "teacher-standard", "ads"}
+    assert set(rows) == {"clean", "restructure", "hotflip", "teacher-standard", "ads-0.5", "ads-0.1"}
     assert rows["restructure"]["traces"]["answer_preserved"] == 12
     assert rows["restructure"]["traces"]["teacher_forced"]["model"] == "tiny"
     assert all(r["student"]["examples"] == 12 for r in rows.values())
-    assert rows["ads"]["traces"]["decoding"].startswith("ads(")
+    assert rows["ads-0.5"]["traces"]["decoding"] == "ads(lambda=0.5, epsilon=0.01)"
+    assert rows["ads-0.1"]["traces"]["decoding"] == "ads(lambda=0.1, epsilon=0.01)"
     (detection,) = results["detection"]
     assert detection["runs"] == 1 and detection["bystander_tests"] == 2 * 3 - 1
     for name in ("results.json", "results.md", "plots/student_accuracy.png", "plots/detection_pvalues.png"):

@@ -469,7 +469,9 @@ def stage_ads(
     else:
         teacher_path = Path(a.teacher)
     params = GenerationParams(max_new_tokens=config.teacher.max_new_tokens)
-    for name, decoding in (("teacher-standard", "standard"), ("ads", "ads")):
+    runs = [("teacher-standard", "standard", 0.0)]
+    runs += [(name, "ads", lam) for name, lam in zip(a.set_names(), a.lambdas, strict=True)]
+    for name, decoding, lam in runs:
         target = paths.trace_set(name)
         if target.exists():
             continue
@@ -480,7 +482,7 @@ def stage_ads(
             device="auto",
             max_batch_size=a.batch_size,
             decoding=decoding,
-            ads_lambda=a.lam,
+            ads_lambda=lam,
             ads_epsilon=a.epsilon,
             ads_proxy=a.proxy,
             ads_heldout=a.heldout,
@@ -488,7 +490,7 @@ def stage_ads(
         with console.status(f"load teacher ({decoding})"):
             backend = build_teacher(section)
         traces, tokens, seconds = generate_all(
-            backend, train, params, batch=a.batch_size, label=f"teacher traces: {decoding}", console=console
+            backend, train, params, batch=a.batch_size, label=f"teacher traces: {name}", console=console
         )
         rows = [
             {"question": p.question, "trace": t, "answer": p.answer}
@@ -508,7 +510,7 @@ def stage_ads(
         meta["teacher_forced"] = forcer(rows)
         _write_trace_set(target, rows, meta)
         del backend
-    for name in ("teacher-standard", "ads"):
+    for name, _, _ in runs:
         _, rows = read_trace_set(paths.trace_set(name))
         train_and_evaluate(config, paths, name, [(r["question"], r["trace"]) for r in rows], test, console)
 

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["BenchConfig", "BenchConfigError", "load_bench_config"]
 
@@ -85,12 +85,32 @@ class AdsSection(_Section):
         "trained on clean traces: the most capable local model at CPU scale) or a model folder",
     )
     proxy: str = Field("", description="proxy student folder (empty: the embedded model)")
-    lam: float = Field(0.5, ge=0, alias="lambda", description="ADS strength")
+    lambdas: list[float] = Field(
+        default_factory=lambda: [0.5],
+        alias="lambda",
+        description="ADS strength λ, or a list of them (one trace set and student each: ads-<λ>)",
+    )
     epsilon: float = Field(0.01, gt=0)
     heldout: int = Field(16, ge=1, description="clean traces for the proxy's held-out gradient")
     batch_size: int = Field(8, ge=1)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("lambdas", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int | float) else value
+
+    @field_validator("lambdas")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if not value or any(v < 0 for v in value):
+            raise ValueError("ads.lambda must be one or more numbers >= 0")
+        return value
+
+    def set_names(self) -> list[str]:
+        """Trace-set names of the ADS rows, one per λ."""
+        return [f"ads-{lam:g}" for lam in self.lambdas]
 
 
 class StudentSection(_Section):

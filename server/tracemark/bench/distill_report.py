@@ -44,7 +44,7 @@ def assemble(config: BenchConfig, root: Path) -> dict:
     if config.ads.enabled:
         rows += [
             _row(root, "teacher-standard", base, "teacher-standard"),
-            _row(root, "ads", base, "teacher-standard"),
+            *[_row(root, name, base, "teacher-standard") for name in config.ads.set_names()],
         ]
     gains = {r["set"]: r.get("gain") for r in rows}
     seconds = {r["set"]: (r["traces"] or {}).get("seconds_per_trace") for r in rows}
@@ -55,7 +55,7 @@ def assemble(config: BenchConfig, root: Path) -> dict:
         if r["set"] != r["reference"] and r.get("gain") is not None and ref_gain:
             r["gain_ratio"] = r["gain"] / ref_gain
         cost = seconds.get(r["set"])
-        if r["set"] == "ads" and cost is not None and standard_s is not None:
+        if r["set"].startswith("ads-") and cost is not None and standard_s is not None:
             cost = cost - standard_s  # what the protection adds to generating the trace
             r["protection_seconds_per_trace"] = cost
         elif r["set"] not in ("clean", "teacher-standard"):
