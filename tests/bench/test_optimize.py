@@ -319,3 +319,27 @@ def test_cli_run_with_a_real_tiny_llm(runner, tmp_path):
     rerun = cli(runner, *args, "--install")
     assert rerun.exit_code == 2 and "nothing to install" in rerun.stderr
     assert "0 candidates scored now" in rerun.stderr and lines(out) == logged
+
+
+def test_install_requires_a_margin_over_the_built_in(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACEMARK_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TRACEMARK_OPTIMIZED_INSTRUCTION", raising=False)
+    out = tmp_path / "run"
+    run_search(out, config(), SearchPlan(rounds=0, proposals=1, workers=4), DoubleLLM())
+    (builtin,) = [r for r in RunFolder(out).results() if r.origin == "built-in"]
+    assert builtin.score is not None and builtin.score > 0
+    # a proposal that is 1% better than the built-in: within the noise of a small sample
+    line = json.loads(RunFolder(out).results_file.read_text().splitlines()[0])
+    line.update(
+        sha="0" * 16,
+        instruction="Write it as equations only, end with \\boxed{ANSWER}.",
+        origin="proposed",
+        round=1,
+        score=builtin.score * 0.99,
+    )
+    with RunFolder(out).results_file.open("a") as fh:
+        fh.write(json.dumps(line) + "\n")
+    with pytest.raises(OptimizeError, match="lowers the proxy's gain by 1.0%.*nothing installed"):
+        install_instruction(out, min_improvement=0.05)
+    path, best = install_instruction(out, min_improvement=0.0)
+    assert best.sha == "0" * 16 and json.loads(path.read_text())["sha"] == "0" * 16

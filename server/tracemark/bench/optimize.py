@@ -786,9 +786,13 @@ def run_search(
 
 # -- install ---------------------------------------------------------------------------------------
 def install_instruction(
-    run_dir: str | Path, target: str | Path | None = None
+    run_dir: str | Path, target: str | Path | None = None, *, min_improvement: float = 0.0
 ) -> tuple[Path, CandidateResult]:
-    """Write the best instruction of ``run_dir`` where the ``optimized`` rewriter looks for it."""
+    """Write the best instruction of ``run_dir`` where the ``optimized`` rewriter looks for it.
+
+    A candidate other than the built-in instruction is installed only when its score is at least
+    ``min_improvement`` (a fraction) below the built-in's: small differences on a small sample are noise.
+    """
     from tracemark.plugins.builtin.optimized import installed_instruction_path
 
     folder = RunFolder(run_dir)
@@ -799,6 +803,15 @@ def install_instruction(
     best = best_of(folder.results())
     if best is None:
         raise OptimizeError(f"{folder.path} has no qualified candidate to install (all were disqualified)")
+    builtin = [r for r in folder.results() if r.origin == "built-in" and r.score is not None]
+    if builtin and best.origin != "built-in" and best.score is not None:
+        threshold = builtin[0].score * (1.0 - min_improvement)
+        if best.score > threshold:
+            improvement = 1.0 - best.score / builtin[0].score if builtin[0].score else 0.0
+            raise OptimizeError(
+                f"the best candidate ({best.sha[:12]}) lowers the proxy's gain by {improvement:.1%} against "
+                f"the built-in instruction, less than the required {min_improvement:.0%}; nothing installed"
+            )
     path = Path(target) if target is not None else installed_instruction_path()
     try:
         config = json.loads(folder.config_file.read_text(encoding="utf-8")).get("config", {})

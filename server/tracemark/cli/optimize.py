@@ -306,7 +306,7 @@ def _search(
     typer.echo(best.instruction)
     if install:
         try:
-            path, _ = install_instruction(folder.path)
+            path, _ = install_instruction(folder.path, min_improvement=0.05)
         except OptimizeError as exc:
             fail(str(exc))
         console.print(f"installed to {path}")
@@ -323,6 +323,15 @@ def install_command(
             "in $TRACEMARK_HOME or ~/.local/share/tracemark).",
         ),
     ] = None,
+    min_improvement: Annotated[
+        float,
+        typer.Option(
+            help="Install a proposed instruction only when it lowers the proxy's gain by at least this "
+            "fraction against the built-in one (differences on small samples are noise).",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = 0.05,
 ) -> None:
     """Install the run's best qualified instruction as the `optimized` rewriter's default (used when a
     request gives no `instruction` option)."""
@@ -330,7 +339,7 @@ def install_command(
     from tracemark.plugins.builtin.optimized import installed_instruction_path
 
     try:
-        path, best = install_instruction(run_dir, to)
+        path, best = install_instruction(run_dir, to, min_improvement=min_improvement)
     except OptimizeError as exc:
         fail(str(exc))
     note = (
