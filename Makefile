@@ -52,7 +52,7 @@ demo-quick: $(INSTALLED) ## The demo's quick path (about 3 minutes)
 bench: $(INSTALLED) ## Serving benchmark: throughput, batching, memory (not part of the tests)
 	$(VENV)/bin/tracemark bench serve
 
-bench-distill: $(INSTALLED) ## Distillation benchmark at CPU scale (about 90 minutes; resumable)
+bench-distill: $(INSTALLED) ## Distillation benchmark at CPU scale (about 2 hours on 2 cores; resumable)
 	$(VENV)/bin/tracemark bench distill --config benchmarks/distill-cpu.toml --out results/bench-distill
 
 clean: ## Remove the venv, caches and build outputs
