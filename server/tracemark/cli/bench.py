@@ -161,12 +161,10 @@ def bench_distill(
 ) -> None:
     """Distill students from clean vs protected traces and measure what protection costs them.
 
-    Teacher traces for training problems are rewritten by each configured method (answer guard on);
-    one student per trace set is fine-tuned with the same budget and scored on held-out problems
-    (answer-forced and free accuracy, NLL of clean traces); antidistillation sampling gets its own pair
-    of rows; the watermark is measured by running the demo pipeline at several fractions and seeds.
-    Writes results.json, results.md (README-ready tables) and plots/ under --out.
-    """
+    Teacher traces are rewritten by each configured method (answer guard on); one student per trace set is fine-tuned with the same budget and scored on held-out problems (answer-forced and free accuracy, NLL of clean traces). Antidistillation sampling adds a standard-decoding row and one row per strength. The watermark is measured by running the demo pipeline at several fractions and seeds.
+
+    Writes results.json, results.md (README-ready tables) and plots/ under --out. Configs: benchmarks/distill-cpu.toml (this machine), benchmarks/distill-gpu.toml (full scale).
+    """  # noqa: E501
     import shlex
     import sys
 
