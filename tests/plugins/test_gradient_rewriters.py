@@ -52,13 +52,7 @@ EXAMPLES = [
 TINY = {"fluency_top_k": None, "whole_words": False, "time_budget_s": 60.0, "seed": 7}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on a shared 2-core machine: one intra-op thread is ~10x faster than contended two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
