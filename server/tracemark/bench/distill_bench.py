@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from tracemark.bench.distill_config import BenchConfig, BenchConfigError
 from tracemark.bench.problems import Problem, generate_problems, load_gsm8k_jsonl
+from tracemark.cli.common import stage_progress
 
 __all__ = ["STAGES", "BenchPaths", "run_distill_bench"]
 
@@ -61,15 +61,6 @@ class BenchPaths:
     def student(self, name: str) -> Path:
         return self.students / f"{name}.json"
 
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -174,7 +165,7 @@ def generate_all(
     traces: list[str] = []
     tokens = 0
     start = time.perf_counter()
-    with _progress(console) as progress:
+    with stage_progress(console) as progress:
         task = progress.add_task(label, total=len(problems))
         for i in range(0, len(problems), batch):
             chunk = problems[i : i + batch]
@@ -287,7 +278,7 @@ def stage_rewrites(config: BenchConfig, paths: BenchPaths, forcer: _Forcer, cons
         # budget per trace, so running them concurrently would only starve each of them.
         workers = config.rewrite.workers if llm_method else 1
         start = time.perf_counter()
-        with _progress(console) as progress, ThreadPoolExecutor(workers) as pool:
+        with stage_progress(console) as progress, ThreadPoolExecutor(workers) as pool:
             task = progress.add_task(f"rewrite: {method}", total=len(clean))
 
             def one(
@@ -390,7 +381,7 @@ def train_and_evaluate(
     if examples is None:
         model, tok = load_student(base, device=s.device)
     else:
-        with _progress(console) as progress:
+        with stage_progress(console) as progress:
             task = progress.add_task(f"train student '{name}'", total=None)
 
             def report(p: Any) -> None:

@@ -6,6 +6,8 @@ import sys
 from typing import NoReturn
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -21,3 +23,14 @@ def read_stdin_or_fail(what: str) -> str:
     if not text.strip():
         fail(f"{what} on standard input is empty")
     return text
+
+
+def stage_progress(console: Console) -> Progress:
+    """The progress display of long multi-stage jobs (demo, benchmarks): label, bar, n/m, elapsed."""
+    return Progress(
+        TextColumn("{task.description:<34}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from tracemark.cli.common import stage_progress
 from tracemark.demo.settings import DemoSize
 
 DISTILLER = "distiller"
@@ -55,15 +55,6 @@ class DemoResult:
     def as_dict(self) -> dict:
         return {**asdict(self), "correct": self.correct}
 
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description:<34}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
 
 
 def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console | None = None) -> DemoResult:
@@ -129,7 +120,7 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
         distiller = Stubs(open_channel(address, token=tokens[DISTILLER]))
         harvested: list[tuple[str, str]] = []
         preserved = 0
-        with _progress(console) as progress, ThreadPoolExecutor(8) as pool:
+        with stage_progress(console) as progress, ThreadPoolExecutor(8) as pool:
             task = progress.add_task("distiller: Generate (gRPC)", total=len(problems))
 
             def ask(problem):
@@ -154,7 +145,7 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
         students = {}
         for name, examples in [("distilled", harvested), ("control", control_examples)]:
             t0 = time.perf_counter()
-            with _progress(console) as progress:
+            with stage_progress(console) as progress:
                 task = progress.add_task(f"train student '{name}'", total=None)
 
                 def report(p, task=task, progress=progress):
@@ -187,7 +178,7 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
                 suspect=f"hf:{students[name]}", alpha=size.alpha, mode="white-box", seed=seed + 1
             )
             final = None
-            with _progress(console) as progress:
+            with stage_progress(console) as progress:
                 task = progress.add_task(f"investigate '{name}'", total=None)
                 for event in investigator.forensics.Investigate(request, timeout=900):
                     if event.HasField("progress"):
