@@ -26,7 +26,6 @@ __all__ = [
     "distill_student",
     "load_student",
     "prompt_ids",
-    "resolve_device",
     "save_student",
 ]
 
@@ -145,22 +144,21 @@ def _pad_id(tokenizer: Any) -> int:
     return pad
 
 
-def resolve_device(device: str) -> str:
-    """'auto' → 'cuda' when a GPU is visible, else 'cpu'; anything else unchanged."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def load_student(base_model: str | Path, *, device: str = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer) from a model folder, fp32, on ``device`` ('cpu', 'cuda', 'auto'), in eval mode."""
+    from tracemark.server.teacher.base import TeacherError
+    from tracemark.server.teacher.local import resolve_device
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(base_model)
     if not (path / "config.json").is_file():
         raise DistillError(f"not a model folder (no config.json): {path}")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(resolve_device(device))
+    try:
+        device = resolve_device(device)
+    except TeacherError as exc:  # unknown device, or CUDA asked for where there is none
+        raise DistillError(str(exc)) from None
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
     model.eval()
     return model, tokenizer
 

@@ -125,7 +125,11 @@ class StudentSection(_Section):
     eval_max_new_tokens: int = Field(100, ge=8)
     eval_batch: int = Field(8, ge=1)
     threads: int = Field(1, ge=1, description="torch threads (1 is fastest on a small shared CPU)")
-    device: str = Field("auto", description="auto (CUDA when visible) | cpu | cuda | cuda:N")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto (CUDA when visible) | cpu | cuda | cuda:N",
+    )
 
 
 class WatermarkSection(_Section):
