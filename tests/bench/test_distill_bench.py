@@ -34,6 +34,7 @@ def test_shipped_configs_load():
         ("[problems]\nsource = 'gsm8k'\n", "problems.path is required"),
         ("[watermark]\nfractions = [0.0]\n", "(0, 1]"),
         ("[ads]\nlambda = [-1]\n", "ads.lambda"),
+        ("[student]\ndevice = 'gpu'\n", "student.device"),
         ("[problems\n", "not valid TOML"),
     ],
 )
@@ -52,6 +53,11 @@ def test_bad_configs_are_one_line_errors(tmp_path, text, message):
 
 def test_cli_rejects_missing_config_and_unknown_stage(tmp_path):
     runner = CliRunner()
+    config = tmp_path / "gsm.toml"
+    config.write_text(f"[problems]\nsource = 'gsm8k'\npath = '{tmp_path / 'absent.jsonl'}'\n")
+    absent = runner.invoke(app, ["bench", "distill", "--config", str(config), "--out", str(tmp_path / "g")])
+    assert absent.exit_code == 2 and "no such file" in absent.output
+    assert len(absent.output.strip().splitlines()) == 1
     missing = runner.invoke(app, ["bench", "distill", "--config", str(tmp_path / "none.toml")])
     assert missing.exit_code == 2 and "cannot read config" in missing.output
     stage = runner.invoke(app, ["bench", "distill", "--only", "train", "--out", str(tmp_path / "o")])

@@ -168,8 +168,10 @@ def bench_distill(
     import shlex
     import sys
 
+    from tracemark.bench.distill import DistillError
     from tracemark.bench.distill_bench import run_distill_bench
     from tracemark.bench.distill_config import BenchConfigError, load_bench_config
+    from tracemark.bench.problems import ProblemError
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -181,7 +183,7 @@ def bench_distill(
         results = run_distill_bench(
             cfg, out, only=stages, fresh=fresh, command=command.strip(), console=console
         )
-    except BenchConfigError as exc:
+    except (BenchConfigError, DistillError, ProblemError) as exc:
         fail(str(exc))
     from tracemark.bench.distill_report import markdown
 
