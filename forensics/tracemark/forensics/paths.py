@@ -6,17 +6,19 @@ import os
 from pathlib import Path
 
 
-def user_data_dir() -> Path:
-    """``$TRACEMARK_HOME`` if set, else ``$XDG_DATA_HOME/tracemark`` (``~/.local/share/tracemark``).
-
-    The folder is created on demand with mode 0700.
-    """
+def user_data_path() -> Path:
+    """``$TRACEMARK_HOME`` if set, else ``$XDG_DATA_HOME/tracemark`` (``~/.local/share/tracemark``);
+    not created (for readers that must not leave folders behind)."""
     home = os.environ.get("TRACEMARK_HOME", "").strip()
     if home:
-        path = Path(home).expanduser()
-    else:
-        xdg = os.environ.get("XDG_DATA_HOME", "").strip()
-        base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
-        path = base / "tracemark"
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME", "").strip()
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "tracemark"
+
+
+def user_data_dir() -> Path:
+    """:func:`user_data_path`, created on demand with mode 0700."""
+    path = user_data_path()
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path

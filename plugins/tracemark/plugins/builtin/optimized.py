@@ -41,15 +41,12 @@ def installed_instruction_path() -> Path:
     """Where ``tracemark optimize install`` writes the instruction: ``$TRACEMARK_OPTIMIZED_INSTRUCTION``,
     else ``optimized-instruction.json`` in the tracemark data folder (``$TRACEMARK_HOME``, else
     ``$XDG_DATA_HOME/tracemark``, i.e. ``~/.local/share/tracemark``)."""
+    from tracemark.forensics.paths import user_data_path
+
     explicit = os.environ.get(INSTRUCTION_ENV, "").strip()
     if explicit:
         return Path(explicit).expanduser()
-    home = os.environ.get("TRACEMARK_HOME", "").strip()
-    if home:
-        return Path(home).expanduser() / INSTRUCTION_FILE
-    xdg = os.environ.get("XDG_DATA_HOME", "").strip()
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
-    return base / "tracemark" / INSTRUCTION_FILE
+    return user_data_path() / INSTRUCTION_FILE
 
 
 def read_installed_instruction(path: Path | None = None) -> str | None:
