@@ -19,7 +19,7 @@ def _isolated_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from tracemark.server.tiny import build_tiny_model
+    from tracemark.foundation.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 

@@ -52,8 +52,8 @@ def watermark_examples(
 def train_student(
     base: Path, examples: list[tuple[str, str]], out: Path, *, epochs: float, lr: float = 3e-3, seed: int = 0
 ) -> Path:
-    """Full fine-tuning of the tiny base model on ``examples`` (tracemark.bench.distill); saved to ``out``."""
-    from tracemark.bench.distill import distill_student, save_student
+    """Full fine-tuning of the tiny base model on ``examples`` (tracemark.experiments.distill); saved to ``out``."""
+    from tracemark.experiments.distill import distill_student, save_student
 
     model, tok = distill_student(
         base, examples, method="full", epochs=epochs, lr=lr, batch_size=16, max_length=96, seed=seed

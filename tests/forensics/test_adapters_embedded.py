@@ -10,7 +10,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 
 def _embedded():
     try:
-        from tracemark.server.embedded import embedded_gguf_path, ensure_embedded_model
+        from tracemark.foundation.models.embedded import embedded_gguf_path, ensure_embedded_model
 
         return ensure_embedded_model(), embedded_gguf_path()
     except Exception as exc:  # package missing on this machine

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 @pytest.fixture
 def app():
-    from tracemark.forensics.cli_investigate import calibrate_command, investigate_command
+    from tracemark.cli.investigate import calibrate_command, investigate_command
 
     a = typer.Typer()
     a.command("investigate")(investigate_command)

@@ -45,7 +45,7 @@ def world(tmp_path_factory):
     from tracemark.forensics.issuer import SignatureIssuer
     from tracemark.forensics.keys import MasterSecret
     from tracemark.forensics.ledger.db import make_engine
-    from tracemark.server.tiny import build_tiny_model
+    from tracemark.foundation.models.tiny import build_tiny_model
 
     h = _helpers()
     tmp = tmp_path_factory.mktemp("detection")

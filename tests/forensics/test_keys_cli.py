@@ -7,7 +7,7 @@ import stat
 
 import pytest
 import typer
-from tracemark.forensics.cli_keys import keys_app
+from tracemark.cli.keys import keys_app
 from typer.testing import CliRunner
 
 runner = CliRunner()

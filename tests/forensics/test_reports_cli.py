@@ -8,7 +8,7 @@ import json
 import pytest
 import typer
 from sqlalchemy import text
-from tracemark.forensics.cli_report import report_app
+from tracemark.cli.report import report_app
 from tracemark.forensics.reports import issue_report
 from typer.testing import CliRunner
 

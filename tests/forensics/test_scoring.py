@@ -116,7 +116,7 @@ def test_best_first_search_prunes_the_trie_for_a_memorised_target():
 def test_ties_are_broken_at_random_and_uniformly(tmp_path):
     """A model with all-zero weights gives every candidate the same score: the rank must be uniform."""
     import torch
-    from tracemark.server.tiny import build_tiny_model
+    from tracemark.foundation.models.tiny import build_tiny_model
     from transformers import AutoModelForCausalLM
 
     folder = build_tiny_model(tmp_path / "flat", hidden_size=32, layers=1)

@@ -9,8 +9,8 @@ import pytest
 
 @pytest.mark.slow
 def test_quick_demo_reaches_the_right_verdicts(tmp_path):
-    from tracemark.demo.run import DISTILLER, run_demo
-    from tracemark.demo.settings import QUICK
+    from tracemark.experiments.demo_settings import QUICK
+    from tracemark.experiments.scenario import DISTILLER, run_demo
 
     result = run_demo(QUICK, workdir=tmp_path / "demo", seed=0)
     by_student = {v.student: v for v in result.verdicts}

@@ -89,7 +89,7 @@ def test_serve_bad_config_is_one_line_exit_2(tmp_path):
 @pytest.mark.slow
 @pytest.mark.embedded
 def test_serve_embedded_nf4_answers_a_gsm8k_style_problem(tmp_path):
-    from tracemark.server.embedded import EmbeddedModelMissing, embedded_gguf_path
+    from tracemark.foundation.models.embedded import EmbeddedModelMissing, embedded_gguf_path
 
     try:
         embedded_gguf_path()  # the package's __init__ imports `llm`, which is not needed: don't import it

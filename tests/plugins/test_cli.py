@@ -6,7 +6,7 @@ import json
 
 import pytest
 import typer
-from tracemark.plugins import cli
+from tracemark.cli import plugins as cli
 from typer.testing import CliRunner
 
 TRACE = "Tom has 3 * 4 = <<3*4=12>>12 apples.\nHe gets 5 more: 12 + 5 = <<12+5=17>>17.\n#### 17\n"

@@ -100,7 +100,7 @@ def test_protected_mask_marks_overlapping_tokens(proxy):
 
 
 def test_encoding_matches_the_distillation_encoding(proxy):
-    from tracemark.bench.distill import encode_example
+    from tracemark.experiments.distill import encode_example
 
     for problem, trace in EXAMPLES:
         enc = proxy.encode(problem, trace)

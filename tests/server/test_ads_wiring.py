@@ -10,7 +10,7 @@ MSG = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many?"
 
 
 def test_ads_decoding_changes_greedy_output(tiny_model_dir, tmp_path):
-    from tracemark.bench.problems import generate_problems
+    from tracemark.foundation.problems import generate_problems
     from tracemark.server.teacher.ads import AntidistillationSampler
 
     torch.set_num_threads(1)

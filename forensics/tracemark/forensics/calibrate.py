@@ -220,7 +220,7 @@ def _load_models(
     else:
         if n_models < 1:
             raise CalibrationError("n_models must be >= 1")
-        from tracemark.server.tiny import build_tiny_model
+        from tracemark.foundation.models.tiny import build_tiny_model
 
         for i in range(n_models):
             hidden, layers = TINY_SHAPES[i % len(TINY_SHAPES)]
@@ -234,7 +234,7 @@ def _load_models(
                 )
             )
     if include_embedded:
-        from tracemark.server.embedded import ensure_embedded_model
+        from tracemark.foundation.models.embedded import ensure_embedded_model
 
         folder = ensure_embedded_model()
         out.append(("embedded SmolLM2-135M-Instruct", LocalModelSuspect(f"hf:{folder}", folder)))

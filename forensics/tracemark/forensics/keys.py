@@ -40,7 +40,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from tracemark.forensics.paths import user_data_dir
+from tracemark.foundation.paths import user_data_dir
 
 log = logging.getLogger(__name__)
 

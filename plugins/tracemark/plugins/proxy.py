@@ -9,7 +9,7 @@
   editable positions, the candidate vocabulary filter, the budget, the perplexity cap and a greedy
   "confirm with real forward passes, then apply" step.
 
-An example is encoded the way ``tracemark.bench.distill.encode_example`` encodes it for a student: the
+An example is encoded the way ``tracemark.experiments.distill.encode_example`` encodes it for a student: the
 problem is the user turn of the chat template, the trace the assistant turn, and the loss is the mean
 cross-entropy over the trace tokens and the end-of-turn marker.
 """
@@ -31,6 +31,9 @@ from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from tracemark.foundation.models.device import DeviceError, resolve_device
+from tracemark.foundation.models.embedded import ensure_embedded_model
+from tracemark.foundation.models.gguf import gguf_to_folder
 from tracemark.plugins.answers import answers_match, extract_final_answer
 from tracemark.plugins.api import RewriteContext, Rewriter, RewriterError
 
@@ -285,28 +288,14 @@ _CACHE_LOCK = threading.Lock()
 _PATH_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 
 
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ProxyError(f"proxy device {device!r} requested but no CUDA device is available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ProxyError(f"unknown proxy device {device!r} (use auto, cpu, cuda or cuda:N)")
-    return device
-
-
 def _resolve_path(path: str | Path | None) -> Path:
     if path is None or str(path) == "":
-        from tracemark.server.embedded import ensure_embedded_model
-
         try:
             return ensure_embedded_model()
         except Exception as exc:  # package missing, conversion failed
             raise ProxyError(f"no proxy model given and the embedded model is unavailable: {exc}") from exc
     resolved = Path(path).expanduser()
     if resolved.suffix == ".gguf" and resolved.is_file():
-        from tracemark.server.teacher.local import gguf_to_folder
-
         return gguf_to_folder(resolved)
     if not (resolved / "config.json").is_file():
         raise ProxyError(f"proxy model folder not found or has no config.json: {resolved}")
@@ -319,7 +308,10 @@ def load_proxy(path: str | Path | None = None, *, device: str = "cpu") -> ProxyS
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = _resolve_path(path)
-    dev = _resolve_device(device)
+    try:
+        dev = resolve_device(device, what="proxy")
+    except DeviceError as exc:
+        raise ProxyError(str(exc)) from None
     key = (str(folder), dev)
     with _CACHE_LOCK:
         if key in _CACHE:

@@ -19,7 +19,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlmodel import Session, create_engine
-from tracemark.forensics.paths import user_data_dir
+from tracemark.foundation.paths import user_data_dir
 
 log = logging.getLogger(__name__)
 

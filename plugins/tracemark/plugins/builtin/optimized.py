@@ -41,7 +41,7 @@ def installed_instruction_path() -> Path:
     """Where ``tracemark optimize install`` writes the instruction: ``$TRACEMARK_OPTIMIZED_INSTRUCTION``,
     else ``optimized-instruction.json`` in the tracemark data folder (``$TRACEMARK_HOME``, else
     ``$XDG_DATA_HOME/tracemark``, i.e. ``~/.local/share/tracemark``)."""
-    from tracemark.forensics.paths import user_data_path
+    from tracemark.foundation.paths import user_data_path
 
     explicit = os.environ.get(INSTRUCTION_ENV, "").strip()
     if explicit:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tracemark.foundation.paths import cache_root
 from tracemark.plugins.proxy import ProxyError, ProxyStudent, load_proxy, output_cache
 from transformers import LogitsProcessor
 
@@ -98,8 +99,6 @@ def gradient_cache_key(proxy: ProxyStudent, heldout: Sequence[tuple[str, str]], 
 
 
 def _default_cache_dir() -> Path:
-    from tracemark.server.embedded import cache_root
-
     return cache_root() / "ads"
 
 

@@ -15,7 +15,7 @@ def _ads(section: TeacherSection) -> dict:
     """Antidistillation-sampling arguments for a local teacher (empty for standard decoding)."""
     if section.decoding != "ads":
         return {}
-    from tracemark.bench.problems import generate_problems
+    from tracemark.foundation.problems import generate_problems
     from tracemark.server.teacher.ads import AntidistillationSampler
 
     # Held-out clean traces come from the procedural generator, so no data set is needed.
@@ -41,7 +41,7 @@ def build_teacher(section: TeacherSection) -> TeacherBackend:
     from tracemark.server.teacher.local import LocalTeacher
 
     if section.backend == "embedded":
-        from tracemark.server.embedded import EMBEDDED_MODEL_ID, ensure_embedded_model
+        from tracemark.foundation.models.embedded import EMBEDDED_MODEL_ID, ensure_embedded_model
 
         return LocalTeacher(
             ensure_embedded_model(),
@@ -53,7 +53,7 @@ def build_teacher(section: TeacherSection) -> TeacherBackend:
             **_ads(section),
         )
     if section.backend == "tiny":
-        from tracemark.server.tiny import build_tiny_model
+        from tracemark.foundation.models.tiny import build_tiny_model
 
         folder = build_tiny_model(tempfile.mkdtemp(prefix="tracemark-tiny-"))
         return LocalTeacher(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -10,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tracemark.foundation.models.device import DeviceError, resolve_device
+from tracemark.foundation.models.gguf import gguf_to_folder
+from tracemark.foundation.models.quantization import bnb_config, quantization_in_effect
 from tracemark.server.teacher.base import (
     Generation,
     GenerationParams,
@@ -19,56 +21,10 @@ from tracemark.server.teacher.base import (
     TeacherInfo,
     TextCallback,
 )
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str) -> str:
-    """Turn ``auto`` into ``cuda`` when a GPU is visible, else ``cpu``; validate explicit choices."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TeacherError(f"device {device!r} requested but no CUDA device is available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise TeacherError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)")
-    return device
-
-
-def _quantization_config(quantization: str, device: str) -> BitsAndBytesConfig | None:
-    if quantization == "none":
-        return None
-    if quantization == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    compute = torch.float32 if device == "cpu" else torch.bfloat16
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=quantization, bnb_4bit_compute_dtype=compute
-    )
-
-
-def _quantization_in_effect(model) -> str:
-    if getattr(model, "is_loaded_in_8bit", False):
-        return "int8"
-    if getattr(model, "is_loaded_in_4bit", False):
-        qc = getattr(model.config, "quantization_config", None)
-        quant_type = getattr(qc, "bnb_4bit_quant_type", None)
-        if quant_type is None and isinstance(qc, dict):
-            quant_type = qc.get("bnb_4bit_quant_type")
-        return str(quant_type or "4bit")
-    return "none"
-
-
-def gguf_to_folder(gguf_file: Path) -> Path:
-    """Convert a .gguf file once into a cached model folder (keyed by path, size and mtime)."""
-    from tracemark.server.embedded import cache_root, convert_gguf
-
-    stat = gguf_file.stat()
-    key = hashlib.sha256(f"{gguf_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_root() / "models" / f"{gguf_file.stem}-{key}"
-    if (target / "config.json").is_file():
-        return target
-    return convert_gguf(gguf_file, target)
 
 
 class _BatchStreamer(BaseStreamer):
@@ -130,10 +86,13 @@ class LocalTeacher(TeacherBackend):
             raise TeacherError(f"model path not found: {path}")
         if path.suffix == ".gguf":
             path = gguf_to_folder(path)
-        self.device = resolve_device(device)
+        try:
+            self.device = resolve_device(device, what="teacher")
+        except DeviceError as exc:
+            raise TeacherError(str(exc)) from None
         requested = quantization
         note = ""
-        qconfig = _quantization_config(quantization, self.device)
+        qconfig = bnb_config(quantization, self.device)
         dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "left"
@@ -152,7 +111,7 @@ class LocalTeacher(TeacherBackend):
             log.warning("quantization fallback: %s", note)
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=self.device)
         self.model.eval()
-        in_effect = _quantization_in_effect(self.model)
+        in_effect = quantization_in_effect(self.model)
         if in_effect != requested and not note:
             note = f"requested {requested}, bitsandbytes reports {in_effect}"
         eos = self.model.generation_config.eos_token_id

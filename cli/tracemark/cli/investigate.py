@@ -1,0 +1,324 @@
+"""`tracemark investigate` and `tracemark calibrate` (typer command functions mounted by the CLI)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from tracemark.cli.keys import fail
+
+MODES = ("auto", "white-box", "black-box")
+CORRECTIONS = ("holm", "fdr_bh")
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description:<40}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _open_ledger(url: str | None) -> Any:
+    from tracemark.forensics.ledger.db import LedgerError, default_ledger_url, make_engine
+
+    try:
+        return make_engine(url or default_ledger_url())
+    except LedgerError as exc:
+        fail(str(exc))
+
+
+def _load_master(key_file: Path | None) -> Any:
+    from tracemark.forensics.keys import MasterKeyError, MasterSecret
+
+    try:
+        return MasterSecret.load(path=key_file, create=False)
+    except MasterKeyError as exc:
+        fail(str(exc))
+
+
+def _fmt_p(p: float, log10_p: float | None = None) -> str:
+    if p > 0 and math.isfinite(p):
+        return f"{p:.3g}"
+    return f"10^{log10_p:.1f}" if log10_p is not None else "0"
+
+
+def investigate_command(
+    suspect: Annotated[
+        list[str],
+        typer.Option(
+            "--suspect",
+            "-s",
+            help="Suspect model: hf:PATH | gguf:PATH | openai:URL#MODEL | tracemark:ADDR (repeatable).",
+            show_default=False,
+        ),
+    ],
+    account: Annotated[
+        list[str] | None,
+        typer.Option("--account", "-a", help="Account to test (repeatable). Default: every ledger account."),
+    ] = None,
+    alpha: Annotated[
+        float, typer.Option(help="Family-wise significance level over accounts x suspects, fixed up front.")
+    ] = 1e-3,
+    mode: Annotated[
+        str, typer.Option(help="white-box | black-box | auto (white-box for local models).")
+    ] = "auto",
+    budget: Annotated[
+        int, typer.Option(help="Black-box query budget (sampled completions) per suspect.")
+    ] = 200,
+    seed: Annotated[
+        int | None, typer.Option(help="Decoy / tie-break seed (committed before querying). Default: random.")
+    ] = None,
+    correction: Annotated[str, typer.Option(help="Multiplicity correction: holm | fdr_bh.")] = "holm",
+    sequential: Annotated[
+        bool, typer.Option("--sequential/--fixed", help="Anytime-valid e-process that may stop early.")
+    ] = False,
+    decoys: Annotated[
+        int | None, typer.Option(help="Rank among this many decoys instead of the whole candidate space.")
+    ] = None,
+    ledger: Annotated[
+        str | None,
+        typer.Option(help="Ledger URL. Default: $TRACEMARK_LEDGER_URL, else <data dir>/ledger.db."),
+    ] = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(help="Master secret file (default: $TRACEMARK_MASTER_KEY[_FILE], data dir)."),
+    ] = None,
+    pairs_per_account: Annotated[
+        int, typer.Option(help="Signature pairs per account (as configured on the server).")
+    ] = 2,
+    digits: Annotated[
+        int, typer.Option(help="Digits of the candidate space (as configured on the server).")
+    ] = 4,
+    context: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--context",
+            help="Scoring context with {trigger} (and optionally {chat}); repeatable. Default: built-in.",
+        ),
+    ] = None,
+    problem: Annotated[
+        str | None, typer.Option(help="User turn that {chat} wraps (default built-in).")
+    ] = None,
+    temperature: Annotated[float, typer.Option(help="Black-box sampling temperature (0 = greedy).")] = 0.0,
+    samples_per_pair: Annotated[
+        int | None, typer.Option(help="Black-box completions per pair (default: budget / pairs).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Per-request time-out in seconds (remote suspects).")] = 60.0,
+    rate_limit: Annotated[
+        float | None, typer.Option(help="Maximum requests per second to a remote suspect.")
+    ] = None,
+    retries: Annotated[int, typer.Option(help="Retries with exponential back-off per request.")] = 4,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the outcome (verdicts, report ids) as JSON.")
+    ] = None,
+) -> None:
+    """Investigate suspect model(s) for this server's keyed signatures; sign an evidence report each."""
+    from tracemark.forensics.adapters import SuspectError, SuspectSpecError, parse_suspect
+    from tracemark.forensics.investigate import InvestigationError, run_investigations
+    from tracemark.forensics.issuer import SignatureIssuer
+    from tracemark.forensics.signatures import CandidateSpace, SignatureError
+
+    if not 0 < alpha < 1:
+        fail(f"--alpha must be in (0, 1), got {alpha}")
+    if mode not in MODES:
+        fail(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if correction not in CORRECTIONS:
+        fail(f"--correction must be holm or fdr_bh, got {correction!r}")
+    if budget < 0:
+        fail("--budget must not be negative")
+    if seed is not None and seed < 0:
+        fail("--seed must not be negative")
+    if pairs_per_account < 1:
+        fail("--pairs-per-account must be >= 1")
+    if timeout <= 0 or retries < 0 or (rate_limit is not None and rate_limit <= 0):
+        fail("--timeout and --rate-limit must be positive, --retries non-negative")
+    if not suspect:
+        fail("give at least one --suspect")
+    try:
+        space = CandidateSpace(digits)
+    except SignatureError as exc:
+        fail(str(exc))
+    adapters = []
+    for spec in suspect:
+        try:
+            adapters.append(parse_suspect(spec, timeout=timeout, rate_limit=rate_limit, max_retries=retries))
+        except SuspectSpecError as exc:
+            fail(str(exc))
+    master = _load_master(key_file)
+    engine = _open_ledger(ledger)
+    try:
+        issuer = SignatureIssuer(
+            master=master, engine=engine, pairs_per_account=pairs_per_account, space=space
+        )
+    except Exception as exc:  # e.g. a ledger written under another master secret
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    console = Console(stderr=True)
+    with _progress(console) as progress:
+        tasks: dict[str, Any] = {}
+
+        def report(stage: str, done: int, total: int, message: str = "") -> None:
+            task = tasks.get(stage)
+            if task is None:
+                task = tasks[stage] = progress.add_task(stage, total=total or None)
+            progress.update(task, completed=done, total=total or None, description=f"{stage}: {message}"[:40])
+
+        try:
+            outcomes = run_investigations(
+                suspects=adapters,
+                accounts=account or None,
+                issuer=issuer,
+                engine=engine,
+                master=master,
+                alpha=alpha,
+                mode=mode,
+                query_budget=budget,
+                decoys=decoys,
+                seed=seed,
+                correction=correction,
+                sequential=sequential,
+                progress=report,
+                contexts=context or None,
+                problem=problem,
+                temperature=temperature,
+                samples_per_pair=samples_per_pair,
+            )
+        except InvestigationError as exc:
+            fail(str(exc))
+        except SuspectError as exc:
+            fail(str(exc).splitlines()[0], code=1)
+        finally:
+            for a in adapters:
+                a.close()
+    out = Console()
+    for o in outcomes:
+        table = Table(title=f"{o.suspect}: {o.verdict.upper()} ({o.mode}, {o.queries} queries)")
+        for col in ("account", "pairs", "ranks", "p-value", "adjusted p", "rejected"):
+            table.add_column(col, justify="left" if col == "account" else "right")
+        for a in sorted(o.accounts, key=lambda r: (not r.rejected, r.adjusted_p_value, r.log10_p)):
+            table.add_row(
+                a.account,
+                f"{a.pairs}/{a.pairs_total}",
+                ",".join(str(p.rank) for p in a.pair_results),
+                _fmt_p(a.anytime_p if a.anytime_p is not None else a.p_value, a.log10_p),
+                _fmt_p(a.adjusted_p_value),
+                "yes" if a.rejected else "no",
+                style="bold red" if a.rejected else None,
+            )
+        out.print(table)
+        who = f", attributed to account {o.attributed_account!r}" if o.attributed_account else ""
+        out.print(
+            f"verdict: [bold]{o.verdict}[/bold]{who}; p = {_fmt_p(o.p_value, o.log10_p)} "
+            f"(adjusted {_fmt_p(o.adjusted_p_value)}, alpha = {alpha:g}, {correction})"
+            + (f"; {o.detail}" if o.detail else "")
+        )
+        out.print(
+            f"report: {o.report_id} (investigation {o.investigation_id}); verify with "
+            f"`tracemark report verify {o.report_id}`"
+        )
+    if json_out is not None:
+        data = [
+            {
+                "suspect": o.suspect,
+                "verdict": o.verdict,
+                "attributed_account": o.attributed_account,
+                "p_value": o.p_value,
+                "log10_p": o.log10_p,
+                "adjusted_p_value": o.adjusted_p_value,
+                "report_id": o.report_id,
+                "investigation_id": o.investigation_id,
+                "accounts": [a.as_dict() for a in o.accounts],
+            }
+            for o in outcomes
+        ]
+        try:
+            json_out.write_text(json.dumps(data, indent=2) + "\n")
+        except OSError as exc:
+            fail(f"cannot write {json_out}: {exc.strerror}")
+
+
+def calibrate_command(
+    runs: Annotated[int, typer.Option(help="Null runs in total (decoy accounts x models).")] = 200,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model", "-m", help="Clean model folder or hf:/gguf: spec (repeatable). Default: tiny."
+        ),
+    ] = None,
+    tiny_models: Annotated[int, typer.Option(help="Tiny random models to build when no --model.")] = 4,
+    embedded: Annotated[
+        bool, typer.Option("--embedded/--no-embedded", help="Also calibrate on the embedded SmolLM2 (slow).")
+    ] = False,
+    pairs_per_account: Annotated[int, typer.Option(help="Signature pairs per decoy account.")] = 2,
+    digits: Annotated[int, typer.Option(help="Digits of the candidate space.")] = 4,
+    alpha: Annotated[
+        float, typer.Option(help="Significance level whose false-alarm rate is measured.")
+    ] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed of models, decoy accounts and tie-breaks.")] = 0,
+    decoy_check: Annotated[
+        int, typer.Option(help="Decoys of the off-by-one-sensitive uniformity check.")
+    ] = 9,
+    context: Annotated[
+        list[str] | None, typer.Option("--context", help="Scoring context with {trigger} (repeatable).")
+    ] = None,
+    plot: Annotated[Path, typer.Option(help="Where to write the PNG plot.")] = Path(
+        "tracemark-calibration.png"
+    ),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON.")] = None,
+) -> None:
+    """Measure the false-alarm rate and p-value uniformity of the detection test on clean models."""
+    from tracemark.forensics.adapters import SuspectError, SuspectSpecError
+    from tracemark.forensics.calibrate import CalibrationError, run_calibration
+    from tracemark.forensics.signatures import SignatureError
+
+    if runs < 2:
+        fail("--runs must be >= 2")
+    if not 0 < alpha < 1:
+        fail(f"--alpha must be in (0, 1), got {alpha}")
+    if not plot.parent.exists():
+        fail(f"folder {plot.parent} does not exist")
+    console = Console(stderr=True)
+    with _progress(console) as progress:
+        task = progress.add_task("calibrate", total=runs)
+
+        def report(stage: str, done: int, total: int, message: str = "") -> None:
+            progress.update(task, completed=done, total=total, description=message[:40])
+
+        try:
+            result = run_calibration(
+                models=model or None,
+                n_models=tiny_models,
+                runs=runs,
+                pairs_per_account=pairs_per_account,
+                digits=digits,
+                alpha=alpha,
+                seed=seed,
+                contexts=context or None,
+                decoy_check=decoy_check,
+                include_embedded=embedded,
+                progress=report,
+            )
+        except (CalibrationError, SuspectSpecError, SignatureError) as exc:
+            fail(str(exc))
+        except SuspectError as exc:
+            fail(str(exc).splitlines()[0], code=1)
+    out = Console()
+    out.print(result.table())
+    written = result.plot(plot)
+    out.print(f"plot: {written}; {result.n_runs} runs in {result.seconds:.1f} s")
+    if json_out is not None:
+        try:
+            json_out.write_text(json.dumps(result.as_dict(), indent=2, default=str) + "\n")
+        except OSError as exc:
+            fail(f"cannot write {json_out}: {exc.strerror}")
+    if not result.passed:
+        raise typer.Exit(1)

@@ -1,0 +1,36 @@
+"""Entry point of the ``tracemark`` console script."""
+
+from __future__ import annotations
+
+import typer
+from tracemark.cli.bench import bench_app
+from tracemark.cli.demo import demo_command
+from tracemark.cli.investigate import calibrate_command, investigate_command
+from tracemark.cli.keys import keys_app
+from tracemark.cli.optimize import optimize_app
+from tracemark.cli.plugins import plugins_app, rewrite_command
+from tracemark.cli.report import report_app
+from tracemark.cli.serve import accounts_app, generate_command, serve_command
+
+app = typer.Typer(
+    name="tracemark",
+    help="Protect a reasoning model's API against unauthorized distillation: protected traces, "
+    "keyed watermarks, calibrated forensics with signed evidence reports.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("serve")(serve_command)
+app.command("generate")(generate_command)
+app.command("demo")(demo_command)
+app.command("rewrite")(rewrite_command)
+app.command("investigate")(investigate_command)
+app.command("calibrate")(calibrate_command)
+app.add_typer(plugins_app, name="plugins")
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(bench_app, name="bench")
+app.add_typer(keys_app, name="keys")
+app.add_typer(report_app, name="report")
+app.add_typer(optimize_app, name="optimize")
+
+if __name__ == "__main__":
+    app()

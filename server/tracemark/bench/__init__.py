@@ -1,1 +1,0 @@
-"""Distillation benchmark building blocks: problem generator, student distillation, evaluation."""

@@ -1,1 +1,0 @@
-"""The end-to-end demo: protected serving, distillation by a thief, forensics and signed reports."""
