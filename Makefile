@@ -34,8 +34,9 @@ $(PROTO_GEN): protos/tracemark/v1/%_pb2.py: protos/tracemark/v1/%.proto | $(INST
 
 proto: $(PROTO_GEN) ## Regenerate gRPC code from protos/tracemark/v1/*.proto
 
-lint: $(INSTALLED) ## ruff check
+lint: $(INSTALLED) ## ruff check + the import-linter layers contract (pyproject.toml)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test: $(INSTALLED) ## Run the whole suite, slow end-to-end checks included
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

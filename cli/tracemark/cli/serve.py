@@ -9,8 +9,15 @@ from typing import Annotated
 
 import grpc
 import typer
+from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from tracemark.foundation.console import fail
+from tracemark.server.app import TracemarkServer
+from tracemark.server.auth import TokenStore, TokenStoreError, add_account
+from tracemark.server.client import Stubs, open_channel
+from tracemark.server.config import ConfigError, load_settings
+from tracemark.server.logs import configure_logging
+from tracemark.v1 import teacher_pb2
 
 console = Console(stderr=True)
 
@@ -70,11 +77,6 @@ def serve_command(
     TRACEMARK_TEACHER__QUANTIZATION=int8), then these flags. Health reports NOT_SERVING until the teacher
     has loaded and answered a warm-up request. SIGTERM/SIGINT shut down gracefully.
     """
-    from tracemark.server.app import TracemarkServer
-    from tracemark.server.auth import TokenStoreError
-    from tracemark.server.config import ConfigError, load_settings
-    from tracemark.server.logs import configure_logging
-
     configure_logging(log_level, log_format)
     overrides = {
         "server": {"address": address, "grace_period_s": grace},
@@ -121,9 +123,6 @@ def generate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole response as JSON.")] = False,
 ) -> None:
     """Ask a running server for a protected trace (TeacherService.Generate)."""
-    from google.protobuf.json_format import MessageToDict
-    from tracemark.server.client import Stubs, open_channel
-    from tracemark.v1 import teacher_pb2
 
     token = token or os.environ.get("TRACEMARK_TOKEN")
     stubs = Stubs(open_channel(address, token=token, tls=tls, ca_file=ca_file))
@@ -172,7 +171,6 @@ def accounts_add(
     ),
 ) -> None:
     """Create an account with a new bearer token. The token is printed once; only its hash is stored."""
-    from tracemark.server.auth import TokenStoreError, add_account
 
     try:
         token = add_account(tokens_file, name)
@@ -187,7 +185,6 @@ def accounts_list(
     tokens_file: Annotated[Path, typer.Option(help="Tokens file.")] = Path("tokens.toml"),
 ) -> None:
     """List account names in a tokens file."""
-    from tracemark.server.auth import TokenStore, TokenStoreError
 
     try:
         store = TokenStore.load(tokens_file)

@@ -13,7 +13,11 @@ from grpc_reflection.v1alpha import reflection
 from tracemark.server.auth import AuthInterceptor, TokenStore
 from tracemark.server.config import Settings
 from tracemark.server.runtime import Runtime
+from tracemark.server.servicers.forensics import ForensicsServicer
+from tracemark.server.servicers.rewrite import RewriteServicer
+from tracemark.server.servicers.teacher import TeacherServicer
 from tracemark.server.teacher.base import GenerationParams, TeacherBackend
+from tracemark.server.teacher.factory import build_teacher
 from tracemark.v1 import (
     forensics_pb2,
     forensics_pb2_grpc,
@@ -68,10 +72,10 @@ class TracemarkServer:
             interceptors=[AuthInterceptor(tokens, allow_anonymous=settings.auth.allow_anonymous)],
             options=options,
         )
-        teacher_pb2_grpc.add_TeacherServiceServicer_to_server(self._teacher_servicer(), self.grpc_server)
-        rewrite_pb2_grpc.add_RewriteServiceServicer_to_server(self._rewrite_servicer(), self.grpc_server)
+        teacher_pb2_grpc.add_TeacherServiceServicer_to_server(TeacherServicer(self.runtime), self.grpc_server)
+        rewrite_pb2_grpc.add_RewriteServiceServicer_to_server(RewriteServicer(self.runtime), self.grpc_server)
         forensics_pb2_grpc.add_ForensicsServiceServicer_to_server(
-            self._forensics_servicer(), self.grpc_server
+            ForensicsServicer(self.runtime), self.grpc_server
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
@@ -82,21 +86,6 @@ class TracemarkServer:
         self.port: int | None = None
         self._loader: threading.Thread | None = None
 
-    def _teacher_servicer(self):
-        from tracemark.server.servicers.teacher import TeacherServicer
-
-        return TeacherServicer(self.runtime)
-
-    def _rewrite_servicer(self):
-        from tracemark.server.servicers.rewrite import RewriteServicer
-
-        return RewriteServicer(self.runtime)
-
-    def _forensics_servicer(self):
-        from tracemark.server.servicers.forensics import ForensicsServicer
-
-        return ForensicsServicer(self.runtime)
-
     def _set_health(self, status) -> None:
         for name in ["", *SERVICE_NAMES]:
             self.health.set(name, status)
@@ -105,8 +94,6 @@ class TracemarkServer:
         try:
             teacher = self._preloaded_teacher
             if teacher is None:
-                from tracemark.server.teacher.factory import build_teacher
-
                 teacher = build_teacher(self.settings.teacher)
             self.runtime.attach_teacher(teacher)
             warm = [{"role": "user", "content": "1+1?"}]

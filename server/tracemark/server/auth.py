@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+from tracemark.foundation.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-class TokenStoreError(ValueError):
+class TokenStoreError(InvalidInput):
     """The tokens file is unreadable or malformed."""
 
 

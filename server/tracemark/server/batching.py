@@ -9,16 +9,17 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from tracemark.foundation.errors import ResourceExhausted, Unavailable
 from tracemark.server.teacher.base import Generation, GenerationParams, Messages, TeacherBackend, TextCallback
 
 log = logging.getLogger(__name__)
 
 
-class QueueFull(RuntimeError):
+class QueueFull(ResourceExhausted, RuntimeError):
     """Too many requests are waiting; the caller should retry later."""
 
 
-class QueueClosed(RuntimeError):
+class QueueClosed(Unavailable, RuntimeError):
     """The queue is shutting down."""
 
 

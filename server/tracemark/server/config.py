@@ -11,12 +11,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from tracemark.foundation.errors import InvalidInput
 
 Quantization = Literal["none", "int8", "nf4", "fp4"]
 Backend = Literal["embedded", "transformers", "openai", "tiny"]
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidInput):
     """The configuration file or an override is invalid (one-line message)."""
 
 

@@ -1,4 +1,10 @@
-"""Map domain errors to precise gRPC status codes, never leaking tracebacks."""
+"""Map domain errors to precise gRPC status codes by type, never leaking tracebacks.
+
+Every error tracemark raises on purpose subclasses one of the kinds in :mod:`tracemark.foundation.errors`;
+the kind alone decides the status code (``_STATUS_BY_KIND``). A :class:`RequestError` carries an explicit
+code. Anything else is a bug: the caller gets INTERNAL with a fixed message and the server log gets the
+traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,43 @@ from collections.abc import Callable, Iterator
 from functools import wraps
 
 import grpc
+from tracemark.foundation.errors import (
+    DeadlineExceeded,
+    Failed,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    TracemarkError,
+    Unavailable,
+    first_line,
+)
 
 log = logging.getLogger(__name__)
+
+_STATUS_BY_KIND: tuple[tuple[type[TracemarkError], grpc.StatusCode], ...] = (
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Failed, grpc.StatusCode.INTERNAL),
+)
+
+
+_LEGACY_BY_NAME = {
+    "UnknownRewriterError": grpc.StatusCode.NOT_FOUND,
+    "ReportNotFound": grpc.StatusCode.NOT_FOUND,
+    "InvalidRewriterOptions": grpc.StatusCode.INVALID_ARGUMENT,
+    "SuspectSpecError": grpc.StatusCode.INVALID_ARGUMENT,
+    "InvestigationError": grpc.StatusCode.INVALID_ARGUMENT,
+    "CalibrationError": grpc.StatusCode.INVALID_ARGUMENT,
+    "SuspectUnavailable": grpc.StatusCode.UNAVAILABLE,
+    "RewriterTimeout": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "RewriterFailed": grpc.StatusCode.INTERNAL,
+    "BudgetExhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 class RequestError(Exception):
@@ -24,44 +65,25 @@ def invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def _status_for(exc: Exception) -> tuple[grpc.StatusCode, str]:
-    """Status and caller-safe message for ``exc`` (domain classes are matched by name to keep
-    server code free of hard imports of optional subsystems)."""
-    from tracemark.server.batching import QueueClosed, QueueFull
-    from tracemark.server.teacher.base import TeacherError
-
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Status and caller-safe message for ``exc``."""
     if isinstance(exc, RequestError):
         return exc.code, exc.message
-    if isinstance(exc, QueueFull):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, QueueClosed):
-        return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, TracemarkError):
+        for kind, code in _STATUS_BY_KIND:
+            if isinstance(exc, kind):
+                return code, first_line(exc)
+    legacy = _LEGACY_BY_NAME.get(next((c.__name__ for c in type(exc).__mro__ if c.__name__ in _LEGACY_BY_NAME), ""))
+    if legacy is not None:  # TEMPORARY while the domain packages move to the kinds
+        return legacy, first_line(exc)
     if isinstance(exc, TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while work was in progress"
-    if isinstance(exc, TeacherError):
-        return grpc.StatusCode.INTERNAL, f"teacher failed: {exc}"
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    by_name = {
-        "UnknownRewriterError": grpc.StatusCode.NOT_FOUND,
-        "ReportNotFound": grpc.StatusCode.NOT_FOUND,
-        "InvalidRewriterOptions": grpc.StatusCode.INVALID_ARGUMENT,
-        "SuspectSpecError": grpc.StatusCode.INVALID_ARGUMENT,
-        "InvestigationError": grpc.StatusCode.INVALID_ARGUMENT,
-        "CalibrationError": grpc.StatusCode.INVALID_ARGUMENT,
-        "SuspectUnavailable": grpc.StatusCode.UNAVAILABLE,
-        "RewriterTimeout": grpc.StatusCode.DEADLINE_EXCEEDED,
-        "RewriterFailed": grpc.StatusCode.INTERNAL,
-        "BudgetExhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-    for name, code in by_name.items():
-        if name in names:
-            return code, str(exc).splitlines()[0] if str(exc) else name
     return grpc.StatusCode.INTERNAL, "internal error (see server log)"
 
 
 def _abort(context: grpc.ServicerContext, exc: Exception, where: str) -> None:
-    """End the RPC with ``exc``'s status; unexpected errors are logged here, never sent to the caller."""
-    code, message = _status_for(exc)
+    """End the RPC with ``exc``'s status; failures on our side are logged here, never sent to the caller."""
+    code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.exception("%s failed", where)
     context.abort(code, message)

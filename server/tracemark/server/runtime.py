@@ -9,33 +9,44 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+from sqlalchemy.engine import Engine
+from tracemark.forensics.issuer import SignatureIssuer
+from tracemark.forensics.keys import MasterSecret
+from tracemark.forensics.ledger.db import make_engine
+from tracemark.forensics.signatures import CandidateSpace
+from tracemark.plugins.api import LLMBackend
+from tracemark.plugins.loader import RewriterRegistry
+from tracemark.plugins.pipeline import RewritePipeline
 from tracemark.server.batching import GenerationQueue
 from tracemark.server.config import Settings
 from tracemark.server.errors import RequestError, invalid
+from tracemark.server.llm import DirectLLM, QueuedLLM
 from tracemark.server.teacher.base import TeacherBackend
+from tracemark.server.teacher.remote import OpenAITeacher
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Runtime:
+    """What one server process holds; filled in by the start-up steps below, in this order:
+    :meth:`load_plugins`, :meth:`open_ledger`, then :meth:`attach_teacher` once the teacher has loaded."""
+
     settings: Settings
-    registry: Any = None
-    pipeline: Any = None
-    issuer: Any = None
-    engine: Any = None
-    master: Any = None
+    registry: RewriterRegistry | None = None
+    pipeline: RewritePipeline | None = None
+    issuer: SignatureIssuer | None = None
+    engine: Engine | None = None
+    master: MasterSecret | None = None
     teacher: TeacherBackend | None = None
     queue: GenerationQueue | None = None
-    llm: Any = None
+    llm: LLMBackend | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     load_error: str = ""
 
     # --- start-up -------------------------------------------------------------------------------
     def load_plugins(self) -> None:
-        from tracemark.plugins.loader import RewriterRegistry
-        from tracemark.plugins.pipeline import RewritePipeline
-
         self.registry = RewriterRegistry.discover()
         rw = self.settings.rewrite
         self.pipeline = RewritePipeline(
@@ -50,11 +61,6 @@ class Runtime:
             self.registry.get(name)  # fail at start-up, not on the first request
 
     def open_ledger(self) -> None:
-        from tracemark.forensics.issuer import SignatureIssuer
-        from tracemark.forensics.keys import MasterSecret
-        from tracemark.forensics.ledger.db import make_engine
-        from tracemark.forensics.signatures import CandidateSpace
-
         ledger = self.settings.ledger
         self.master = MasterSecret.load(path=ledger.master_key_file)
         self.engine = make_engine(ledger.url or None)
@@ -73,13 +79,8 @@ class Runtime:
         )
         rw = self.settings.rewrite
         if rw.llm == "teacher":
-            from tracemark.server.llm import QueuedLLM
-
             self.llm = QueuedLLM(self.queue, teacher.info.model_id)
         elif rw.llm == "openai":
-            from tracemark.server.llm import DirectLLM
-            from tracemark.server.teacher.remote import OpenAITeacher
-
             self.llm = DirectLLM(OpenAITeacher(rw.llm_endpoint, rw.llm_model))
 
     # --- per request ----------------------------------------------------------------------------
@@ -136,7 +137,5 @@ class Runtime:
 
     def require_ready(self) -> None:
         if not self.ready.is_set():
-            import grpc
-
             detail = f": {self.load_error}" if self.load_error else " (still loading)"
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "teacher not ready" + detail)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tracemark.foundation.errors import InvalidInput
 from tracemark.foundation.paths import cache_root
 from tracemark.plugins.proxy import ProxyError, ProxyStudent, load_proxy, output_cache
 from transformers import LogitsProcessor
@@ -60,7 +61,7 @@ _MEMORY_LOCK = threading.Lock()
 _KEY_LOCKS: dict[str, threading.Lock] = {}
 
 
-class ADSError(ValueError):
+class ADSError(InvalidInput):
     """Bad antidistillation-sampling setup (no held-out data, tokenizer mismatch, bad λ/ε)."""
 
 

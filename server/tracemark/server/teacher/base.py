@@ -6,11 +6,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tracemark.foundation.errors import Failed
+
 Messages = list[dict[str, str]]
 TextCallback = Callable[[str], None]
 
 
-class TeacherError(RuntimeError):
+class TeacherError(Failed):
     """Generation failed in the backend (message is safe to show to callers)."""
 
 

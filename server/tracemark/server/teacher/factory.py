@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import tempfile
 
+from tracemark.foundation.models.embedded import EMBEDDED_MODEL_ID, ensure_embedded_model
+from tracemark.foundation.problems import generate_problems
 from tracemark.server.config import TeacherSection
 from tracemark.server.teacher.base import TeacherBackend, TeacherError
+from tracemark.server.teacher.remote import OpenAITeacher
 
 log = logging.getLogger(__name__)
 
@@ -15,8 +18,7 @@ def _ads(section: TeacherSection) -> dict:
     """Antidistillation-sampling arguments for a local teacher (empty for standard decoding)."""
     if section.decoding != "ads":
         return {}
-    from tracemark.foundation.problems import generate_problems
-    from tracemark.server.teacher.ads import AntidistillationSampler
+    from tracemark.server.teacher.ads import AntidistillationSampler  # deferred: imports torch
 
     # Held-out clean traces come from the procedural generator, so no data set is needed.
     heldout = [(p.question, p.solution) for p in generate_problems(section.ads_heldout, seed=7919)]
@@ -29,8 +31,6 @@ def build_teacher(section: TeacherSection) -> TeacherBackend:
     if section.backend == "openai":
         if section.decoding == "ads":
             raise TeacherError("decoding=ads needs a local teacher (it adjusts logits during generation)")
-        from tracemark.server.teacher.remote import OpenAITeacher
-
         return OpenAITeacher(
             section.endpoint,
             section.model,
@@ -38,11 +38,11 @@ def build_teacher(section: TeacherSection) -> TeacherBackend:
             timeout_s=section.request_timeout_s,
             max_batch_size=section.max_batch_size,
         )
-    from tracemark.server.teacher.local import LocalTeacher
+    from tracemark.server.teacher.local import (
+        LocalTeacher,  # deferred: imports torch (a remote teacher needs none)
+    )
 
     if section.backend == "embedded":
-        from tracemark.foundation.models.embedded import EMBEDDED_MODEL_ID, ensure_embedded_model
-
         return LocalTeacher(
             ensure_embedded_model(),
             quantization=section.quantization,
@@ -53,7 +53,7 @@ def build_teacher(section: TeacherSection) -> TeacherBackend:
             **_ads(section),
         )
     if section.backend == "tiny":
-        from tracemark.foundation.models.tiny import build_tiny_model
+        from tracemark.foundation.models.tiny import build_tiny_model  # deferred: imports torch
 
         folder = build_tiny_model(tempfile.mkdtemp(prefix="tracemark-tiny-"))
         return LocalTeacher(
