@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracemark.plugins.api import RewriteContext
+from tracemark.plugins.api import RewriteContext, SignatureService
 from tracemark.plugins.pipeline import RewritePipeline
 
 
@@ -78,7 +78,7 @@ def measure_preservation(
     *,
     options: dict[str, dict] | None = None,
     account: str | None = None,
-    services: dict[str, Any] | None = None,
+    signatures: SignatureService | None = None,
     llm: Any = None,
     workers: int = 1,
     seed: int = 0,
@@ -97,7 +97,7 @@ def measure_preservation(
             trace_id=f"measure-{seed}-{i}",
             rng=random.Random(seed * 1_000_003 + i),
             llm=llm,
-            services=dict(services or {}),
+            signatures=signatures,
         )
         result = pipeline.run(trace, names=list(names), options=options, context=context)
         done += 1
@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names,
         options=json.loads(args.options),
         account=args.account or None,
-        services={"signatures": scratch_issuer(Path(tempfile.mkdtemp(prefix="tm-measure-")))},
+        signatures=scratch_issuer(Path(tempfile.mkdtemp(prefix="tm-measure-"))),
         llm=llm,
         workers=args.workers,
         progress=progress,
