@@ -17,12 +17,12 @@ import hmac
 import logging
 import re
 import secrets
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from tracemark.foundation.errors import InvalidInput
+from tracemark.foundation.files import read_toml
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,7 @@ class TokenStore:
 
     @classmethod
     def load(cls, path: Path) -> TokenStore:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise TokenStoreError(f"tokens file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise TokenStoreError(f"tokens file {path} is not valid TOML: {exc}") from None
+        data = read_toml(path, what="tokens file", error=TokenStoreError)
         accounts = {}
         for name, entry in (data.get("accounts") or {}).items():
             if not isinstance(entry, dict) or "token_sha256" not in entry:

@@ -5,13 +5,13 @@ Precedence (highest first): command-line flags, environment variables, the TOML 
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from tracemark.foundation.errors import InvalidInput
+from tracemark.foundation.files import read_toml
 
 Quantization = Literal["none", "int8", "nf4", "fp4"]
 Backend = Literal["embedded", "transformers", "openai", "tiny"]
@@ -132,12 +132,7 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict[str, Any]]
     """Read ``path`` (TOML), apply env overrides, then ``overrides`` (from CLI flags)."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        data = read_toml(path, what="config file", error=ConfigError)
     try:
         settings = Settings(**data)
     except ValidationError as exc:
