@@ -81,7 +81,7 @@ class {class_name}(Rewriter):
 """
 
 
-# -- a fake signature issuer (duck type of tracemark.forensics.issuer.SignatureIssuer) ------------------
+# -- a fake signature issuer (a tracemark.plugins.api.SignatureService, like forensics' SignatureIssuer) -
 @dataclass(frozen=True)
 class FakePair:
     account: str

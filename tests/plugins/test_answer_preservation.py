@@ -28,7 +28,7 @@ def _check(pipeline, issuer, items):
         texts.setdefault(account, [p.text for p in issuer.pairs_for(account)])
         ctx = RewriteContext(
             problem=problem, account=account, trace_id=f"gsm-{i}", rng=random.Random(i),
-            services={"signatures": issuer},
+            signatures=issuer,
         )  # fmt: skip
         result = pipeline.run(
             trace,

@@ -63,7 +63,7 @@ def test_rewrite_json(app, runner):
             "must map rewriter names",
         ),
         (["-r", "watermark,restructure"], TRACE, "must be the last step"),
-        (["-r", "restructure"], "   \n", "the trace on standard input is empty"),
+        (["-r", "restructure"], "   \n", "trace on standard input is empty"),
         (["-r", "restructure", "--on-error", "explode"], TRACE, "--on-error must be"),
     ],
 )

@@ -16,14 +16,9 @@ from tracemark.plugins.builtin.embedding_ascent import EmbeddingAscentRewriter
 from tracemark.plugins.builtin.hotflip import HotFlipRewriter
 from tracemark.plugins.loader import RewriterRegistry
 from tracemark.plugins.pipeline import RewritePipeline
-from tracemark.plugins.proxy import (
-    ProxyError,
-    SearchLimits,
-    TraceSearch,
-    load_proxy,
-    protected_mask,
-    protected_spans,
-)
+from tracemark.plugins.protected import protected_mask, protected_spans
+from tracemark.plugins.proxy import ProxyError, load_proxy
+from tracemark.plugins.search import SearchLimits, TraceSearch
 
 GSM8K_TRAIN = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "train.jsonl"
 
@@ -248,7 +243,7 @@ def test_registry_and_pipeline_run_them_under_the_answer_guard(tiny_model_dir):
 
 def test_host_provided_proxy_is_used(proxy):
     problem, trace = EXAMPLES[0]
-    context = RewriteContext(problem=problem, services={"proxy_student": proxy})
+    context = RewriteContext(problem=problem, proxy=proxy)
     opts = HotFlipRewriter.parse_options({**TINY})  # no proxy_model: the host's proxy, not the embedded one
     assert HotFlipRewriter(opts).rewrite(trace, context) != trace
 

@@ -106,7 +106,7 @@ def test_guard_retry_uses_a_higher_temperature(registry, h):
 def test_optimized_then_watermark(registry, h):
     llm = h.ScriptedLLM(lambda m, i: "n = 3·4 = 12\nm = n + 5 = 17\n\\boxed{17}")
     issuer = h.FakeIssuer()
-    ctx = RewriteContext(account="acme", trace_id="o-1", llm=llm, services={"signatures": issuer})
+    ctx = RewriteContext(account="acme", trace_id="o-1", llm=llm, signatures=issuer)
     result = RewritePipeline(registry).run(
         TRACE,
         names=["optimized", "watermark"],

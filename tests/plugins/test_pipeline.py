@@ -268,7 +268,7 @@ def test_context_rng_makes_runs_reproducible(registry):
 
 def test_composition_restructure_then_watermark(registry, h):
     issuer = h.FakeIssuer()
-    context = RewriteContext(account="alice", trace_id="t-1", services={"signatures": issuer})
+    context = RewriteContext(account="alice", trace_id="t-1", signatures=issuer)
     result = RewritePipeline(registry).run(
         TRACE, names=["restructure", "watermark"], options={"watermark": {"fraction": 1.0}}, context=context
     )
@@ -284,7 +284,7 @@ def test_composition_restructure_then_watermark(registry, h):
 
 def test_fallen_back_trace_is_still_watermarked(registry, h):
     issuer = h.FakeIssuer()
-    context = RewriteContext(account="bob", trace_id="t-2", services={"signatures": issuer})
+    context = RewriteContext(account="bob", trace_id="t-2", signatures=issuer)
     result = RewritePipeline(registry).run(
         TRACE, names=["boom", "watermark"], options={"watermark": {"fraction": 1.0}}, context=context
     )
@@ -302,7 +302,7 @@ def test_pipeline_is_safe_under_concurrent_requests(registry, h):
             account=f"acct-{i % 3}",
             trace_id=f"trace-{i}",
             rng=random.Random(i),
-            services={"signatures": issuer},
+            signatures=issuer,
         )
         trace = (
             TRACE.replace("17", str(17 + i)).replace("12+5", f"12+{5 + i}").replace("5 more", f"{5 + i} more")

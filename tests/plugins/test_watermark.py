@@ -8,7 +8,13 @@ from collections import Counter
 
 import pytest
 from tracemark.plugins.answers import extract_final_answer
-from tracemark.plugins.api import RewriteContext, RewriterError
+from tracemark.plugins.api import (
+    IssueCounts,
+    RewriteContext,
+    RewriterError,
+    SignatureService,
+    WatermarkPolicy,
+)
 from tracemark.plugins.builtin.restructure import RestructureRewriter
 from tracemark.plugins.builtin.watermark import (
     WatermarkRewriter,
@@ -37,7 +43,7 @@ def _watermark(**options):
 
 
 def test_anonymous_callers_get_no_watermark(fake_issuer):
-    ctx = RewriteContext(account=None, trace_id="t", services={"signatures": fake_issuer})
+    ctx = RewriteContext(account=None, trace_id="t", signatures=fake_issuer)
     assert _run(_watermark(fraction=1.0), TRACE, ctx) == TRACE
     assert ctx.notes == ["anonymous caller: no watermark"] and fake_issuer.issued == []
 
@@ -48,7 +54,7 @@ def test_missing_issuer_is_a_clear_error():
 
 
 def test_template_weaving_keeps_numbers_and_final_line(fake_issuer):
-    ctx = RewriteContext(account="alice", trace_id="t-1", services={"signatures": fake_issuer})
+    ctx = RewriteContext(account="alice", trace_id="t-1", signatures=fake_issuer)
     out = _run(_watermark(fraction=1.0, mode="template"), TRACE, ctx)
     texts = [p.text for p in fake_issuer.pairs_for("alice")]
     woven = [t for t in texts if t in out]
@@ -80,7 +86,7 @@ def test_template_never_changes_the_answer(trace, answer):
 
 
 def test_answerless_traces_are_not_signed(fake_issuer):
-    ctx = RewriteContext(account="zed", trace_id="n-1", services={"signatures": fake_issuer})
+    ctx = RewriteContext(account="zed", trace_id="n-1", signatures=fake_issuer)
     assert _run(_watermark(fraction=1.0), "I could not solve it.", ctx) == "I could not solve it."
     assert fake_issuer.issued == []
 
@@ -108,7 +114,7 @@ def test_fraction_through_the_rewriter(fake_issuer):
     rewriter = _watermark(fraction=0.25)
     signed = 0
     for i in range(800):
-        ctx = RewriteContext(account="carol", trace_id=f"id-{i}", services={"signatures": fake_issuer})
+        ctx = RewriteContext(account="carol", trace_id=f"id-{i}", signatures=fake_issuer)
         signed += _run(rewriter, TRACE, ctx) != TRACE
     assert signed == len(fake_issuer.issued)
     assert abs(signed / 800 - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 800)
@@ -117,7 +123,7 @@ def test_fraction_through_the_rewriter(fake_issuer):
 def test_balanced_selection_gives_equal_exposure(h):
     issuer = h.FakeIssuer(pairs_per_account=3)
     for i in range(61):
-        ctx = RewriteContext(account="dave", trace_id=f"b-{i}", services={"signatures": issuer})
+        ctx = RewriteContext(account="dave", trace_id=f"b-{i}", signatures=issuer)
         _run(_watermark(fraction=1.0), TRACE, ctx)
     counts = sorted(issuer.issued_counts("dave").values())
     assert counts == [20, 20, 21]
@@ -126,14 +132,14 @@ def test_balanced_selection_gives_equal_exposure(h):
 def test_keyed_selection_without_counts_uses_every_pair(h):
     issuer = h.FakeIssuer(pairs_per_account=2, counts=False)
     for i in range(200):
-        ctx = RewriteContext(account="erin", trace_id=f"k-{i}", services={"signatures": issuer})
+        ctx = RewriteContext(account="erin", trace_id=f"k-{i}", signatures=issuer)
         _run(_watermark(fraction=1.0, selection="balanced"), TRACE, ctx)
     per_pair = Counter(item["pair_id"] for item in issuer.issued)
     assert len(per_pair) == 2 and min(per_pair.values()) > 60
 
 
 def test_pair_is_recorded_only_when_the_output_is_accepted(fake_issuer):
-    ctx = RewriteContext(account="frank", trace_id="r-1", services={"signatures": fake_issuer})
+    ctx = RewriteContext(account="frank", trace_id="r-1", signatures=fake_issuer)
     rewriter = _watermark(fraction=1.0)
     out = rewriter.rewrite(TRACE, ctx)
     assert fake_issuer.issued == []
@@ -144,8 +150,8 @@ def test_pair_is_recorded_only_when_the_output_is_accepted(fake_issuer):
 
 
 def test_host_policy_overrides_request_options(fake_issuer):
-    services = {"signatures": fake_issuer, "watermark_policy": {"fraction": 1.0}}
-    ctx = RewriteContext(account="gina", trace_id="p-1", services=services)
+    policy = WatermarkPolicy(fraction=1.0)
+    ctx = RewriteContext(account="gina", trace_id="p-1", signatures=fake_issuer, watermark_policy=policy)
     assert _run(_watermark(fraction=0.0), TRACE, ctx) != TRACE
 
 
@@ -156,7 +162,7 @@ def test_llm_weaving_is_used_when_it_keeps_everything(fake_issuer, h):
         return "Sure, here it is:\n" + "\n".join([f"Let {text} be our auxiliary count.", *lines])
 
     llm = h.ScriptedLLM(respond)
-    ctx = RewriteContext(account="hal", trace_id="l-1", llm=llm, services={"signatures": fake_issuer})
+    ctx = RewriteContext(account="hal", trace_id="l-1", llm=llm, signatures=fake_issuer)
     out = _run(_watermark(fraction=1.0, mode="auto"), TRACE, ctx)
     assert out.startswith("Let ") and "auxiliary count" in out and not out.startswith("Sure")
     assert fake_issuer.issued[0]["rewriter"] == "watermark/llm"
@@ -178,16 +184,14 @@ def test_bad_llm_weaves_fall_back_to_the_template(fake_issuer, h, reply):
         text = messages[-1]["content"].split("Definition to insert: ", 1)[1].split("\n", 1)[0]
         return reply(text)
 
-    ctx = RewriteContext(
-        account="ivy", trace_id="l-2", llm=h.ScriptedLLM(respond), services={"signatures": fake_issuer}
-    )
+    ctx = RewriteContext(account="ivy", trace_id="l-2", llm=h.ScriptedLLM(respond), signatures=fake_issuer)
     out = _run(_watermark(fraction=1.0, mode="llm"), TRACE, ctx)
     assert fake_issuer.issued[0]["rewriter"] == "watermark/template"
     assert extract_final_answer(out) == "17" and out.splitlines()[-1] == "#### 17"
 
 
 def test_llm_mode_without_llm_is_an_error(fake_issuer):
-    ctx = RewriteContext(account="jo", trace_id="l-3", services={"signatures": fake_issuer})
+    ctx = RewriteContext(account="jo", trace_id="l-3", signatures=fake_issuer)
     with pytest.raises(RewriterError, match="mode 'llm' needs an LLM backend"):
         _watermark(fraction=1.0, mode="llm").rewrite(TRACE, ctx)
 
@@ -214,12 +218,20 @@ def real_issuer(tmp_path, monkeypatch):
     engine.dispose()
 
 
+def test_the_forensics_issuer_is_a_signature_service(real_issuer, fake_issuer):
+    # structural: tracemark.plugins never imports tracemark.forensics
+    assert isinstance(real_issuer, SignatureService) and isinstance(real_issuer, IssueCounts)
+    assert isinstance(fake_issuer, SignatureService)
+    pair = real_issuer.pairs_for("acme")[0]
+    assert isinstance(pair.pair_id, str) and isinstance(pair.text, str)
+
+
 def test_with_the_real_signature_issuer_and_ledger(real_issuer):
     registry = RewriterRegistry.from_classes(RestructureRewriter, WatermarkRewriter)
     pipeline = RewritePipeline(registry)
     texts = {p.text for p in real_issuer.pairs_for("acme")}
     for i in range(10):
-        ctx = RewriteContext(account="acme", trace_id=f"real-{i}", services={"signatures": real_issuer})
+        ctx = RewriteContext(account="acme", trace_id=f"real-{i}", signatures=real_issuer)
         result = pipeline.run(
             TRACE, names=["restructure", "watermark"], options={"watermark": {"fraction": 1.0}}, context=ctx
         )

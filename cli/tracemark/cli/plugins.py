@@ -7,11 +7,19 @@ plugins; 2 bad input (one line on stderr).
 from __future__ import annotations
 
 import json
-import sys
+import random
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
+from tracemark.forensics.issuer import SignatureIssuer
+from tracemark.forensics.keys import MasterKeyError, MasterSecret
+from tracemark.forensics.ledger.db import make_engine
+from tracemark.foundation.console import fail, read_stdin_or_fail
+from tracemark.foundation.errors import first_line
+from tracemark.plugins.api import LLMBackend, RewriteContext
 from tracemark.plugins.errors import (
     InvalidRewriterOptions,
     PluginError,
@@ -19,16 +27,11 @@ from tracemark.plugins.errors import (
     RewriterTimeout,
     UnknownRewriterError,
 )
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"tracemark: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+from tracemark.plugins.loader import RewriterRegistry
+from tracemark.plugins.pipeline import RewritePipeline
+from tracemark.server.config import TeacherSection
+from tracemark.server.llm import DirectLLM
+from tracemark.server.teacher.factory import build_teacher
 
 
 def parse_options_json(raw: str | None, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -50,47 +53,28 @@ def parse_options_json(raw: str | None, names: list[str]) -> dict[str, dict[str,
     )
 
 
-def _read_trace() -> str:
-    if sys.stdin is None or sys.stdin.isatty():
-        _fail("no trace on standard input (pipe it in, e.g. `tracemark rewrite -r restructure < trace.txt`)")
-    text = sys.stdin.read()
-    if not text.strip():
-        _fail("the trace on standard input is empty")
-    return text
-
-
-def _issuer(key_file: Path | None, ledger: str | None, pairs_per_account: int) -> Any:
-    try:
-        from tracemark.forensics.issuer import SignatureIssuer
-        from tracemark.forensics.keys import MasterKeyError, MasterSecret
-        from tracemark.forensics.ledger.db import make_engine
-    except ImportError as exc:  # pragma: no cover - forensics ships with tracemark
-        _fail(f"the watermark needs tracemark.forensics: {_first_line(exc)}")
+def _issuer(key_file: Path | None, ledger: str | None, pairs_per_account: int) -> SignatureIssuer:
     try:
         master = MasterSecret.load(path=key_file, create=False)
     except MasterKeyError as exc:
-        _fail(_first_line(exc))
+        fail(first_line(exc))
     try:
         engine = make_engine(ledger or None)
         return SignatureIssuer(master=master, engine=engine, pairs_per_account=pairs_per_account)
     except Exception as exc:
-        _fail(f"cannot open the ledger: {_first_line(exc)}")
+        fail(f"cannot open the ledger: {first_line(exc)}")
 
 
-def _llm(kind: str, model: str, endpoint: str) -> Any:
+def _llm(kind: str, model: str, endpoint: str) -> LLMBackend | None:
     if kind == "none":
         return None
     try:
-        from tracemark.server.config import TeacherSection
-        from tracemark.server.llm import DirectLLM
-        from tracemark.server.teacher.factory import build_teacher
-
         section = TeacherSection(
             backend=kind, model=model, endpoint=endpoint, quantization="none", device="cpu"
         )
         return DirectLLM(build_teacher(section))
     except Exception as exc:
-        _fail(f"cannot set up the LLM backend {kind!r}: {_first_line(exc)}")
+        fail(f"cannot set up the LLM backend {kind!r}: {first_line(exc)}")
 
 
 def rewrite_command(
@@ -141,42 +125,34 @@ def rewrite_command(
     ] = False,
 ) -> None:
     """Rewrite the reasoning trace on standard input; the result goes to stdout, a summary to stderr."""
-    import random
-
-    from tracemark.plugins.api import RewriteContext
-    from tracemark.plugins.loader import RewriterRegistry
-    from tracemark.plugins.pipeline import RewritePipeline
-
     names = [n.strip() for n in rewriter.split(",") if n.strip()]
     if on_error not in ("fallback", "raise"):
-        _fail("--on-error must be 'fallback' or 'raise'")
+        fail("--on-error must be 'fallback' or 'raise'")
     if llm not in ("none", "embedded", "tiny", "openai", "transformers"):
-        _fail("--llm must be one of none, embedded, tiny, openai, transformers")
+        fail("--llm must be one of none, embedded, tiny, openai, transformers")
     try:
         registry = RewriterRegistry.discover(strict=False)
         pipeline = RewritePipeline(registry, timeout_s=timeout, retries=retries, on_error=on_error)  # type: ignore[arg-type]
         parsed = parse_options_json(options, names)
         pipeline.prepare(names, parsed)
     except (UnknownRewriterError, InvalidRewriterOptions) as exc:
-        _fail(_first_line(exc))
-    trace = _read_trace()
-    services: dict[str, Any] = {}
-    if account and "watermark" in names:
-        services["signatures"] = _issuer(key_file, ledger, pairs_per_account)
+        fail(first_line(exc))
+    trace = read_stdin_or_fail("trace")
+    signatures = _issuer(key_file, ledger, pairs_per_account) if account and "watermark" in names else None
     context = RewriteContext(
         problem=problem,
         account=account or None,
         trace_id=trace_id or "",
         rng=random.Random(seed),
         llm=_llm(llm, llm_model, llm_endpoint),
-        services=services,
+        signatures=signatures,
     )
     try:
         result = pipeline.run(trace, names=names, options=parsed, context=context)
     except (RewriterFailed, RewriterTimeout) as exc:
-        _fail(_first_line(exc), code=1)
+        fail(first_line(exc), code=1)
     except PluginError as exc:
-        _fail(_first_line(exc))
+        fail(first_line(exc))
     if as_json:
         payload = {
             "trace_id": result.trace_id,
@@ -222,10 +198,6 @@ def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Every discovered plugin: name, status (loaded/failed/disabled), distribution, version, error."""
-    from rich.console import Console
-    from rich.table import Table
-    from tracemark.plugins.loader import RewriterRegistry
-
     records = RewriterRegistry.discover(strict=False).records
     if as_json:
         typer.echo(
@@ -268,8 +240,6 @@ def list_command(
 @plugins_app.command("check")
 def check_command() -> None:
     """Exit 0 when every discovered (not disabled) plugin loaded, 1 otherwise, with each error."""
-    from tracemark.plugins.loader import RewriterRegistry
-
     records = RewriterRegistry.discover(strict=False).records
     failed = [r for r in records if r.status == "failed"]
     loaded = sum(r.status == "loaded" for r in records)

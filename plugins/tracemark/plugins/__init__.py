@@ -3,10 +3,14 @@
 from tracemark.plugins.api import (
     API_VERSION,
     ENTRY_POINT_GROUP,
+    IssueCounts,
     LLMBackend,
     RewriteContext,
     Rewriter,
     RewriterError,
+    SignatureService,
+    WatermarkPair,
+    WatermarkPolicy,
 )
 from tracemark.plugins.errors import (
     InvalidRewriterOptions,
@@ -21,6 +25,7 @@ __all__ = [
     "API_VERSION",
     "ENTRY_POINT_GROUP",
     "InvalidRewriterOptions",
+    "IssueCounts",
     "LLMBackend",
     "PluginError",
     "PluginLoadError",
@@ -29,5 +34,8 @@ __all__ = [
     "RewriterError",
     "RewriterFailed",
     "RewriterTimeout",
+    "SignatureService",
     "UnknownRewriterError",
+    "WatermarkPair",
+    "WatermarkPolicy",
 ]

@@ -3,16 +3,25 @@
 A rewriter is a class deriving from :class:`Rewriter`, registered under the entry-point group
 ``tracemark.rewriters``. It receives a reasoning trace and a :class:`RewriteContext` and returns the
 rewritten trace. The answer guard, time limits and fallbacks are applied by tracemark around it.
+
+What the host hands a rewriter besides the trace is typed: :class:`LLMBackend` (``context.llm``),
+:class:`SignatureService` (``context.signatures``), :class:`WatermarkPolicy` (``context.watermark_policy``)
+and the proxy student (``context.proxy``). Any object with the right methods satisfies a Protocol; the
+forensics ``SignatureIssuer`` is one such signature service (this package never imports it).
 """
 
 from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # the proxy module imports torch; the API must stay light
+    from tracemark.plugins.proxy import ProxyStudent
 
 API_VERSION = "1.0"
 """Plugin API version (major.minor). A plugin declaring the same major version is compatible."""
@@ -38,6 +47,50 @@ class LLMBackend(Protocol):
         ...
 
 
+class WatermarkPair(Protocol):
+    """One keyed signature pair as a rewriter sees it (e.g. forensics' ``SignaturePair``)."""
+
+    @property
+    def pair_id(self) -> str:
+        """Public id of the pair (what the ledger records; reveals nothing keyed)."""
+        ...
+
+    @property
+    def text(self) -> str:
+        """The pair as it is written into a trace, e.g. ``"x137 = 4821"`` (secret)."""
+        ...
+
+
+@runtime_checkable
+class SignatureService(Protocol):
+    """Hands out an account's signature pairs and records the ones delivered in a trace."""
+
+    def pairs_for(self, account: str) -> Sequence[WatermarkPair]:
+        """The account's current pairs (created on first use)."""
+        ...
+
+    def record_issue(self, *, account: str, trace_id: str, pair: Any, rewriter: str) -> None:
+        """Record that ``pair`` (one of the objects :meth:`pairs_for` returned) went out in ``trace_id``."""
+        ...
+
+
+@runtime_checkable
+class IssueCounts(Protocol):
+    """Optional extra of a :class:`SignatureService`: how often each pair was issued so far."""
+
+    def issued_counts(self, account: str) -> Mapping[str, int]:
+        """``{pair_id: times issued}`` for ``account``."""
+        ...
+
+
+@dataclass(frozen=True)
+class WatermarkPolicy:
+    """The host's watermark settings; they override a request's ``watermark`` options, so a caller
+    cannot lower its own ``fraction``."""
+
+    fraction: float
+
+
 class RewriterError(Exception):
     """Raised by a rewriter that cannot rewrite this trace (reported, then the guard falls back)."""
 
@@ -57,8 +110,10 @@ class RewriteContext:
     trace_id: str = ""
     rng: random.Random = field(default_factory=random.Random)
     llm: LLMBackend | None = None
-    # Free-form services the host provides (e.g. the signature issuer for `watermark`).
-    services: dict[str, Any] = field(default_factory=dict)
+    # Host services (None when the host has none); shared by every attempt's copy of the context.
+    signatures: SignatureService | None = None  # the signature pairs and ledger `watermark` uses
+    watermark_policy: WatermarkPolicy | None = None  # host overrides of the `watermark` options
+    proxy: ProxyStudent | None = None  # a loaded proxy student for `hotflip` / `embedding-ascent`
     # Attempt number (0 first); a rewriter may vary its behaviour on retries.
     attempt: int = 0
     # Short public notes a rewriter leaves for the step's ``detail`` (returned to the caller: no secrets).
@@ -69,7 +124,7 @@ class RewriteContext:
         self.notes.append(text)
 
     def for_attempt(self, attempt: int, *, seed: int) -> RewriteContext:
-        """A copy for one attempt of one step: own RNG (seeded), own notes, shared services."""
+        """A copy for one attempt of one step: own RNG (seeded), own notes, shared host services."""
         return replace(self, attempt=attempt, rng=random.Random(seed), notes=[])
 
 

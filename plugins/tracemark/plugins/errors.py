@@ -1,4 +1,5 @@
-"""Domain exceptions of the plugin subsystem (one-line messages; the server maps them to gRPC codes).
+"""Domain exceptions of the plugin subsystem (one-line messages). Each subclasses the foundation error
+kind the server maps to its gRPC code (``tracemark.foundation.errors``) and keeps its builtin base.
 
 =========================  ==========================  ================================================
 exception                  gRPC status                 raised when
@@ -13,16 +14,18 @@ exception                  gRPC status                 raised when
 
 from __future__ import annotations
 
+from tracemark.foundation.errors import DeadlineExceeded, Failed, InvalidInput, NotFound
+
 
 class PluginError(Exception):
     """Base class of every plugin-subsystem error."""
 
 
-class PluginLoadError(PluginError):
+class PluginLoadError(PluginError, Failed):
     """A plugin could not be loaded and strict mode (``TRACEMARK_STRICT_PLUGINS=1``) is on."""
 
 
-class UnknownRewriterError(PluginError, LookupError):
+class UnknownRewriterError(PluginError, NotFound):
     """The named rewriter does not exist, failed to load, or is disabled (``status`` says which)."""
 
     def __init__(self, message: str, *, name: str = "", status: str = "unknown") -> None:
@@ -31,11 +34,11 @@ class UnknownRewriterError(PluginError, LookupError):
         self.status = status
 
 
-class InvalidRewriterOptions(PluginError, ValueError):
+class InvalidRewriterOptions(PluginError, InvalidInput):
     """Options for a rewriter (or the pipeline specification) are invalid."""
 
 
-class RewriterFailed(PluginError):
+class RewriterFailed(PluginError, Failed):
     """A rewriter step raised (surfaced only with ``on_error="raise"``)."""
 
     def __init__(self, message: str, *, name: str = "") -> None:
@@ -43,7 +46,7 @@ class RewriterFailed(PluginError):
         self.name = name
 
 
-class RewriterTimeout(PluginError):
+class RewriterTimeout(PluginError, DeadlineExceeded):
     """A rewriter step exceeded its time limit (surfaced only with ``on_error="raise"``)."""
 
     def __init__(self, message: str, *, name: str = "") -> None:

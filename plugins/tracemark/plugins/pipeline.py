@@ -2,7 +2,8 @@
 
 A :class:`RewritePipeline` is created once (per server) and is safe to share between concurrent requests:
 it keeps no per-request state, each run creates fresh rewriter instances, and each attempt gets its own
-copy of the context (own seeded RNG and notes; shared ``services`` and ``llm``).
+copy of the context (own seeded RNG and notes; shared host services: ``llm``, ``signatures``,
+``watermark_policy``, ``proxy``).
 
 Per step and attempt:
 

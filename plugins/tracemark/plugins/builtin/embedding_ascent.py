@@ -7,14 +7,15 @@ the same candidate filter as ``hotflip`` (alphabetic word pieces of the same sha
 frequent ones or the proxy's top-k there); positions whose nearest token changed come first, the others
 follow by how far ``δ`` moved them toward another token. Projections are kept only when a real forward
 pass shows they raise the loss, within the budget and the optional perplexity cap. Answer-bearing tokens
-never change (see :func:`tracemark.plugins.proxy.protected_spans`).
+never change (see :func:`tracemark.plugins.protected.protected_spans`).
 """
 
 from __future__ import annotations
 
 import torch
 from pydantic import Field
-from tracemark.plugins.proxy import ProxyRewriter, ProxyRewriterOptions, TraceSearch
+from tracemark.plugins.builtin.proxy_base import ProxyRewriter, ProxyRewriterOptions
+from tracemark.plugins.search import TraceSearch
 
 
 class EmbeddingAscentOptions(ProxyRewriterOptions):

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from tracemark.plugins.proxy import ProxyRewriter, ProxyRewriterOptions, TraceSearch
+from tracemark.plugins.builtin.proxy_base import ProxyRewriter, ProxyRewriterOptions
+from tracemark.plugins.search import TraceSearch
 
 
 class HotFlipOptions(ProxyRewriterOptions):

@@ -16,6 +16,7 @@ import logging
 import os
 from pathlib import Path
 
+from tracemark.foundation.paths import user_data_path
 from tracemark.plugins.answers import extract_final_answer
 from tracemark.plugins.api import RewriteContext
 from tracemark.plugins.builtin.llm_base import LLMRewriter
@@ -41,8 +42,6 @@ def installed_instruction_path() -> Path:
     """Where ``tracemark optimize install`` writes the instruction: ``$TRACEMARK_OPTIMIZED_INSTRUCTION``,
     else ``optimized-instruction.json`` in the tracemark data folder (``$TRACEMARK_HOME``, else
     ``$XDG_DATA_HOME/tracemark``, i.e. ``~/.local/share/tracemark``)."""
-    from tracemark.foundation.paths import user_data_path
-
     explicit = os.environ.get(INSTRUCTION_ENV, "").strip()
     if explicit:
         return Path(explicit).expanduser()

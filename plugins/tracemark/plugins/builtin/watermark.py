@@ -1,9 +1,10 @@
 """``watermark``: weave one of the caller account's keyed signature pairs (e.g. ``x137 = 4821``) into a
-fraction of that account's traces (DESIGN.md section 5).
+fraction of that account's traces (README, "Rewriters and writing a plugin").
 
-Needs ``context.services["signatures"]``: an issuer with ``pairs_for(account) -> list[SignaturePair]`` and
-``record_issue(*, account, trace_id, pair, rewriter)`` (``tracemark.forensics.issuer.SignatureIssuer``);
-``issued_counts(account) -> {pair_id: n}`` is used when present.
+Needs ``context.signatures``: a :class:`~tracemark.plugins.api.SignatureService` (``pairs_for(account)``
+and ``record_issue(*, account, trace_id, pair, rewriter)``; the server passes its forensics
+``SignatureIssuer``); ``issued_counts(account) -> {pair_id: n}`` (:class:`~tracemark.plugins.api.IssueCounts`)
+is used when present.
 
 * **Which traces** carry a pair: those whose keyed hash ``HMAC(k, trace_id)`` falls below ``fraction``.
   ``k`` is derived from the account's secret pairs, so the decision is reproducible from the trace id by
@@ -20,8 +21,8 @@ Needs ``context.services["signatures"]``: an issuer with ``pairs_for(account) ->
   accepted the woven trace (``Rewriter.accepted``), so the ledger lists exactly the delivered pairs.
 * **Secrecy**: the step's public detail never says whether this trace was signed; only an anonymous
   caller is told that no watermark applies.
-* **Host policy**: options found in ``context.services["watermark_policy"]`` (a dict set by the server)
-  override the request's options, so callers cannot lower ``fraction`` for themselves.
+* **Host policy**: ``context.watermark_policy`` (a :class:`~tracemark.plugins.api.WatermarkPolicy` set by
+  the server) overrides the request's options, so callers cannot lower ``fraction`` for themselves.
 """
 
 from __future__ import annotations
@@ -31,11 +32,19 @@ import hmac
 import logging
 import re
 from collections import Counter
+from dataclasses import asdict
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from tracemark.plugins.answers import answers_match, extract_final_answer
-from tracemark.plugins.api import RewriteContext, Rewriter, RewriterError
+from tracemark.plugins.api import (
+    IssueCounts,
+    RewriteContext,
+    Rewriter,
+    RewriterError,
+    SignatureService,
+    WatermarkPair,
+)
 from tracemark.plugins.builtin.llm_base import strip_preamble
 
 log = logging.getLogger(__name__)
@@ -153,22 +162,28 @@ class WatermarkRewriter(Rewriter):
 
     def __init__(self, options: BaseModel | None = None) -> None:
         super().__init__(options)
-        self._pending: dict[str, tuple[Any, str]] = {}
+        self._pending: dict[str, tuple[WatermarkPair, str]] = {}
 
     def _effective(self, context: RewriteContext) -> WatermarkOptions:
         opts: WatermarkOptions = self.options  # type: ignore[assignment]
-        policy = context.services.get("watermark_policy")
-        if policy:
-            opts = WatermarkOptions.model_validate({**opts.model_dump(), **dict(policy)})
+        policy = context.watermark_policy
+        if policy is not None:
+            opts = WatermarkOptions.model_validate({**opts.model_dump(), **asdict(policy)})
         return opts
 
-    def _choose(self, pairs: list[Any], issuer: Any, context: RewriteContext, opts: WatermarkOptions) -> Any:
+    def _choose(
+        self,
+        pairs: list[WatermarkPair],
+        issuer: SignatureService,
+        context: RewriteContext,
+        opts: WatermarkOptions,
+    ) -> WatermarkPair:
         key = _selection_key(pairs)
 
         def tie(pair: Any) -> float:
             return _unit(key, f"pair\x00{pair.pair_id}", context.trace_id)
 
-        if opts.selection == "balanced" and hasattr(issuer, "issued_counts"):
+        if opts.selection == "balanced" and isinstance(issuer, IssueCounts):
             try:
                 counts = issuer.issued_counts(context.account)
                 return min(pairs, key=lambda p: (counts.get(p.pair_id, 0), tie(p)))
@@ -206,11 +221,9 @@ class WatermarkRewriter(Rewriter):
         if not context.account:
             context.note("anonymous caller: no watermark")
             return trace
-        issuer = context.services.get("signatures")
+        issuer = context.signatures
         if issuer is None:
-            raise RewriterError(
-                "watermark needs a signature issuer (services['signatures']); none is configured"
-            )
+            raise RewriterError("watermark needs a signature issuer (context.signatures); none is configured")
         pairs = list(issuer.pairs_for(context.account))
         if not pairs:
             raise RewriterError("the signature issuer returned no pairs for this account")
@@ -241,6 +254,7 @@ class WatermarkRewriter(Rewriter):
         if issued is None:
             return
         pair, how = issued
-        context.services["signatures"].record_issue(
+        assert context.signatures is not None  # rewrite() refused to run without one
+        context.signatures.record_issue(
             account=context.account, trace_id=context.trace_id, pair=pair, rewriter=f"watermark/{how}"
         )
