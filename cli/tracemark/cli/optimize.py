@@ -4,12 +4,33 @@ instruction (OPRO style; see ``tracemark.experiments.optimize``)."""
 from __future__ import annotations
 
 import json
+import logging
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from tracemark.experiments.optimize import (
+    OptimizeError,
+    RunFolder,
+    SearchConfig,
+    SearchPlan,
+    best_of,
+    install_instruction,
+    load_sample,
+    prepare_proxy,
+    read_seed_instructions,
+)
 from tracemark.foundation.console import fail
+from tracemark.foundation.models.embedded import EMBEDDED_MODEL_ID, ensure_embedded_model
+from tracemark.plugins.builtin.optimized import active_instruction, installed_instruction_path
+from tracemark.server.batching import GenerationQueue
+from tracemark.server.llm import QueuedLLM
+from tracemark.server.teacher.base import TeacherError
+from tracemark.server.teacher.remote import OpenAITeacher
 
 optimize_app = typer.Typer(
     help="Search the `optimized` rewriter's instruction (OPRO style: rewrite with each candidate, score "
@@ -26,8 +47,6 @@ LLM_KINDS = ("embedded", "tiny", "transformers", "openai")
 
 def _llm_id(llm: str, model: str, endpoint: str) -> str:
     if llm == "embedded":
-        from tracemark.foundation.models.embedded import EMBEDDED_MODEL_ID
-
         return EMBEDDED_MODEL_ID
     if llm == "tiny":
         return "tiny-random-llama"
@@ -44,26 +63,16 @@ def _llm_id(llm: str, model: str, endpoint: str) -> str:
 
 def _build_llm(llm: str, model: str, endpoint: str, key_env: str, workers: int, timeout_s: float) -> Any:
     """A chat backend: the local model or endpoint behind a batching queue (greedy rewrites batch)."""
-    from tracemark.server.batching import GenerationQueue
-    from tracemark.server.llm import QueuedLLM
-    from tracemark.server.teacher.base import TeacherError
-
     try:
         if llm == "openai":
-            from tracemark.server.teacher.remote import OpenAITeacher
-
             backend: Any = OpenAITeacher(endpoint, model, api_key_env=key_env, max_batch_size=workers)
         else:
-            from tracemark.server.teacher.local import LocalTeacher
+            from tracemark.server.teacher.local import LocalTeacher  # deferred: imports torch
 
             if llm == "embedded":
-                from tracemark.foundation.models.embedded import EMBEDDED_MODEL_ID, ensure_embedded_model
-
                 path, model_id = ensure_embedded_model(), EMBEDDED_MODEL_ID
             elif llm == "tiny":
-                import tempfile
-
-                from tracemark.foundation.models.tiny import build_tiny_model
+                from tracemark.foundation.models.tiny import build_tiny_model  # deferred: imports torch
 
                 path = build_tiny_model(tempfile.mkdtemp(prefix="tracemark-tiny-llm-"))
                 model_id = "tiny-random-llama"
@@ -141,15 +150,6 @@ def run_command(
     ] = False,
 ) -> None:
     """Run or continue the search in --out: results.jsonl gets one line per scored candidate."""
-    from tracemark.experiments.optimize import (
-        OptimizeError,
-        RunFolder,
-        SearchConfig,
-        SearchPlan,
-        prepare_proxy,
-        read_seed_instructions,
-    )
-
     if llm not in LLM_KINDS:
         fail(f"--llm must be one of {', '.join(LLM_KINDS)}, got {llm!r}")
     if proxy_method == "auto":
@@ -187,16 +187,12 @@ def run_command(
         )
         folder = RunFolder(out)
         folder.open(config, force=force)  # a config mismatch fails before any model loads
-        from tracemark.experiments.optimize import load_sample
-
         load_sample(config)  # bad data fails before any model loads
         proxy_dir = prepare_proxy(config, folder.path)
     except OptimizeError as exc:
         fail(str(exc))
 
-    import logging
-
-    import torch
+    import torch  # deferred: heavy, only needed once the search starts
     from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(threads)
@@ -222,14 +218,11 @@ def _search(
     llm_api_key_env: str,
     install: bool,
 ) -> None:
-    from tracemark.experiments.optimize import OptimizeError, best_of, install_instruction, run_search
+    from tracemark.experiments.optimize.search import run_search  # deferred: imports torch
 
     rounds, proposals, sample, workers = plan.rounds, plan.proposals, config.sample, plan.workers
     console.print(f"loading the LLM ({llm}) ...")
     chat = _build_llm(llm, llm_model, llm_endpoint, llm_api_key_env, workers, timeout_s=600.0)
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -335,9 +328,6 @@ def install_command(
 ) -> None:
     """Install the run's best qualified instruction as the `optimized` rewriter's default (used when a
     request gives no `instruction` option)."""
-    from tracemark.experiments.optimize import OptimizeError, install_instruction
-    from tracemark.plugins.builtin.optimized import installed_instruction_path
-
     try:
         path, best = install_instruction(run_dir, to, min_improvement=min_improvement)
     except OptimizeError as exc:
@@ -360,11 +350,7 @@ def show_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """The instruction the `optimized` rewriter uses now (and where it comes from), or a run's results."""
-    from tracemark.experiments.optimize import OptimizeError, RunFolder, best_of
-
     if run_dir is None:
-        from tracemark.plugins.builtin.optimized import active_instruction, installed_instruction_path
-
         text, source = active_instruction()
         meta: dict[str, Any] = {}
         if source != "built-in":
@@ -403,8 +389,6 @@ def show_command(
             )
         )
         return
-    from rich.table import Table
-
     ref = folder.reference() or {}
     table = Table(
         title=f"{len(results)} candidates; untrained NLL {_fmt(ref.get('nll_base'))}, "
