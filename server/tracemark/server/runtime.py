@@ -116,24 +116,26 @@ class Runtime:
         from tracemark.plugins.api import RewriteContext
 
         trace_id = trace_id or uuid.uuid4().hex
+        signatures, watermark_policy = self._services()
         context = RewriteContext(
             problem=problem,
             account=account,
             trace_id=trace_id,
             rng=Random(seed if seed else uuid.UUID(trace_id).int),
             llm=self.llm,
-            services=self._services(),
+            signatures=signatures,
+            watermark_policy=watermark_policy,
         )
         return trace_id, self.pipeline.run(trace, names=names, options=options, context=context)
 
-    def _services(self) -> dict[str, Any]:
+    def _services(self) -> tuple[Any, Any]:
+        """The host services of a rewrite: (signature service, watermark policy), or (None, None)."""
+        from tracemark.plugins.api import WatermarkPolicy
+
         if self.issuer is None:
-            return {}
+            return None, None
         # The server's policy beats request options: a caller cannot lower its own watermark fraction.
-        return {
-            "signatures": self.issuer,
-            "watermark_policy": {"fraction": self.settings.rewrite.watermark_fraction},
-        }
+        return self.issuer, WatermarkPolicy(fraction=self.settings.rewrite.watermark_fraction)
 
     def require_ready(self) -> None:
         if not self.ready.is_set():
