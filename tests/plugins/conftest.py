@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tracemark.plugins.loader import entry_points_from_paths
 
 GSM8K_TRAIN = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "train.jsonl"
 
@@ -49,8 +50,6 @@ class FakeSite:
         return info
 
     def entry_points(self):
-        from tracemark.plugins.loader import entry_points_from_paths
-
         return entry_points_from_paths([self.root])
 
     def cleanup(self) -> None:

@@ -7,6 +7,11 @@ import json
 import pytest
 import typer
 from tracemark.cli import plugins as cli
+from tracemark.forensics.issuer import SignatureIssuer
+from tracemark.forensics.keys import MasterSecret
+from tracemark.forensics.ledger.db import make_engine
+from tracemark.plugins.api import Rewriter
+from tracemark.plugins.loader import RewriterRegistry
 from typer.testing import CliRunner
 
 TRACE = "Tom has 3 * 4 = <<3*4=12>>12 apples.\nHe gets 5 more: 12 + 5 = <<12+5=17>>17.\n#### 17\n"
@@ -89,10 +94,6 @@ def test_watermark_with_account_uses_the_ledger(app, runner, tmp_path, monkeypat
     missing = runner.invoke(app, [*base, "--account", "acme", "--key-file", str(key_file)], input=TRACE)
     assert missing.exit_code == 2 and "tracemark keys create" in missing.stderr
 
-    from tracemark.forensics.issuer import SignatureIssuer
-    from tracemark.forensics.keys import MasterSecret
-    from tracemark.forensics.ledger.db import make_engine
-
     MasterSecret.create(path=key_file)
     args = [
         *base,
@@ -142,9 +143,6 @@ def test_plugins_check_fails_on_a_broken_plugin(app, runner, fake_site):
 
 
 def test_rewrite_on_error_raise_exits_1(app, runner, monkeypatch):
-    from tracemark.plugins.api import Rewriter
-    from tracemark.plugins.loader import RewriterRegistry
-
     class Crash(Rewriter):
         name = "crash"
 

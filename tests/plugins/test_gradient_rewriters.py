@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from pydantic import ValidationError
+from tracemark.experiments.distill import encode_example
 from tracemark.plugins.answers import answers_match, extract_final_answer
 from tracemark.plugins.api import RewriteContext, RewriterError
 from tracemark.plugins.builtin.embedding_ascent import EmbeddingAscentRewriter
@@ -95,8 +96,6 @@ def test_protected_mask_marks_overlapping_tokens(proxy):
 
 
 def test_encoding_matches_the_distillation_encoding(proxy):
-    from tracemark.experiments.distill import encode_example
-
     for problem, trace in EXAMPLES:
         enc = proxy.encode(problem, trace)
         input_ids, labels = encode_example(proxy.tokenizer, problem, trace)

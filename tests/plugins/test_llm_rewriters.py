@@ -12,6 +12,7 @@ from tracemark.plugins.builtin.semantic import SEMANTIC_INSTRUCTION, SemanticRew
 from tracemark.plugins.builtin.watermark import WatermarkRewriter
 from tracemark.plugins.loader import RewriterRegistry
 from tracemark.plugins.pipeline import RewritePipeline
+from tracemark.server.llm import DirectLLM
 
 PROBLEM = "Tom has 3 boxes of 4 apples and gets 5 more. How many apples does he have?"
 TRACE = "Tom has 3 * 4 = <<3*4=12>>12 apples.\nHe gets 5 more: 12 + 5 = <<12+5=17>>17.\n#### 17"
@@ -135,8 +136,7 @@ def test_strip_preamble(raw, clean):
 
 
 def test_with_a_real_tiny_local_model(registry, tiny_model_dir):
-    from tracemark.server.llm import DirectLLM
-    from tracemark.server.teacher.local import LocalTeacher
+    from tracemark.server.teacher.local import LocalTeacher  # deferred: imports torch/transformers
 
     llm = DirectLLM(LocalTeacher(tiny_model_dir, quantization="none", device="cpu", model_id="tiny"))
     ctx = RewriteContext(problem=PROBLEM, llm=llm, rng=random.Random(0))

@@ -7,6 +7,9 @@ import re
 from collections import Counter
 
 import pytest
+from tracemark.forensics.issuer import SignatureIssuer
+from tracemark.forensics.keys import MasterSecret
+from tracemark.forensics.ledger.db import make_engine
 from tracemark.plugins.answers import extract_final_answer
 from tracemark.plugins.api import (
     IssueCounts,
@@ -207,10 +210,6 @@ def test_llm_weave_checks():
 def real_issuer(tmp_path, monkeypatch):
     for var in ("TRACEMARK_MASTER_KEY", "TRACEMARK_MASTER_KEY_FILE"):
         monkeypatch.delenv(var, raising=False)
-    from tracemark.forensics.issuer import SignatureIssuer
-    from tracemark.forensics.keys import MasterSecret
-    from tracemark.forensics.ledger.db import make_engine
-
     engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
     yield SignatureIssuer(
         master=MasterSecret.load(path=tmp_path / "master.key"), engine=engine, pairs_per_account=2
