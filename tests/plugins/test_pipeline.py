@@ -266,12 +266,17 @@ def test_context_rng_makes_runs_reproducible(registry):
     assert run(7) == run(7) and run(7) != run(8)
 
 
+def _signed(registry, issuer, first, account, trace_id):
+    """Run ``first,watermark`` (fraction 1) for ``account`` with ``issuer`` as the signature service."""
+    context = RewriteContext(account=account, trace_id=trace_id, signatures=issuer)
+    return RewritePipeline(registry).run(
+        TRACE, names=[first, "watermark"], options={"watermark": {"fraction": 1.0}}, context=context
+    )
+
+
 def test_composition_restructure_then_watermark(registry, h):
     issuer = h.FakeIssuer()
-    context = RewriteContext(account="alice", trace_id="t-1", signatures=issuer)
-    result = RewritePipeline(registry).run(
-        TRACE, names=["restructure", "watermark"], options={"watermark": {"fraction": 1.0}}, context=context
-    )
+    result = _signed(registry, issuer, "restructure", "alice", "t-1")
     assert [s.guard for s in result.steps] == ["preserved", "preserved"]
     assert result.answer_preserved and result.final_answer == "17"
     assert "⟸" in result.trace and result.trace.splitlines()[-1] == "#### 17"
@@ -284,10 +289,7 @@ def test_composition_restructure_then_watermark(registry, h):
 
 def test_fallen_back_trace_is_still_watermarked(registry, h):
     issuer = h.FakeIssuer()
-    context = RewriteContext(account="bob", trace_id="t-2", signatures=issuer)
-    result = RewritePipeline(registry).run(
-        TRACE, names=["boom", "watermark"], options={"watermark": {"fraction": 1.0}}, context=context
-    )
+    result = _signed(registry, issuer, "boom", "bob", "t-2")
     assert [s.guard for s in result.steps] == ["error", "preserved"]
     assert result.trace != TRACE and any(p.text in result.trace for p in issuer.pairs_for("bob"))
     assert len(issuer.issued) == 1

@@ -293,6 +293,12 @@ class RewritePipeline:
         def result(guard: Guard, attempts: int, detail: str) -> StepResult:
             return StepResult(name, version, guard, attempts, time.perf_counter() - started, detail)
 
+        def failed(attempts: int, detail: str) -> tuple[str, StepResult]:
+            """The step raised (or returned no string): RewriterFailed, or fall back to its input."""
+            if policy == "raise":
+                raise RewriterFailed(f"rewriter {name!r} failed: {detail}", name=name) from None
+            return trace, result("error", attempts, detail)
+
         try:
             self.registry.get(name)
         except UnknownRewriterError as exc:  # quarantined since the pipeline was prepared
@@ -323,14 +329,9 @@ class RewritePipeline:
             except Exception as exc:
                 detail = _one_line(exc)
                 log.warning("rewriter %r raised %s", name, detail)
-                if policy == "raise":
-                    raise RewriterFailed(f"rewriter {name!r} failed: {detail}", name=name) from None
-                return trace, result("error", attempts, detail)
+                return failed(attempts, detail)
             if not isinstance(output, str):
-                detail = f"TypeError: rewrite() returned {type(output).__name__}, not str"
-                if policy == "raise":
-                    raise RewriterFailed(f"rewriter {name!r} failed: {detail}", name=name)
-                return trace, result("error", attempts, detail)
+                return failed(attempts, f"TypeError: rewrite() returned {type(output).__name__}, not str")
 
             got = normalize_answer(extract_final_answer(output))
             if wanted is None:
@@ -345,9 +346,7 @@ class RewritePipeline:
             except Exception as exc:
                 detail = _one_line(exc)
                 log.warning("rewriter %r failed while accepting its output: %s", name, detail)
-                if policy == "raise":
-                    raise RewriterFailed(f"rewriter {name!r} failed: {detail}", name=name) from None
-                return trace, result("error", attempts, detail)
+                return failed(attempts, detail)
             return output, result(guard, attempts, "; ".join(ctx.notes))
         detail = f"{mismatch_detail} on every attempt; kept the step's input"
         return trace, result("fell_back", attempts, detail)
