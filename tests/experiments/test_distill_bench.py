@@ -7,9 +7,17 @@ from pathlib import Path
 
 import pytest
 from tracemark.cli.main import app
-from tracemark.experiments.distill_bench import BenchPaths, _write_json, _write_trace_set, run_distill_bench
+from tracemark.experiments.distill_bench import run_distill_bench
 from tracemark.experiments.distill_config import BenchConfig, BenchConfigError, load_bench_config
 from tracemark.experiments.distill_report import assemble, markdown
+from tracemark.experiments.distill_setup import (
+    BenchPaths,
+    load_problems,
+    read_trace_set,
+    write_json,
+    write_trace_set,
+)
+from tracemark.experiments.distill_traces import TeacherForcer, stage_clean
 from tracemark.foundation.models.tiny import build_tiny_model
 from typer.testing import CliRunner
 
@@ -66,7 +74,7 @@ def test_cli_rejects_missing_config_and_unknown_stage(tmp_path):
 
 def _fake_set(paths: BenchPaths, name: str, seconds: float, **meta) -> None:
     rows = [{"question": "q", "trace": "t #### 1", "answer": "1"}]
-    _write_trace_set(
+    write_trace_set(
         paths.trace_set(name), rows, {"method": name, "n": 1, "seconds_per_trace": seconds, **meta}
     )
 
@@ -78,9 +86,9 @@ def test_assemble_computes_gains_ratios_and_costs(tmp_path):
     paths = BenchPaths(tmp_path)
     paths.make()
     for name, acc in [("base", 0.2), ("clean", 0.6), ("restructure", 0.3), ("semantic", 0.5)]:
-        _write_json(paths.student(name), {"accuracy_forced": acc, "accuracy_free": acc, "heldout_nll": 1.0})
+        write_json(paths.student(name), {"accuracy_forced": acc, "accuracy_free": acc, "heldout_nll": 1.0})
     for name, acc in [("teacher-standard", 0.5), ("ads-0.5", 0.3)]:
-        _write_json(paths.student(name), {"accuracy_forced": acc, "accuracy_free": acc, "heldout_nll": 1.0})
+        write_json(paths.student(name), {"accuracy_forced": acc, "accuracy_free": acc, "heldout_nll": 1.0})
     _fake_set(paths, "clean", 0.0)
     _fake_set(paths, "restructure", 0.01, rewritten=1, answer_preserved=1)
     _fake_set(paths, "semantic", 2.0, rewritten=0, answer_preserved=1)
@@ -105,7 +113,7 @@ def test_assemble_computes_gains_ratios_and_costs(tmp_path):
             },
         ],
     }
-    _write_json(paths.watermark / "f0.1-s0.json", run)
+    write_json(paths.watermark / "f0.1-s0.json", run)
     results = assemble(config, tmp_path)
     rows = {r["set"]: r for r in results["rows"]}
     assert rows["clean"]["gain"] == pytest.approx(0.4)
@@ -172,7 +180,6 @@ def test_tiny_end_to_end_run_resumes(tmp_path):
 
 def test_local_teacher_writes_the_clean_traces(tmp_path):
     from rich.console import Console
-    from tracemark.experiments.distill_bench import _Forcer, load_problems, read_trace_set, stage_clean
 
     teacher = build_tiny_model(tmp_path / "teacher", hidden_size=32, layers=1, heads=2, seed=1)
     config = BenchConfig.model_validate(
@@ -185,7 +192,7 @@ def test_local_teacher_writes_the_clean_traces(tmp_path):
     paths.make()
     train, test = load_problems(config)
     assert len(train) == 3 and len(test) == 2 and not {p.question for p in train} & {p.question for p in test}
-    stage_clean(config, paths, train, _Forcer(config, paths.models), Console(quiet=True))
+    stage_clean(config, paths, train, TeacherForcer(config, paths.models), Console(quiet=True))
     meta, rows = read_trace_set(paths.trace_set("clean"))
     assert meta["teacher"] == str(teacher) and meta["teacher_forced"] is None
     assert [r["question"] for r in rows] == [p.question for p in train]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scipy.stats import beta
+from tracemark.experiments.evaluate import forced_answers
 from tracemark.plugins.answers import answers_match, extract_final_answer
 
 FORCING_SYSTEM = (
@@ -89,8 +90,6 @@ def _forced_hf(
         raise TypeError(
             "answer forcing needs an LLMBackend (with chat) or a transformers model with its tokenizer"
         )
-    from tracemark.experiments.evaluate import forced_answers
-
     return forced_answers(
         model, tokenizer, list(problems), list(traces), forced_tokens=max_new_tokens, batch_size=batch_size
     )

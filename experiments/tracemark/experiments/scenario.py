@@ -9,9 +9,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from tracemark.experiments.demo_settings import DemoSize
+from tracemark.experiments.distill import distill_student, save_student
+from tracemark.forensics.reports import export_html
 from tracemark.foundation.console import stage_progress
+from tracemark.foundation.models.tiny import build_tiny_model
+from tracemark.foundation.problems import generate_problems
+from tracemark.server.app import TracemarkServer
+from tracemark.server.auth import TokenStore, hash_token
+from tracemark.server.client import Stubs, open_channel
+from tracemark.server.config import load_settings
+from tracemark.server.teacher.reference import ReferenceTeacher
+from tracemark.v1 import forensics_pb2, teacher_pb2
 
 DISTILLER = "distiller"
 
@@ -56,21 +67,8 @@ class DemoResult:
         return {**asdict(self), "correct": self.correct}
 
 
-
 def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console | None = None) -> DemoResult:
     """Run every stage; the caller prints the summary. Raises only on broken set-up."""
-    import torch
-    from tracemark.experiments.distill import distill_student, save_student
-    from tracemark.forensics.reports import export_html
-    from tracemark.foundation.models.tiny import build_tiny_model
-    from tracemark.foundation.problems import generate_problems
-    from tracemark.server.app import TracemarkServer
-    from tracemark.server.auth import TokenStore, hash_token
-    from tracemark.server.client import Stubs, open_channel
-    from tracemark.server.config import load_settings
-    from tracemark.server.teacher.reference import ReferenceTeacher
-    from tracemark.v1 import forensics_pb2, teacher_pb2
-
     console = console or Console(stderr=True)
     started = time.perf_counter()
     timings: dict[str, float] = {}
