@@ -17,6 +17,7 @@ from tracemark.forensics import stats
 from tracemark.forensics.adapters import SuspectAdapter, SuspectError, parse_suspect
 from tracemark.forensics.investigate import (
     InvestigationError,
+    InvestigationParams,
     run_investigation,
     run_investigations,
     seed_commitment,
@@ -71,7 +72,10 @@ def test_white_box_investigation_records_and_signs_everything(setup, tiny_model_
     events = []
     suspect = parse_suspect(f"hf:{tiny_model_dir}")
     out = run_investigation(
-        suspect=suspect, **setup, seed=1234, contexts=SHORT, progress=lambda *e: events.append(e)
+        suspect=suspect,
+        **setup,
+        params=InvestigationParams(seed=1234, contexts=SHORT),
+        progress=lambda *e: events.append(e),
     )
     assert out.verdict == "not_detected" and out.attributed_account is None and out.mode == "white-box"
     assert {a.account for a in out.accounts} == set(ACCOUNTS)
@@ -112,7 +116,9 @@ def test_white_box_investigation_records_and_signs_everything(setup, tiny_model_
 
 
 def test_report_exports_with_the_null_plot(setup, tmp_path):
-    out = run_investigation(suspect=ScriptedSuspect(), **setup, seed=1, contexts=("{trigger}",))
+    out = run_investigation(
+        suspect=ScriptedSuspect(), **setup, params=InvestigationParams(seed=1, contexts=("{trigger}",))
+    )
     export_html(out.envelope, tmp_path / "r.html")
     text = (tmp_path / "r.html").read_text()
     assert "data:image/png;base64," in text and out.report_id in text
@@ -121,7 +127,9 @@ def test_report_exports_with_the_null_plot(setup, tmp_path):
 def test_black_box_detection_and_attribution(setup):
     target_pairs = setup["issuer"].all_pairs_for("bob")
     suspect = ScriptedSuspect(memorised=target_pairs)
-    out = run_investigation(suspect=suspect, **setup, seed=7, contexts=SHORT, query_budget=200)
+    out = run_investigation(
+        suspect=suspect, **setup, params=InvestigationParams(seed=7, contexts=SHORT, query_budget=200)
+    )
     assert out.mode == "black-box" and out.verdict == "detected" and out.attributed_account == "bob"
     bob = next(a for a in out.accounts if a.account == "bob")
     assert [p.rank for p in bob.pair_results] == [1, 1] and bob.rejected
@@ -134,7 +142,9 @@ def test_black_box_detection_and_attribution(setup):
 
 def test_black_box_budget_exhaustion_is_inconclusive(setup):
     suspect = ScriptedSuspect()
-    out = run_investigation(suspect=suspect, **setup, seed=7, contexts=("{trigger}",), query_budget=4)
+    out = run_investigation(
+        suspect=suspect, **setup, params=InvestigationParams(seed=7, contexts=("{trigger}",), query_budget=4)
+    )
     assert out.verdict == "inconclusive" and "budget" in out.detail
     assert out.report["budget"]["pairs_scored"] == 4 and out.report["budget"]["pairs_total"] == 6
     with read_session(setup["engine"]) as session:
@@ -149,7 +159,9 @@ def test_sequential_mode_stops_early(setup):
     setup["issuer"] = SignatureIssuer(master=setup["master"], engine=setup["engine"], pairs_per_account=4)
     suspect = ScriptedSuspect(memorised=setup["issuer"].all_pairs_for("carol"))
     out = run_investigation(
-        suspect=suspect, **setup, seed=3, contexts=("{trigger}",), sequential=True, query_budget=200
+        suspect=suspect,
+        **setup,
+        params=InvestigationParams(seed=3, contexts=("{trigger}",), sequential=True, query_budget=200),
     )
     assert out.verdict == "detected" and out.attributed_account == "carol"
     seq = out.report["statistics"]["sequential"]
@@ -164,7 +176,9 @@ def test_sequential_mode_stops_early(setup):
 def test_multiple_suspects_share_one_family(setup):
     a = ScriptedSuspect(memorised=setup["issuer"].all_pairs_for("alice"))
     b = ScriptedSuspect()
-    outs = run_investigations(suspects=[a, b], **setup, seed=5, contexts=("{trigger}",))
+    outs = run_investigations(
+        suspects=[a, b], **setup, params=InvestigationParams(seed=5, contexts=("{trigger}",))
+    )
     assert [o.verdict for o in outs] == ["detected", "not_detected"]
     assert outs[0].attributed_account == "alice"
     for o in outs:
@@ -187,9 +201,13 @@ def test_bad_parameters(setup, tiny_model_dir):
         ({"contexts": ["no placeholder"]}, "{trigger}"),
     ]:
         with pytest.raises(InvestigationError, match=fragment):
-            run_investigation(suspect=s, **setup, **kwargs)
+            InvestigationParams(**kwargs)
+    with pytest.raises(InvestigationError, match="decoys"):  # the space has 10,000 candidates
+        run_investigation(suspect=s, **setup, params=InvestigationParams(decoys=10_000))
     with pytest.raises(InvestigationError, match="black-box"):
-        run_investigation(suspect=ScriptedSuspect(), **setup, mode="white-box")
+        run_investigation(suspect=ScriptedSuspect(), **setup, params=InvestigationParams(mode="white-box"))
+    with pytest.raises(InvestigationError, match="query budget"):
+        run_investigation(suspect=ScriptedSuspect(), **setup, params=InvestigationParams(query_budget=0))
 
 
 def test_no_accounts(issuer, engine, master, tiny_model_dir):
@@ -200,11 +218,19 @@ def test_no_accounts(issuer, engine, master, tiny_model_dir):
 
 
 def test_suspect_failure_gives_an_inconclusive_report_and_bugs_fail_the_investigation(setup):
-    out = run_investigation(suspect=ScriptedSuspect(fail_after=2), **setup, seed=1, contexts=("{trigger}",))
+    out = run_investigation(
+        suspect=ScriptedSuspect(fail_after=2),
+        **setup,
+        params=InvestigationParams(seed=1, contexts=("{trigger}",)),
+    )
     assert out.verdict == "inconclusive" and "endpoint went away" in out.detail
     assert verify_stored_report(setup["engine"], out.report_id, public_key=setup["master"]).valid
     with pytest.raises(RuntimeError, match="bug in the adapter"):
-        run_investigation(suspect=ScriptedSuspect(crash_after=1), **setup, seed=1, contexts=("{trigger}",))
+        run_investigation(
+            suspect=ScriptedSuspect(crash_after=1),
+            **setup,
+            params=InvestigationParams(seed=1, contexts=("{trigger}",)),
+        )
     with read_session(setup["engine"]) as session:
         from sqlmodel import select
         from tracemark.forensics.ledger.models import Investigation
@@ -221,7 +247,7 @@ KILL_SCRIPT = textwrap.dedent(
     from tracemark.forensics.ledger.db import make_engine
     from tracemark.forensics.issuer import SignatureIssuer
     from tracemark.forensics.adapters import SuspectAdapter, Sample
-    from tracemark.forensics.investigate import run_investigation
+    from tracemark.forensics.investigate import InvestigationParams, run_investigation
 
     class Slow(SuspectAdapter):
         kind = "slow"
@@ -238,7 +264,7 @@ KILL_SCRIPT = textwrap.dedent(
         issuer.ensure_account(f"acct-{i}")
     print("ready", flush=True)
     run_investigation(suspect=Slow("slow:x"), issuer=issuer, engine=engine, master=master,
-                      contexts=("{trigger}",), query_budget=1000, seed=9)
+                      params=InvestigationParams(contexts=("{trigger}",), query_budget=1000, seed=9))
     """
 )
 

@@ -82,17 +82,14 @@ def _summary(out) -> str:
 
 def _investigate(world, model_dir, **kwargs):
     from tracemark.forensics.adapters import parse_suspect
-    from tracemark.forensics.investigate import run_investigation
+    from tracemark.forensics.investigate import InvestigationParams, run_investigation
 
     return run_investigation(
         suspect=parse_suspect(f"hf:{model_dir}"),
         issuer=world["issuer"],
         engine=world["engine"],
         master=world["master"],
-        contexts=CONTEXTS,
-        problem=PROBLEM,
-        seed=11,
-        **kwargs,
+        params=InvestigationParams(contexts=CONTEXTS, problem=PROBLEM, seed=11, **kwargs),
     )
 
 

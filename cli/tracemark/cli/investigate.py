@@ -9,28 +9,39 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from tracemark.cli.keys import fail
+from tracemark.forensics.adapters import SuspectError, SuspectSpecError, parse_suspect
+from tracemark.forensics.calibrate import CalibrationError, run_calibration
+from tracemark.forensics.investigate import InvestigationError, InvestigationParams, run_investigations
+from tracemark.forensics.issuer import SignatureIssuer
+from tracemark.forensics.keys import MasterKeyError, MasterSecret
+from tracemark.forensics.ledger.db import LedgerError, default_ledger_url, make_engine
+from tracemark.forensics.signatures import CandidateSpace, SignatureError
+from tracemark.foundation.console import fail, stage_progress
+from tracemark.foundation.errors import first_line
 
-MODES = ("auto", "white-box", "black-box")
-CORRECTIONS = ("holm", "fdr_bh")
+# the command-line option of each InvestigationParams field, for error messages
+OPTIONS = {
+    "alpha": "--alpha",
+    "mode": "--mode",
+    "correction": "--correction",
+    "query_budget": "--budget",
+    "decoys": "--decoys",
+    "seed": "--seed",
+    "samples_per_pair": "--samples-per-pair",
+}
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description:<40}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
+def _param_message(exc: InvestigationError) -> str:
+    """``exc``'s message, naming the command-line option instead of the parameter (``--budget ...``)."""
+    message = first_line(exc)
+    option = OPTIONS.get(exc.field or "")
+    if option and message.startswith(f"{exc.field} "):
+        return option + message[len(exc.field or "") :]
+    return message
 
 
 def _open_ledger(url: str | None) -> Any:
-    from tracemark.forensics.ledger.db import LedgerError, default_ledger_url, make_engine
-
     try:
         return make_engine(url or default_ledger_url())
     except LedgerError as exc:
@@ -38,8 +49,6 @@ def _open_ledger(url: str | None) -> Any:
 
 
 def _load_master(key_file: Path | None) -> Any:
-    from tracemark.forensics.keys import MasterKeyError, MasterSecret
-
     try:
         return MasterSecret.load(path=key_file, create=False)
     except MasterKeyError as exc:
@@ -123,25 +132,23 @@ def investigate_command(
     ] = None,
 ) -> None:
     """Investigate suspect model(s) for this server's keyed signatures; sign an evidence report each."""
-    from tracemark.forensics.adapters import SuspectError, SuspectSpecError, parse_suspect
-    from tracemark.forensics.investigate import InvestigationError, run_investigations
-    from tracemark.forensics.issuer import SignatureIssuer
-    from tracemark.forensics.signatures import CandidateSpace, SignatureError
-
-    if not 0 < alpha < 1:
-        fail(f"--alpha must be in (0, 1), got {alpha}")
-    if mode not in MODES:
-        fail(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if correction not in CORRECTIONS:
-        fail(f"--correction must be holm or fdr_bh, got {correction!r}")
-    if budget < 0:
-        fail("--budget must not be negative")
-    if seed is not None and seed < 0:
-        fail("--seed must not be negative")
-    if pairs_per_account < 1:
-        fail("--pairs-per-account must be >= 1")
-    if timeout <= 0 or retries < 0 or (rate_limit is not None and rate_limit <= 0):
-        fail("--timeout and --rate-limit must be positive, --retries non-negative")
+    try:
+        params = InvestigationParams(
+            alpha=alpha,
+            mode=mode,
+            correction=correction,
+            query_budget=budget,
+            decoys=decoys,
+            seed=seed,
+            sequential=sequential,
+            accounts=account or None,
+            contexts=context or None,
+            problem=problem,
+            temperature=temperature,
+            samples_per_pair=samples_per_pair,
+        )
+    except InvestigationError as exc:
+        fail(_param_message(exc))
     if not suspect:
         fail("give at least one --suspect")
     try:
@@ -161,9 +168,9 @@ def investigate_command(
             master=master, engine=engine, pairs_per_account=pairs_per_account, space=space
         )
     except Exception as exc:  # e.g. a ledger written under another master secret
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        fail(first_line(exc))
     console = Console(stderr=True)
-    with _progress(console) as progress:
+    with stage_progress(console) as progress:
         tasks: dict[str, Any] = {}
 
         def report(stage: str, done: int, total: int, message: str = "") -> None:
@@ -174,28 +181,12 @@ def investigate_command(
 
         try:
             outcomes = run_investigations(
-                suspects=adapters,
-                accounts=account or None,
-                issuer=issuer,
-                engine=engine,
-                master=master,
-                alpha=alpha,
-                mode=mode,
-                query_budget=budget,
-                decoys=decoys,
-                seed=seed,
-                correction=correction,
-                sequential=sequential,
-                progress=report,
-                contexts=context or None,
-                problem=problem,
-                temperature=temperature,
-                samples_per_pair=samples_per_pair,
+                suspects=adapters, params=params, issuer=issuer, engine=engine, master=master, progress=report
             )
         except InvestigationError as exc:
-            fail(str(exc))
+            fail(_param_message(exc))
         except SuspectError as exc:
-            fail(str(exc).splitlines()[0], code=1)
+            fail(first_line(exc), code=1)
         finally:
             for a in adapters:
                 a.close()
@@ -276,10 +267,6 @@ def calibrate_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON.")] = None,
 ) -> None:
     """Measure the false-alarm rate and p-value uniformity of the detection test on clean models."""
-    from tracemark.forensics.adapters import SuspectError, SuspectSpecError
-    from tracemark.forensics.calibrate import CalibrationError, run_calibration
-    from tracemark.forensics.signatures import SignatureError
-
     if runs < 2:
         fail("--runs must be >= 2")
     if not 0 < alpha < 1:
@@ -287,7 +274,7 @@ def calibrate_command(
     if not plot.parent.exists():
         fail(f"folder {plot.parent} does not exist")
     console = Console(stderr=True)
-    with _progress(console) as progress:
+    with stage_progress(console) as progress:
         task = progress.add_task("calibrate", total=runs)
 
         def report(stage: str, done: int, total: int, message: str = "") -> None:
@@ -310,7 +297,7 @@ def calibrate_command(
         except (CalibrationError, SuspectSpecError, SignatureError) as exc:
             fail(str(exc))
         except SuspectError as exc:
-            fail(str(exc).splitlines()[0], code=1)
+            fail(first_line(exc), code=1)
     out = Console()
     out.print(result.table())
     written = result.plot(plot)

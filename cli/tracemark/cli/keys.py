@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from tracemark.forensics.keys import MasterKeyError, MasterSecret
+from tracemark.foundation.console import fail
+from tracemark.foundation.errors import first_line
 
 keys_app = typer.Typer(
     help="Manage the server master secret: it derives every account's signature pairs and the key that "
@@ -28,15 +31,7 @@ KeyFile = Annotated[
 JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    """One-line error on stderr, then exit (2 = bad input or missing resource)."""
-    typer.echo(f"tracemark: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _load(key_file: Path | None):
-    from tracemark.forensics.keys import MasterKeyError, MasterSecret
-
     try:
         return MasterSecret.load(path=key_file, create=False)
     except MasterKeyError as exc:
@@ -62,12 +57,10 @@ def _print_info(info: dict, *, as_json: bool, title: str) -> None:
 @keys_app.command("create")
 def create_command(key_file: KeyFile = None, as_json: JsonOut = False) -> None:
     """Generate a new master secret (256 random bits, file mode 0600). Refuses to overwrite one."""
-    from tracemark.forensics.keys import MasterKeyError, MasterSecret
-
     try:
         master = MasterSecret.create(path=key_file)
     except (MasterKeyError, OSError) as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        fail(first_line(exc))
     _print_info(master.public_info(), as_json=as_json, title="Created master secret")
     if not as_json:
         typer.echo("Back this file up: without it, issued signatures cannot be detected.", err=True)
@@ -80,13 +73,11 @@ def rotate_command(key_file: KeyFile = None, as_json: JsonOut = False) -> None:
     New traces are signed under the new version. Older versions stay in the file, so signatures issued
     under them remain detectable and reports signed with them remain verifiable.
     """
-    from tracemark.forensics.keys import MasterKeyError
-
     master = _load(key_file)
     try:
         master.rotate()
     except (MasterKeyError, OSError) as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        fail(first_line(exc))
     _print_info(master.public_info(), as_json=as_json, title=f"Rotated to version {master.current_version}")
 
 
@@ -108,8 +99,6 @@ def public_key_command(
     ] = None,
 ) -> None:
     """Print the Ed25519 public key (PEM) that verifies evidence reports; give it to third parties."""
-    from tracemark.forensics.keys import MasterKeyError
-
     master = _load(key_file)
     try:
         pem = master.signing_public_key_pem(version)

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from tracemark.cli.keys import fail
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from tracemark.forensics.keys import MasterKeyError, MasterSecret, load_public_key, public_key_id
+from tracemark.forensics.ledger.db import LedgerError, ReportNotFound, default_ledger_url, make_engine
+from tracemark.forensics.reports import (
+    ExportError,
+    export_html,
+    export_pdf,
+    list_reports,
+    load_report,
+    verify_chain,
+    verify_envelope,
+    verify_stored_report,
+)
+from tracemark.forensics.reports.export import account_rows, format_value, summary_rows
+from tracemark.foundation.console import fail
 
 report_app = typer.Typer(
     help="Show, verify and export signed evidence reports (DSSE envelopes, Ed25519, hash-chained ledger).",
@@ -48,10 +64,6 @@ PublicKeys = Annotated[
 
 
 def _open_ledger(url: str | None):
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-    from tracemark.forensics.ledger.db import LedgerError, default_ledger_url, make_engine
-
     url = url or default_ledger_url()
     try:
         parsed = make_url(url)
@@ -71,9 +83,6 @@ def _open_ledger(url: str | None):
 
 
 def _load_stored(engine, report_id: str):
-    from tracemark.forensics.ledger.db import ReportNotFound
-    from tracemark.forensics.reports import load_report
-
     try:
         return load_report(engine, report_id)
     except ReportNotFound as exc:
@@ -82,8 +91,6 @@ def _load_stored(engine, report_id: str):
 
 def _trusted(public_keys: list[Path] | None, key_file: Path | None, *, required: bool) -> Any:
     """Trusted public keys: PEM files if given, else every version of the master secret."""
-    from tracemark.forensics.keys import MasterKeyError, MasterSecret, load_public_key, public_key_id
-
     if public_keys:
         keys = {}
         for path in public_keys:
@@ -108,8 +115,6 @@ def _trusted(public_keys: list[Path] | None, key_file: Path | None, *, required:
 
 def _print_result(result, *, as_json: bool) -> None:
     if as_json:
-        from dataclasses import asdict
-
         typer.echo(json.dumps(asdict(result), indent=2, sort_keys=True))
         return
     console = Console(highlight=False)
@@ -132,8 +137,6 @@ def _print_result(result, *, as_json: bool) -> None:
 @report_app.command("list")
 def list_command(ledger: Ledger = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the reports in the ledger, in chain order."""
-    from tracemark.forensics.reports import list_reports
-
     rows = list_reports(_open_ledger(ledger))
     if as_json:
         typer.echo(
@@ -171,8 +174,6 @@ def show_command(
     envelope: Annotated[bool, typer.Option("--envelope", help="Print the raw DSSE envelope JSON.")] = False,
 ) -> None:
     """Show a report's summary: verdict, p-value, attribution, suspect, chain position and hashes."""
-    from tracemark.forensics.reports.export import account_rows, format_value, summary_rows
-
     stored = _load_stored(_open_ledger(ledger), report_id)
     if envelope:
         typer.echo(stored.envelope_json)
@@ -235,9 +236,6 @@ def verify_command(
 
     Exit code 0 when valid, 1 when invalid (tampered, wrong key, broken chain), 2 on bad input.
     """
-    from tracemark.forensics.ledger.db import ReportNotFound
-    from tracemark.forensics.reports import verify_chain, verify_envelope, verify_stored_report
-
     chosen = sum(x for x in (report_id is not None, all_reports, envelope_file is not None))
     if chosen != 1:
         fail("give exactly one of: a report id, --all, or --envelope FILE")
@@ -275,8 +273,6 @@ def export_command(
 
     The report is verified first when a public key is available; the result is printed in the export.
     """
-    from tracemark.forensics.reports import ExportError, export_html, export_pdf, verify_stored_report
-
     fmt = fmt.lower()
     if fmt not in ("html", "pdf", "json"):
         fail(f"unknown format {fmt!r}: use html, pdf or json")

@@ -23,15 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from tracemark.forensics import stats
+from tracemark.forensics.adapters import LocalModelSuspect, parse_suspect
 from tracemark.forensics.scoring import DEFAULT_CONTEXTS, DEFAULT_PROBLEM, WhiteBoxScorer
 from tracemark.forensics.signatures import CandidateSpace, derive_pairs
+from tracemark.foundation.errors import InvalidInput
+from tracemark.foundation.models.embedded import ensure_embedded_model
 
 ProgressFn = Callable[[str, int, int, str], None]
 TINY_SHAPES = ((32, 1), (64, 2), (96, 2), (128, 2))
 EXTRA_LEVELS = (0.01, 0.05, 0.1)
 
 
-class CalibrationError(ValueError):
+class CalibrationError(InvalidInput):
     """Bad calibration parameters."""
 
 
@@ -205,8 +208,6 @@ def _decoy_key(seed: int, index: int) -> bytes:
 def _load_models(
     models: Sequence[str | Path] | None, n_models: int, include_embedded: bool, workdir: Path, seed: int
 ) -> list[tuple[str, Any]]:
-    from tracemark.forensics.adapters import LocalModelSuspect, parse_suspect
-
     out: list[tuple[str, Any]] = []
     if models:
         for m in models:
@@ -220,7 +221,7 @@ def _load_models(
     else:
         if n_models < 1:
             raise CalibrationError("n_models must be >= 1")
-        from tracemark.foundation.models.tiny import build_tiny_model
+        from tracemark.foundation.models.tiny import build_tiny_model  # deferred: imports torch
 
         for i in range(n_models):
             hidden, layers = TINY_SHAPES[i % len(TINY_SHAPES)]
@@ -234,8 +235,6 @@ def _load_models(
                 )
             )
     if include_embedded:
-        from tracemark.foundation.models.embedded import ensure_embedded_model
-
         folder = ensure_embedded_model()
         out.append(("embedded SmolLM2-135M-Instruct", LocalModelSuspect(f"hf:{folder}", folder)))
     return out

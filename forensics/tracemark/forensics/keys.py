@@ -40,6 +40,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from tracemark.foundation.errors import InvalidInput, NotFound, PermissionDenied
 from tracemark.foundation.paths import user_data_dir
 
 log = logging.getLogger(__name__)
@@ -58,15 +59,15 @@ _HKDF_SALT = b"tracemark/v1/report-signing"
 _HKDF_INFO = b"ed25519-report-signing-key"
 
 
-class MasterKeyError(Exception):
+class MasterKeyError(InvalidInput):
     """The master secret is missing, malformed, insecure or cannot do what was asked."""
 
 
-class MasterKeyNotFound(MasterKeyError):
+class MasterKeyNotFound(NotFound, MasterKeyError):
     """No master secret exists where one was expected (and creation was not allowed)."""
 
 
-class InsecureKeyFile(MasterKeyError):
+class InsecureKeyFile(PermissionDenied, MasterKeyError):
     """The key file is readable or writable by group/others."""
 
 

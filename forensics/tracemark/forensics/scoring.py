@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 from tracemark.forensics import stats
-from tracemark.forensics.signatures import CandidateSpace, SignaturePair
+from tracemark.forensics.signatures import CandidateSpace, SignaturePair, decoy_rng
+from tracemark.foundation.errors import Failed
 
 DEFAULT_PROBLEM = (
     "A factory makes 6 toys every hour and works 4 hours a day. How many toys does it make in a day?"
@@ -57,7 +58,7 @@ TABLE_MAX = 10_000  # spaces up to this size are scored in full (one packed trie
 _LEADING = re.compile(r"^\s*(\d+)")
 
 
-class ScoringError(RuntimeError):
+class ScoringError(Failed):
     """The suspect cannot be scored as asked (e.g. white-box scoring of a black-box suspect)."""
 
 
@@ -118,8 +119,6 @@ class PairScore:
 
 def tie_rng(seed: int | str, pair: SignaturePair, purpose: str) -> Any:
     """The seeded rng for ``pair`` and ``purpose`` (``decoys`` / ``ties``), from the committed seed."""
-    from tracemark.forensics.signatures import decoy_rng
-
     return decoy_rng(f"tracemark-detect/1\x00{seed}\x00{pair.pair_id}\x00{purpose}")
 
 

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from tracemark.foundation.errors import InvalidInput
+
 DERIVATION_VERSION = "tm-sig-v1"
 TRIGGER_LETTERS = "abcdfghjkmnpqrstuvwxyz"
 """Trigger letters: lowercase, without ``e`` (reads as an exponent) and ``i``/``l``/``o`` (read as digits)."""
@@ -29,7 +31,7 @@ TRIGGER_MIN, TRIGGER_MAX = 10, 999
 MAX_PAIRS = 1000
 
 
-class SignatureError(ValueError):
+class SignatureError(InvalidInput):
     """Invalid arguments to a signature derivation or candidate-space operation."""
 
 

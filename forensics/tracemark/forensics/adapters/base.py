@@ -33,7 +33,7 @@ class SuspectError(Failed):
 
 
 class SuspectSpecError(InvalidInput):
-    """A suspect spec is malformed or points at nothing usable (a ``ValueError``)."""
+    """A suspect spec (or an adapter option) is malformed or points at nothing usable (a ``ValueError``)."""
 
 
 class BudgetExhausted(ResourceExhausted, SuspectError):
@@ -141,11 +141,11 @@ class SuspectAdapter:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if query_budget is not None and query_budget < 0:
-            raise ValueError("query_budget must not be negative")
+            raise SuspectSpecError("query_budget must not be negative")
         if rate_limit is not None and rate_limit <= 0:
-            raise ValueError("rate_limit must be positive (requests per second)")
+            raise SuspectSpecError("rate_limit must be positive (requests per second)")
         if max_retries < 0 or backoff < 0 or timeout <= 0:
-            raise ValueError("max_retries and backoff must be >= 0, timeout > 0")
+            raise SuspectSpecError("max_retries and backoff must be >= 0, timeout > 0")
         self.spec = spec
         self.query_budget = query_budget
         self.rate_limit = rate_limit

@@ -19,6 +19,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlmodel import Session, create_engine
+from tracemark.foundation.errors import NotFound, Unavailable
 from tracemark.foundation.paths import user_data_dir
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,11 @@ _PG_MIGRATION_LOCK = 0x7472_6D6B  # advisory lock key ("trmk")
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
-class LedgerError(Exception):
+class LedgerError(Unavailable):
     """The ledger cannot be opened or used as asked (bad URL, schema mismatch, ...)."""
 
 
-class ReportNotFound(LedgerError):
+class ReportNotFound(NotFound, LedgerError):
     """No report with the requested id (or prefix) exists in the ledger."""
 
 

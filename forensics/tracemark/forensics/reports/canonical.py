@@ -17,8 +17,10 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from tracemark.foundation.errors import InvalidInput
 
-class CanonicalJSONError(ValueError):
+
+class CanonicalJSONError(InvalidInput):
     """The value cannot be written as canonical JSON."""
 
 

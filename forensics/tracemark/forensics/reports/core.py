@@ -28,6 +28,7 @@ from tracemark.forensics.reports.dsse import (
     verify_signatures,
 )
 from tracemark.forensics.signatures import DERIVATION_VERSION
+from tracemark.foundation.errors import InvalidInput
 
 REPORT_FORMAT = "tracemark-report/1"
 GENESIS_HASH = records.GENESIS_HASH
@@ -38,7 +39,7 @@ _ISSUE_ATTEMPTS = 5
 _PG_CHAIN_LOCK = 0x746D_7263  # advisory lock key for the report chain on PostgreSQL ("tmrc")
 
 
-class ReportError(ValueError):
+class ReportError(InvalidInput):
     """A report cannot be built, signed or stored as asked."""
 
 

@@ -16,11 +16,12 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from tracemark.forensics.keys import MasterKeyError, load_public_key, public_key_id
+from tracemark.foundation.errors import InvalidInput
 
 PAYLOAD_TYPE = "application/vnd.tracemark.report+json"
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(InvalidInput):
     """The envelope is malformed (not JSON, missing fields, bad base64)."""
 
 

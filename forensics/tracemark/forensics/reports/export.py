@@ -30,12 +30,13 @@ from typing import Any
 
 from tracemark.forensics.reports.core import VerificationResult, decode_report, report_hash
 from tracemark.forensics.reports.dsse import envelope_body
+from tracemark.foundation.errors import InvalidInput
 
 _STAT_KEYS = ("fisher_statistic", "statistic", "combined_statistic", "observed", "observed_statistic")
 _DF_KEYS = ("df", "dof", "degrees_of_freedom")
 
 
-class ExportError(ValueError):
+class ExportError(InvalidInput):
     """The export cannot be written (bad path, unreadable envelope)."""
 
 

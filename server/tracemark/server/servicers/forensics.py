@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import queue as queue_mod
 import threading
 from collections.abc import Iterator
 
+import grpc
+from tracemark.forensics.adapters import parse_suspect
+from tracemark.forensics.investigate import InvestigationParams, run_investigation
+from tracemark.forensics.reports import load_report, verify_envelope, verify_stored_report
 from tracemark.server.errors import RequestError, grpc_errors, grpc_stream_errors, invalid
 from tracemark.server.runtime import Runtime
 from tracemark.v1 import forensics_pb2, forensics_pb2_grpc
@@ -28,33 +33,22 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
 
     def _require_ledger(self) -> None:
         if self.rt.engine is None or self.rt.master is None:
-            import grpc
-
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, "this server runs without a ledger")
 
     @grpc_stream_errors
     def Investigate(self, request, context) -> Iterator[forensics_pb2.InvestigateResponse]:
-        from tracemark.forensics.adapters import parse_suspect
-        from tracemark.forensics.investigate import run_investigation
-
         self._require_ledger()
-        if not request.suspect.strip():
-            raise invalid(
-                "suspect must not be empty (hf:PATH | gguf:PATH | openai:URL#MODEL | tracemark:ADDR)"
-            )
-        alpha = request.alpha or 1e-3
-        if not 0 < alpha < 1:
-            raise invalid(f"alpha must be in (0, 1), got {alpha}")
-        mode = request.mode or "auto"
-        if mode not in ("auto", "white-box", "black-box"):
-            raise invalid(f"mode must be white-box or black-box, got {mode!r}")
-        correction = request.correction or "holm"
-        if correction not in ("holm", "fdr_bh"):
-            raise invalid(f"correction must be holm or fdr_bh, got {correction!r}")
-        budget = request.query_budget or 200
-        if budget < 0:
-            raise invalid("query_budget must not be negative")
-        suspect = parse_suspect(request.suspect)  # SuspectSpecError -> INVALID_ARGUMENT
+        # proto3 zero values mean "default"; InvestigationParams validates (InvestigationError and
+        # SuspectSpecError -> INVALID_ARGUMENT)
+        params = InvestigationParams(
+            alpha=request.alpha or 1e-3,
+            mode=request.mode or "auto",
+            correction=request.correction or "holm",
+            query_budget=request.query_budget or 200,
+            seed=request.seed or None,
+            accounts=list(request.accounts) or None,
+        )
+        suspect = parse_suspect(request.suspect)
         events: queue_mod.Queue = queue_mod.Queue()
         outcome: dict = {}
 
@@ -67,15 +61,10 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
             try:
                 outcome["result"] = run_investigation(
                     suspect=suspect,
-                    accounts=list(request.accounts) or None,
+                    params=params,
                     issuer=self.rt.issuer,
                     engine=self.rt.engine,
                     master=self.rt.master,
-                    alpha=alpha,
-                    mode=mode,
-                    query_budget=budget,
-                    seed=request.seed or None,
-                    correction=correction,
                     progress=progress,
                 )
             except Exception as exc:  # re-raised in the RPC thread, mapped to a status there
@@ -115,8 +104,6 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
 
     @grpc_errors
     def GetReport(self, request, context):
-        from tracemark.forensics.reports import load_report
-
         self._require_ledger()
         if not request.report_id:
             raise invalid("report_id must not be empty")
@@ -130,10 +117,6 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
 
     @grpc_errors
     def VerifyReport(self, request, context):
-        import json
-
-        from tracemark.forensics.reports import verify_envelope, verify_stored_report
-
         self._require_ledger()
         public_key = self.rt.master  # trusts every key version, so pre-rotation reports verify
         if request.envelope_json:

@@ -1,0 +1,175 @@
+"""The verdict rule: Fisher-combine each account's pair p-values, then correct over accounts x suspects.
+
+An account's pairs are combined with Fisher's method (``chi2`` with ``2m`` degrees of freedom, log space);
+accounts (and suspects) are compared under Holm (default) or Benjamini-Hochberg at the pre-set ``alpha``
+(or, in sequential mode, on their anytime-valid e-process p-values).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracemark.forensics import stats
+from tracemark.forensics.scoring import PairScore
+from tracemark.forensics.sequential import SequentialMonitor
+from tracemark.forensics.signatures import SignaturePair
+
+
+@dataclass
+class AccountResult:
+    """One account's test against one suspect."""
+
+    account: str
+    suspect: str
+    p_value: float
+    log10_p: float
+    adjusted_p_value: float = 1.0
+    rejected: bool = False
+    pairs: int = 0  # pairs scored
+    pairs_total: int = 0
+    fisher_statistic: float = 0.0
+    df: int = 0
+    pair_results: list[PairScore] = field(default_factory=list)
+    effect: dict | None = None
+    anytime_p: float | None = None  # sequential mode
+
+    def as_dict(self) -> dict:
+        out = {
+            "account": self.account,
+            "suspect": self.suspect,
+            "p_value": self.p_value,
+            "log10_p": self.log10_p,
+            "adjusted_p_value": self.adjusted_p_value,
+            "rejected": self.rejected,
+            "pairs": self.pairs,
+            "pairs_total": self.pairs_total,
+            "fisher_statistic": self.fisher_statistic,
+            "df": self.df,
+            "pair_ranks": [p.rank for p in self.pair_results],
+            "pair_p_values": [p.p_value for p in self.pair_results],
+            "pair_n_candidates": [p.n_candidates for p in self.pair_results],
+        }
+        if self.effect is not None:
+            out["effect"] = self.effect
+        if self.anytime_p is not None:
+            out["anytime_p_value"] = self.anytime_p
+        return out
+
+
+@dataclass
+class SuspectRun:
+    """One suspect's investigation in progress: its pair scores, then its account results."""
+
+    suspect: Any
+    spec: str
+    mode: str
+    investigation_id: str
+    identity: dict
+    results: dict[str, list[PairScore]] = field(default_factory=dict)
+    pairs: dict[str, list[SignaturePair]] = field(default_factory=dict)
+    monitor: SequentialMonitor | None = None
+    incomplete: str = ""
+    samples_per_pair: int | None = None
+    started: float = 0.0
+    queries_before: int = 0
+    account_results: list[AccountResult] = field(default_factory=list)
+
+
+def decide(runs: list[SuspectRun], *, alpha: float, correction: str, sequential: bool) -> None:
+    rows: list[AccountResult] = []
+    for run in runs:
+        run.account_results = []
+        for account, results in run.results.items():
+            total = len(run.pairs[account])
+            if results:
+                fisher = stats.fisher_combine(log_pvalues=[r.log_p for r in results])
+                effect = stats.effect_size([r.p_value for r in results]).as_dict()
+                res = AccountResult(
+                    account=account,
+                    suspect=run.spec,
+                    p_value=fisher.p_value,
+                    log10_p=fisher.log10_p,
+                    pairs=len(results),
+                    pairs_total=total,
+                    fisher_statistic=fisher.statistic,
+                    df=fisher.df,
+                    pair_results=list(results),
+                    effect=effect,
+                )
+            else:
+                res = AccountResult(
+                    account=account, suspect=run.spec, p_value=1.0, log10_p=0.0, pairs_total=total
+                )
+            if sequential and run.monitor is not None:
+                proc = run.monitor.processes[account]
+                res.anytime_p = proc.anytime_p
+            run.account_results.append(res)
+            rows.append(res)
+    if sequential:
+        test_p = [r.anytime_p if r.anytime_p is not None else 1.0 for r in rows]
+    else:
+        test_p = [r.p_value for r in rows]
+    rejected, adjusted = stats.adjust_pvalues(test_p, alpha=alpha, method=correction)
+    for r, rej, adj in zip(rows, rejected, adjusted, strict=True):
+        r.rejected = rej
+        r.adjusted_p_value = adj
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One suspect's verdict: the strongest account (attributed when rejected) and the deciding p-value."""
+
+    verdict: str  # detected | not_detected | inconclusive
+    best: AccountResult
+    attributed_account: str | None
+    p_value: float  # unadjusted combined p of the best account (its anytime-valid p in sequential mode)
+    log10_p: float
+    pairs_scored: int
+    pairs_total: int
+
+
+def decision_for(run: SuspectRun, *, sequential: bool) -> Decision:
+    """Detected when an account is rejected (the strongest one is attributed); inconclusive when scoring
+    stopped before every pair; not detected otherwise."""
+    accounts = run.account_results
+    rejected = [a for a in accounts if a.rejected]
+
+    def strength(a: AccountResult) -> tuple:
+        return (a.adjusted_p_value, a.anytime_p if a.anytime_p is not None else 1.0, a.log10_p)
+
+    best = min(rejected or accounts, key=strength)
+    p_decision = best.anytime_p if sequential and best.anytime_p is not None else best.p_value
+    log10_decision = math.log10(p_decision) if sequential and best.anytime_p is not None else best.log10_p
+    scored = sum(len(v) for v in run.results.values())
+    total_pairs = sum(len(v) for v in run.pairs.values())
+    if rejected:
+        verdict = "detected"
+    elif run.incomplete or scored < total_pairs:
+        verdict = "inconclusive"
+    else:
+        verdict = "not_detected"
+    return Decision(
+        verdict=verdict,
+        best=best,
+        attributed_account=best.account if rejected else None,
+        p_value=p_decision,
+        log10_p=log10_decision,
+        pairs_scored=scored,
+        pairs_total=total_pairs,
+    )
+
+
+def rule_text(correction: str, *, sequential: bool) -> str:
+    """The decision rule, as the report states it."""
+    if sequential:
+        return "reject H0 for an account when its e-process reaches K/alpha (anytime-valid)"
+    return f"reject H0 for an account when its {correction}-adjusted Fisher p-value <= alpha"
+
+
+def pvalue_text(p: float, log10_p: float) -> str:
+    """``p`` formatted for people: ``3.2e-07``, or ``10^-412.3`` below the float range."""
+    if p > 0 and math.isfinite(p):
+        return f"{p:.3g}"
+    return f"10^{log10_p:.1f}"
