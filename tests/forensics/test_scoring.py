@@ -53,10 +53,23 @@ def test_trie_search_table_and_brute_force_agree(suspect, combine):
         float(suspect.continuation_logprobs(suspect.encode(p), [suspect.encode(" ")])[0])
         for p in sc.prompts("k52 =")
     ]
+    # each context on its own, then combined: max takes the best context per candidate, mean averages
+    per = np.stack(
+        [
+            WhiteBoxScorer(suspect, space, contexts=(c,), combine=combine, log_queries=False).table("k52 =")
+            for c in CTX
+        ]
+    )
+    with_sep = per + np.array(sep)[:, None]
     if combine == "mean":
         assert np.allclose(brute - np.mean(sep), table, atol=1e-5)
-    order_t, order_b = np.argsort(-table), np.argsort(-brute)
-    assert (order_t[:10] == order_b[:10]).all() or combine == "max"
+        assert np.allclose(table, per.mean(axis=0), atol=1e-4)
+        order_t, order_b = np.argsort(-table), np.argsort(-brute)
+        assert (order_t[:10] == order_b[:10]).all()
+    else:  # the separator differs per context, so brute force is the max of the separated scores
+        assert np.allclose(table, per.max(axis=0), atol=1e-4)
+        assert np.allclose(brute, with_sep.max(axis=0), atol=1e-5)
+        assert (table >= per.mean(axis=0) - 1e-9).all() and not np.allclose(table, per.mean(axis=0))
     _, searched = sc.search(sc.layouts("k52 ="))
     assert np.allclose(searched, table, atol=1e-5)
     for target in (
