@@ -7,7 +7,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from random import Random
 
 import grpc
 from sqlalchemy.engine import Engine
@@ -15,7 +15,7 @@ from tracemark.forensics.issuer import SignatureIssuer
 from tracemark.forensics.keys import MasterSecret
 from tracemark.forensics.ledger.db import make_engine
 from tracemark.forensics.signatures import CandidateSpace
-from tracemark.plugins.api import LLMBackend
+from tracemark.plugins.api import LLMBackend, RewriteContext, SignatureService, WatermarkPolicy
 from tracemark.plugins.loader import RewriterRegistry
 from tracemark.plugins.pipeline import RewritePipeline
 from tracemark.server.batching import GenerationQueue
@@ -111,10 +111,6 @@ class Runtime:
         seed: int | None = None,
         trace_id: str | None = None,
     ):
-        from random import Random
-
-        from tracemark.plugins.api import RewriteContext
-
         trace_id = trace_id or uuid.uuid4().hex
         signatures, watermark_policy = self._services()
         context = RewriteContext(
@@ -128,10 +124,8 @@ class Runtime:
         )
         return trace_id, self.pipeline.run(trace, names=names, options=options, context=context)
 
-    def _services(self) -> tuple[Any, Any]:
+    def _services(self) -> tuple[SignatureService | None, WatermarkPolicy | None]:
         """The host services of a rewrite: (signature service, watermark policy), or (None, None)."""
-        from tracemark.plugins.api import WatermarkPolicy
-
         if self.issuer is None:
             return None, None
         # The server's policy beats request options: a caller cannot lower its own watermark fraction.
