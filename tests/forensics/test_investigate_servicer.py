@@ -1,0 +1,62 @@
+"""ForensicsService.Investigate builds InvestigationParams from the request: bad parameters and specs are
+INVALID_ARGUMENT with the parameter's message, good ones stream progress and end with the result."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import grpc
+import pytest
+from tracemark.server.servicers.forensics import ForensicsServicer
+from tracemark.v1 import forensics_pb2
+
+
+class Aborted(Exception):
+    pass
+
+
+class FakeContext:
+    def __init__(self) -> None:
+        self.code = self.details = None
+
+    def is_active(self) -> bool:
+        return True
+
+    def abort(self, code, details):
+        self.code, self.details = code, details
+        raise Aborted(details)
+
+
+@pytest.fixture
+def servicer(issuer, engine, master):
+    issuer.ensure_account("alice")
+    return ForensicsServicer(SimpleNamespace(engine=engine, master=master, issuer=issuer))
+
+
+@pytest.mark.parametrize(
+    "fields, fragment",
+    [
+        ({"alpha": 2.0}, "alpha must be in (0, 1)"),
+        ({"mode": "grey"}, "mode must be one of"),
+        ({"correction": "bonf"}, "correction must be holm or fdr_bh"),
+        ({"query_budget": -1}, "query_budget must be a non-negative integer"),
+        ({"accounts": [" "]}, "account names must be non-empty"),
+        ({"suspect": "ftp:nowhere"}, "unknown suspect kind"),
+        ({"suspect": ""}, "empty suspect spec"),
+    ],
+)
+def test_bad_request_is_invalid_argument(servicer, tiny_model_dir, fields, fragment):
+    request = forensics_pb2.InvestigateRequest(**{"suspect": f"hf:{tiny_model_dir}", **fields})
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        list(servicer.Investigate(request, context))
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT and fragment in context.details
+
+
+def test_good_request_streams_progress_and_the_result(servicer, tiny_model_dir):
+    request = forensics_pb2.InvestigateRequest(suspect=f"hf:{tiny_model_dir}", seed=3, mode="white-box")
+    events = list(servicer.Investigate(request, FakeContext()))
+    assert all(e.HasField("progress") for e in events[:-1]) and events[-1].HasField("result")
+    result = events[-1].result
+    assert result.verdict == forensics_pb2.VERDICT_NOT_DETECTED and result.report_id.startswith("tmr-")
+    assert [a.account for a in result.accounts] == ["alice"] and result.accounts[0].pairs == 2
