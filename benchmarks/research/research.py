@@ -1,7 +1,8 @@
 """Research harness that chose the CPU-scale settings of the demo and the benchmark.
 
-Run ``python -m research <experiment> [options]``; each run appends one JSON line to
-``--out`` (default ``results/research.jsonl``). The watermark weaving and the white-box ranking here are
+Run ``.venv/bin/python benchmarks/research/research.py [options]`` from the repository root (``--help``
+lists the options: model, training budget, watermark pairs, fraction, ...); each run appends one JSON line
+to ``--out`` (default ``results/research.jsonl``). The watermark weaving and the white-box ranking here are
 deliberately small stand-ins (one auxiliary line ``x137 = 4821``; exact log-probabilities of every
 candidate through a digit trie) so the experiments do not depend on the product's rewriter or forensics
 code; findings are in ``.notes/bench-research.md``.

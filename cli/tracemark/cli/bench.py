@@ -1,8 +1,10 @@
-"""`tracemark bench ...`: benchmarks (never part of the test suite)."""
+"""`tracemark bench ...`: benchmarks and measurements (never part of the test suite)."""
 
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -10,10 +12,30 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import Progress
-from tracemark.foundation.console import fail
+from tracemark.experiments.distill_config import load_bench_config
+from tracemark.experiments.distill_report import markdown as distill_markdown
+from tracemark.experiments.preservation import (
+    LLM_KINDS,
+    measure_preservation,
+    prepare_gsm8k,
+    rewriting_llm,
+    scratch_issuer,
+)
+from tracemark.experiments.serving import ServeBenchResult, markdown, measure_memory, measure_throughput
+from tracemark.foundation.console import fail, stage_progress
+from tracemark.foundation.errors import InvalidInput, NotFound, first_line
+from tracemark.foundation.problems import ProblemError
+from tracemark.server.app import TracemarkServer
+from tracemark.server.auth import TokenStore, hash_token
+from tracemark.server.client import Stubs, open_channel
+from tracemark.server.config import ConfigError, TeacherSection, load_settings
+from tracemark.server.teacher.factory import build_teacher
+from tracemark.v1 import teacher_pb2
 
 bench_app = typer.Typer(
-    help="Benchmarks: serving throughput and memory; distillation (see README).", no_args_is_help=True
+    help="Benchmarks: serving throughput and memory; distillation; answer preservation of rewriters "
+    "(see README).",
+    no_args_is_help=True,
 )
 console = Console(stderr=True)
 
@@ -43,13 +65,6 @@ def bench_serve(
 ) -> None:
     """Throughput at each concurrency through real gRPC on localhost, rewriting overhead as a ratio
     against plain generation, and the teacher's memory in fp32 vs int8 vs nf4."""
-    from tracemark.experiments.serving import ServeBenchResult, markdown, measure_memory, measure_throughput
-    from tracemark.server.app import TracemarkServer
-    from tracemark.server.auth import TokenStore, hash_token
-    from tracemark.server.client import Stubs, open_channel
-    from tracemark.server.config import ConfigError, load_settings
-    from tracemark.v1 import teacher_pb2
-
     try:
         levels = [int(c) for c in concurrency.split(",") if c.strip()]
     except ValueError:
@@ -119,8 +134,6 @@ def bench_serve(
     stubs.close()
     server.stop(grace=1)
     if memory and backend in ("embedded", "tiny", "transformers"):
-        from tracemark.server.config import TeacherSection
-        from tracemark.server.teacher.factory import build_teacher
 
         def load(q: str):
             return build_teacher(TeacherSection(**{**settings.teacher.model_dump(), "quantization": q}))
@@ -165,13 +178,7 @@ def bench_distill(
 
     Writes results.json, results.md (README-ready tables) and plots/ under --out. Configs: benchmarks/distill-cpu.toml (this machine), benchmarks/distill-gpu.toml (full scale).
     """  # noqa: E501
-    import shlex
-    import sys
-
-    from tracemark.experiments.distill import DistillError
-    from tracemark.experiments.distill_bench import run_distill_bench
-    from tracemark.experiments.distill_config import BenchConfigError, load_bench_config
-    from tracemark.foundation.problems import ProblemError
+    from tracemark.experiments.distill_bench import run_distill_bench  # deferred: imports torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -183,12 +190,107 @@ def bench_distill(
         results = run_distill_bench(
             cfg, out, only=stages, fresh=fresh, command=command.strip(), console=console
         )
-    except (BenchConfigError, DistillError, ProblemError) as exc:
+    except (InvalidInput, ProblemError) as exc:  # BenchConfigError, DistillError are InvalidInput
         fail(str(exc))
-    from tracemark.experiments.distill_report import markdown
-
-    typer.echo(markdown(results))
+    typer.echo(distill_markdown(results))
     if "report" in stages:
         console.print(f"results in {out}/results.md, results.json and {out}/plots/")
     else:
         console.print(f"stage files in {out}; run with --only report to write results.md and plots")
+
+
+@bench_app.command("preservation")
+def bench_preservation(
+    gsm8k: Annotated[
+        Path | None,
+        typer.Option(
+            "--gsm8k",
+            help="Required. GSM8K-style JSONL: one {question, answer} object per line; each answer (the "
+            "worked solution) is a reference trace.",
+        ),
+    ] = None,
+    n: Annotated[int, typer.Option("--n", help="Traces measured: the file's first N.")] = 200,
+    rewriters: Annotated[
+        str, typer.Option(help="Comma-separated pipeline, run in this order (see `tracemark plugins list`).")
+    ] = "restructure,watermark",
+    options: Annotated[
+        str, typer.Option(help='Rewriter options as a JSON object: {"name": {"option": value}}.')
+    ] = "{}",
+    account: Annotated[
+        str, typer.Option(help="Account the watermark is keyed to ('' = anonymous request).")
+    ] = "measure-account",
+    llm: Annotated[
+        str, typer.Option(help="LLM for the rewriters that need one: none | embedded | tiny (on the CPU).")
+    ] = "none",
+    quantization: Annotated[str, typer.Option(help="Quantization of that LLM: none | int8 | nf4.")] = "none",
+    workers: Annotated[
+        int, typer.Option(help="Traces rewritten concurrently (LLM calls batch together).")
+    ] = 1,
+    timeout: Annotated[float, typer.Option(help="Seconds each rewriter may take per trace.")] = 600.0,
+    retries: Annotated[int, typer.Option(help="Answer-guard retries per step.")] = 1,
+    dump: Annotated[
+        Path | None, typer.Option(help="Also write every result (trace, guard steps) to this JSONL file.")
+    ] = None,
+) -> None:
+    """How often a rewriter pipeline keeps the final answer, measured on reference traces.
+
+    Each GSM8K solution goes through the pipeline with the answer guard, as the server runs it (a scratch signature ledger keys the watermark). Prints a JSON report: per step, the share of traces whose rewrite kept the answer on the first try, after a guard retry, or that the guard replaced by the original trace (answer changed, error, time-out); and how many final traces kept the answer.
+    """  # noqa: E501
+    if gsm8k is None:
+        fail("--gsm8k FILE is required (GSM8K-style JSONL)")
+    if not gsm8k.is_file():
+        fail(f"--gsm8k {gsm8k} is not a file")
+    names = [name.strip() for name in rewriters.split(",") if name.strip()]
+    if not names:
+        fail("--rewriters is empty")
+    if llm not in LLM_KINDS:
+        fail(f"--llm must be one of {', '.join(LLM_KINDS)}, got {llm!r}")
+    if quantization not in ("none", "int8", "nf4"):
+        fail(f"--quantization must be none, int8 or nf4, got {quantization!r}")
+    if n < 1 or workers < 1 or retries < 0 or timeout <= 0:
+        fail("--n and --workers must be >= 1, --retries >= 0 and --timeout > 0")
+    try:
+        parsed = json.loads(options)
+    except json.JSONDecodeError as exc:
+        fail(f"--options is not valid JSON ({exc.msg})")
+    if not isinstance(parsed, dict):
+        fail('--options must be a JSON object: {"name": {...}}')
+    try:
+        pipeline, items = prepare_gsm8k(gsm8k, names, n=n, options=parsed, timeout_s=timeout, retries=retries)
+    except (InvalidInput, NotFound) as exc:  # bad file, unknown rewriter, bad rewriter options
+        fail(first_line(exc))
+    signatures = scratch_issuer(Path(tempfile.mkdtemp(prefix="tm-measure-")))
+    chat = rewriting_llm(llm, quantization=quantization, timeout_s=timeout)
+    with stage_progress(console) as progress:
+        task = progress.add_task(f"rewrite: {','.join(names)}", total=len(items))
+        report = measure_preservation(
+            pipeline,
+            items,
+            names,
+            options=parsed,
+            account=account or None,
+            signatures=signatures,
+            llm=chat,
+            workers=workers,
+            progress=lambda done, total: progress.update(task, completed=done),
+        )
+    if dump is not None:
+        with dump.open("w", encoding="utf-8") as fh:
+            for row in report.outputs:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    summary = report.summary()
+    summary["failures"] = report.failures[:20]
+    summary["config"] = {
+        "gsm8k": str(gsm8k),
+        "n": n,
+        "rewriters": rewriters,
+        "options": options,
+        "account": account,
+        "llm": llm,
+        "quantization": quantization,
+        "workers": workers,
+        "timeout": timeout,
+        "retries": retries,
+        "dump": None if dump is None else str(dump),
+    }
+    typer.echo(json.dumps(summary, indent=2))

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from tracemark.experiments.demo_settings import DEFAULT, QUICK
 
 console = Console(width=130)
 
@@ -29,8 +30,7 @@ def demo_command(
     with the exact decoy test; signed reports are written and verified. Exit 0 when both verdicts are
     right (distiller detected and attributed, control not detected), 1 otherwise.
     """
-    from tracemark.experiments.demo_settings import DEFAULT, QUICK
-    from tracemark.experiments.scenario import run_demo
+    from tracemark.experiments.scenario import run_demo  # deferred: imports torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from tracemark.foundation.errors import InvalidInput
 from tracemark.foundation.models.device import DeviceError, resolve_device
 
 __all__ = [
@@ -34,7 +35,7 @@ LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 IGNORE_INDEX = -100
 
 
-class DistillError(ValueError):
+class DistillError(InvalidInput):
     """Bad arguments to the distillation (empty data, unknown method, unusable model)."""
 
 

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from tracemark.foundation.errors import InvalidInput
 
 __all__ = ["BenchConfig", "BenchConfigError", "load_bench_config"]
 
 KNOWN_METHODS = ("restructure", "semantic", "optimized", "hotflip", "embedding-ascent")
 
 
-class BenchConfigError(ValueError):
+class BenchConfigError(InvalidInput):
     """The benchmark config file is missing, unreadable or invalid."""
 
 

@@ -6,17 +6,14 @@ kept the answer on its own (first attempt, or after a guard retry), how often th
 
 Command line (prints a JSON report)::
 
-    python -m tracemark.experiments.preservation --gsm8k ../shared/data/gsm8k/train.jsonl --n 200 \\
+    tracemark bench preservation --gsm8k ../shared/data/gsm8k/train.jsonl --n 200 \\
         --rewriters restructure,watermark --options '{"watermark": {"fraction": 1, "mode": "template"}}'
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,8 +22,30 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tracemark.forensics.issuer import SignatureIssuer
+from tracemark.forensics.keys import MasterSecret
+from tracemark.forensics.ledger.db import make_engine
+from tracemark.foundation.errors import InvalidInput
 from tracemark.plugins.api import RewriteContext, SignatureService
+from tracemark.plugins.loader import RewriterRegistry
 from tracemark.plugins.pipeline import RewritePipeline
+from tracemark.server.batching import GenerationQueue
+from tracemark.server.config import TeacherSection
+from tracemark.server.llm import QueuedLLM
+from tracemark.server.teacher.factory import build_teacher
+
+__all__ = [
+    "LLM_KINDS",
+    "PreservationReport",
+    "StepStats",
+    "load_gsm8k",
+    "measure_preservation",
+    "prepare_gsm8k",
+    "rewriting_llm",
+    "scratch_issuer",
+]
+
+LLM_KINDS = ("none", "embedded", "tiny")
 
 
 @dataclass
@@ -136,100 +155,59 @@ def measure_preservation(
 def load_gsm8k(path: Path, n: int | None) -> list[tuple[str, str]]:
     """``(question, reference solution)`` pairs from a GSM8K jsonl file (first ``n``)."""
     items = []
-    with path.open() as fh:
-        for line in fh:
-            if line.strip():
-                row = json.loads(line)
-                items.append((row["question"], row["answer"]))
-            if n is not None and len(items) >= n:
-                break
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                        items.append((row["question"], row["answer"]))
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        raise InvalidInput(
+                            f"{path} line {number} is not a GSM8K row (JSON with question and answer)"
+                        ) from None
+                if n is not None and len(items) >= n:
+                    break
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read {path} ({type(exc).__name__})") from None
+    if not items:
+        raise InvalidInput(f"{path} holds no GSM8K rows")
     return items
 
 
-def scratch_issuer(folder: Path, pairs_per_account: int = 2) -> Any:
+def scratch_issuer(folder: Path, pairs_per_account: int = 2) -> SignatureIssuer:
     """A real signature issuer with a fresh master secret and SQLite ledger in ``folder``."""
-    from tracemark.forensics.issuer import SignatureIssuer
-    from tracemark.forensics.keys import MasterSecret
-    from tracemark.forensics.ledger.db import make_engine
-
     folder.mkdir(parents=True, exist_ok=True)
     master = MasterSecret.load(path=folder / "master.key")
     engine = make_engine(f"sqlite:///{folder / 'ledger.db'}")
     return SignatureIssuer(master=master, engine=engine, pairs_per_account=pairs_per_account)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Answer preservation of a rewriter pipeline on GSM8K solutions.")
-    ap.add_argument("--gsm8k", type=Path, required=True, help="GSM8K jsonl (question/answer)")
-    ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--rewriters", default="restructure,watermark")
-    ap.add_argument("--options", default="{}", help='JSON {"name": {...}}')
-    ap.add_argument("--account", default="measure-account", help="account for the watermark ('' = anonymous)")
-    ap.add_argument("--llm", default="none", choices=["none", "embedded", "tiny"])
-    ap.add_argument("--quantization", default="none", choices=["none", "int8", "nf4"])
-    ap.add_argument(
-        "--workers", type=int, default=1, help="concurrent pipeline runs (LLM calls batch together)"
+def rewriting_llm(kind: str, *, quantization: str = "none", timeout_s: float = 600.0) -> Any:
+    """The LLM the rewriters may call: ``None`` for ``none``, else the embedded or tiny model on the CPU
+    behind a batching queue (concurrent rewrites batch together)."""
+    if kind == "none":
+        return None
+    if kind not in LLM_KINDS:
+        raise InvalidInput(f"the LLM must be one of {', '.join(LLM_KINDS)}, got {kind!r}")
+    teacher = build_teacher(
+        TeacherSection(backend=kind, quantization=quantization, device="cpu", max_batch_size=8)
     )
-    ap.add_argument("--timeout", type=float, default=600.0)
-    ap.add_argument("--retries", type=int, default=1)
-    ap.add_argument("--dump", type=Path, default=None, help="write every result (trace, steps) to this jsonl")
-    args = ap.parse_args(argv)
-
-    from tracemark.plugins.loader import RewriterRegistry
-
-    names = [n.strip() for n in args.rewriters.split(",") if n.strip()]
-    pipeline = RewritePipeline(
-        RewriterRegistry.discover(strict=False), timeout_s=args.timeout, retries=args.retries
-    )
-    llm = None
-    if args.llm != "none":
-        from tracemark.server.batching import GenerationQueue
-        from tracemark.server.config import TeacherSection
-        from tracemark.server.llm import QueuedLLM
-        from tracemark.server.teacher.factory import build_teacher
-
-        teacher = build_teacher(
-            TeacherSection(backend=args.llm, quantization=args.quantization, device="cpu", max_batch_size=8)
-        )
-        queue = GenerationQueue(teacher, max_batch=8, window_s=0.05, max_queue=512)
-        llm = QueuedLLM(queue, teacher.info.model_id, timeout_s=args.timeout)
-    items = load_gsm8k(args.gsm8k, args.n)
-
-    def progress(done: int, total: int) -> None:
-        if done % 10 == 0 or done == total:
-            print(f"{done}/{total}", file=sys.stderr, flush=True)
-
-    report = measure_preservation(
-        pipeline,
-        items,
-        names,
-        options=json.loads(args.options),
-        account=args.account or None,
-        signatures=scratch_issuer(Path(tempfile.mkdtemp(prefix="tm-measure-"))),
-        llm=llm,
-        workers=args.workers,
-        progress=progress,
-    )
-    if args.dump is not None:
-        with args.dump.open("w") as fh:
-            for row in report.outputs:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    summary = report.summary()
-    summary["failures"] = report.failures[:20]
-    summary["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    print(json.dumps(summary, indent=2))
-    return 0
+    queue = GenerationQueue(teacher, max_batch=8, window_s=0.05, max_queue=512)
+    return QueuedLLM(queue, teacher.info.model_id, timeout_s=timeout_s)
 
 
-__all__ = [
-    "PreservationReport",
-    "StepStats",
-    "asdict",
-    "load_gsm8k",
-    "main",
-    "measure_preservation",
-    "scratch_issuer",
-]
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def prepare_gsm8k(
+    gsm8k: Path,
+    names: Sequence[str],
+    *,
+    n: int | None = None,
+    options: dict[str, dict] | None = None,
+    timeout_s: float = 600.0,
+    retries: int = 1,
+) -> tuple[RewritePipeline, list[tuple[str, str]]]:
+    """The pipeline of the installed rewriters ``names`` (options checked) and the first ``n`` GSM8K
+    pairs of ``gsm8k``: the inputs of :func:`measure_preservation`, checked before any model loads."""
+    pipeline = RewritePipeline(RewriterRegistry.discover(strict=False), timeout_s=timeout_s, retries=retries)
+    pipeline.prepare(names, options)  # unknown rewriter or bad options
+    return pipeline, load_gsm8k(gsm8k, n)
