@@ -24,6 +24,7 @@ LAYOUT_VERSION = 1
 
 
 def atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step (a crash leaves the old file or the new, never half)."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
