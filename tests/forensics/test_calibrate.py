@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from tracemark.forensics import stats
-from tracemark.forensics.calibrate import CalibrationError, run_calibration
+from tracemark.forensics.calibrate import CalibrationError, CalibrationParams, run_calibration
 
 BARE = ("{trigger}",)
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def calibration():
-    return run_calibration(runs=200, n_models=4, contexts=BARE, alpha=1e-3, seed=0)
+    return run_calibration(CalibrationParams(runs=200, n_models=4, contexts=BARE, alpha=1e-3, seed=0))
 
 
 @pytest.mark.slow
@@ -55,7 +55,7 @@ def test_two_hundred_null_runs_are_calibrated(calibration, tmp_path):
 @pytest.mark.parametrize("shift", [+1, -1])
 def test_an_off_by_one_rank_is_caught(monkeypatch, shift):
     monkeypatch.setattr(stats, "rank_pvalue", lambda rank, n: (rank + shift) / n)
-    r = run_calibration(runs=100, n_models=1, contexts=BARE, seed=1)
+    r = run_calibration(CalibrationParams(runs=100, n_models=1, contexts=BARE, seed=1))
     assert not r.passed
     assert not r.decoy_uniformity.uniform
     assert r.decoy_uniformity.problems  # values off the grid {1/n..1}
@@ -63,9 +63,15 @@ def test_an_off_by_one_rank_is_caught(monkeypatch, shift):
 
 
 def test_bad_calibration_parameters():
-    with pytest.raises(CalibrationError):
-        run_calibration(runs=0)
-    with pytest.raises(CalibrationError):
-        run_calibration(alpha=2.0)
-    with pytest.raises(CalibrationError):
-        run_calibration(decoy_check=0)
+    for kwargs, fragment in [
+        ({"runs": 0}, "runs"),
+        ({"runs": 1}, "runs"),
+        ({"alpha": 2.0}, "alpha"),
+        ({"decoy_check": 0}, "decoy_check"),
+        ({"decoy_check": 10_000}, "decoy_check"),
+        ({"n_models": 0}, "n_models"),
+        ({"contexts": ["no placeholder"]}, "{trigger}"),
+    ]:
+        with pytest.raises(CalibrationError, match=fragment) as info:
+            CalibrationParams(**kwargs)
+        assert info.value.field == fragment or fragment == "{trigger}"

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from tracemark.forensics.adapters import SuspectError, SuspectSpecError, parse_suspect
-from tracemark.forensics.calibrate import CalibrationError, run_calibration
+from tracemark.forensics.calibrate import CalibrationError, CalibrationParams, run_calibration
 from tracemark.forensics.investigate import InvestigationError, InvestigationParams, run_investigations
 from tracemark.forensics.issuer import SignatureIssuer
 from tracemark.forensics.keys import MasterKeyError, MasterSecret
@@ -20,7 +20,7 @@ from tracemark.forensics.signatures import CandidateSpace, SignatureError
 from tracemark.foundation.console import fail, stage_progress
 from tracemark.foundation.errors import first_line
 
-# the command-line option of each InvestigationParams field, for error messages
+# the command-line option of each parameter field (InvestigationParams, CalibrationParams), for messages
 OPTIONS = {
     "alpha": "--alpha",
     "mode": "--mode",
@@ -29,15 +29,20 @@ OPTIONS = {
     "decoys": "--decoys",
     "seed": "--seed",
     "samples_per_pair": "--samples-per-pair",
+    "runs": "--runs",
+    "n_models": "--tiny-models",
+    "pairs_per_account": "--pairs-per-account",
+    "decoy_check": "--decoy-check",
 }
 
 
-def _param_message(exc: InvestigationError) -> str:
+def _param_message(exc: InvestigationError | CalibrationError) -> str:
     """``exc``'s message, naming the command-line option instead of the parameter (``--budget ...``)."""
     message = first_line(exc)
-    option = OPTIONS.get(exc.field or "")
-    if option and message.startswith(f"{exc.field} "):
-        return option + message[len(exc.field or "") :]
+    field = exc.field or ""
+    option = OPTIONS.get(field)
+    if option and message.startswith(f"{field} "):
+        return option + message[len(field) :]
     return message
 
 
@@ -267,10 +272,23 @@ def calibrate_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON.")] = None,
 ) -> None:
     """Measure the false-alarm rate and p-value uniformity of the detection test on clean models."""
-    if runs < 2:
-        fail("--runs must be >= 2")
-    if not 0 < alpha < 1:
-        fail(f"--alpha must be in (0, 1), got {alpha}")
+    try:
+        params = CalibrationParams(
+            runs=runs,
+            models=model or None,
+            n_models=tiny_models,
+            include_embedded=embedded,
+            pairs_per_account=pairs_per_account,
+            digits=digits,
+            alpha=alpha,
+            seed=seed,
+            contexts=context or None,
+            decoy_check=decoy_check,
+        )
+    except CalibrationError as exc:
+        fail(_param_message(exc))
+    except SignatureError as exc:
+        fail(str(exc))
     if not plot.parent.exists():
         fail(f"folder {plot.parent} does not exist")
     console = Console(stderr=True)
@@ -281,21 +299,9 @@ def calibrate_command(
             progress.update(task, completed=done, total=total, description=message[:40])
 
         try:
-            result = run_calibration(
-                models=model or None,
-                n_models=tiny_models,
-                runs=runs,
-                pairs_per_account=pairs_per_account,
-                digits=digits,
-                alpha=alpha,
-                seed=seed,
-                contexts=context or None,
-                decoy_check=decoy_check,
-                include_embedded=embedded,
-                progress=report,
-            )
-        except (CalibrationError, SuspectSpecError, SignatureError) as exc:
-            fail(str(exc))
+            result = run_calibration(params, progress=report)
+        except (CalibrationError, SuspectSpecError) as exc:
+            fail(first_line(exc))
         except SuspectError as exc:
             fail(first_line(exc), code=1)
     out = Console()

@@ -35,7 +35,63 @@ EXTRA_LEVELS = (0.01, 0.05, 0.1)
 
 
 class CalibrationError(InvalidInput):
-    """Bad calibration parameters."""
+    """Bad calibration parameters; ``field`` names the parameter."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class CalibrationParams:
+    """What a calibration measures, validated at construction (:class:`CalibrationError`; a bad ``digits``
+    is a :class:`~tracemark.forensics.signatures.SignatureError`).
+
+    ``models``: model folders or ``hf:``/``gguf:`` specs; default ``n_models`` tiny random models (plus the
+    embedded model with ``include_embedded``). ``decoy_accounts`` per model defaults to
+    ``ceil(runs / models)``. ``decoy_check`` decoys give the off-by-one-sensitive uniformity check; ``level``
+    is the significance of each uniformity check (loose on purpose: deterministic seeds make the result
+    reproducible) and ``conf`` the confidence of the false-alarm intervals.
+    """
+
+    runs: int = 200
+    models: Sequence[str | Path] | None = None
+    n_models: int = 4
+    include_embedded: bool = False
+    decoy_accounts: int | None = None
+    pairs_per_account: int = 2
+    digits: int = 4
+    alpha: float = 1e-3
+    seed: int = 0
+    contexts: Sequence[str] | None = None
+    problem: str | None = None
+    combine: str = "max"
+    decoy_check: int = 9
+    level: float = 1e-3
+    conf: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise CalibrationError(f"alpha must be in (0, 1), got {self.alpha}", field="alpha")
+        if self.runs < 2:
+            raise CalibrationError(f"runs must be >= 2, got {self.runs}", field="runs")
+        if self.pairs_per_account < 1:
+            raise CalibrationError("pairs_per_account must be >= 1", field="pairs_per_account")
+        if not self.models and self.n_models < 1:
+            raise CalibrationError("n_models must be >= 1", field="n_models")
+        if self.decoy_accounts is not None and self.decoy_accounts < 1:
+            raise CalibrationError("decoy_accounts must be >= 1 (or omitted)", field="decoy_accounts")
+        if not 1 <= self.decoy_check < self.space.size:
+            raise CalibrationError(f"decoy_check must be in 1..{self.space.size - 1}", field="decoy_check")
+        contexts = tuple(self.contexts) if self.contexts else DEFAULT_CONTEXTS
+        if any("{trigger}" not in c for c in contexts):
+            raise CalibrationError("every context must contain '{trigger}'", field="contexts")
+        object.__setattr__(self, "contexts", contexts)
+        object.__setattr__(self, "problem", self.problem or DEFAULT_PROBLEM)
+
+    @property
+    def space(self) -> CandidateSpace:
+        return CandidateSpace(self.digits)
 
 
 @dataclass
@@ -219,8 +275,6 @@ def _load_models(
                 raise CalibrationError(f"calibration needs local (white-box) models, got {spec}")
             out.append((spec, suspect))
     else:
-        if n_models < 1:
-            raise CalibrationError("n_models must be >= 1")
         from tracemark.foundation.models.tiny import build_tiny_model  # deferred: imports torch
 
         for i in range(n_models):
@@ -241,46 +295,25 @@ def _load_models(
 
 
 def run_calibration(
+    params: CalibrationParams | None = None,
     *,
-    models: Sequence[str | Path] | None = None,
-    n_models: int = 4,
-    decoy_accounts: int | None = None,
-    runs: int = 200,
-    pairs_per_account: int = 2,
-    digits: int = 4,
-    alpha: float = 1e-3,
-    seed: int = 0,
-    contexts: Sequence[str] | None = None,
-    problem: str | None = None,
-    combine: str = "max",
-    decoy_check: int = 9,
-    include_embedded: bool = False,
-    level: float = 1e-3,
-    conf: float = 0.95,
     workdir: str | Path | None = None,
     progress: ProgressFn | None = None,
 ) -> CalibrationResult:
-    """Run the full detection test ``runs`` times under H0 (see module doc).
-
-    ``models``: model folders or ``hf:``/``gguf:`` specs; default ``n_models`` tiny random models.
-    ``decoy_accounts`` per model defaults to ``ceil(runs / models)``. ``level`` is the significance of each
-    uniformity check (loose on purpose: deterministic seeds make the result reproducible).
-    """
-    if not 0 < alpha < 1:
-        raise CalibrationError(f"alpha must be in (0, 1), got {alpha}")
-    if runs < 1 or pairs_per_account < 1:
-        raise CalibrationError("runs and pairs_per_account must be >= 1")
-    space = CandidateSpace(digits)
-    if not 1 <= decoy_check < space.size:
-        raise CalibrationError(f"decoy_check must be in 1..{space.size - 1}")
+    """Run the full detection test ``params.runs`` times under H0 (see module doc); ``params`` default
+    :class:`CalibrationParams()`. Models are built or loaded under ``workdir`` (default: a temporary
+    folder)."""
+    params = params if params is not None else CalibrationParams()
+    space = params.space
+    seed = params.seed
     started = time.perf_counter()
     own_dir = None
     if workdir is None:
         own_dir = tempfile.TemporaryDirectory(prefix="tracemark-calibrate-")
         workdir = own_dir.name
     try:
-        loaded = _load_models(models, n_models, include_embedded, Path(workdir), seed)
-        per_model = decoy_accounts or math.ceil(runs / len(loaded))
+        loaded = _load_models(params.models, params.n_models, params.include_embedded, Path(workdir), seed)
+        per_model = params.decoy_accounts or math.ceil(params.runs / len(loaded))
         total = per_model * len(loaded)
         results: list[CalibrationRun] = []
         model_info = []
@@ -289,9 +322,9 @@ def run_calibration(
             scorer = WhiteBoxScorer(
                 suspect,
                 space,
-                contexts=tuple(contexts) if contexts else DEFAULT_CONTEXTS,
-                problem=problem or DEFAULT_PROBLEM,
-                combine=combine,
+                contexts=params.contexts,
+                problem=params.problem,
+                combine=params.combine,
                 log_queries=False,
             )
             t0 = time.perf_counter()
@@ -299,11 +332,18 @@ def run_calibration(
                 index = m_index * per_model + a
                 account = f"calibration-decoy-{seed}-{index:05d}"
                 pairs = derive_pairs(
-                    _decoy_key(seed, index), account=account, key_version=1, m=pairs_per_account, space=space
+                    _decoy_key(seed, index),
+                    account=account,
+                    key_version=1,
+                    m=params.pairs_per_account,
+                    space=space,
                 )
                 run_seed = f"calibration/{seed}"
                 full = [scorer.score_pair(p, seed=run_seed, use_table=True) for p in pairs]
-                dec = [scorer.score_pair(p, seed=run_seed, decoys=decoy_check, use_table=True) for p in pairs]
+                dec = [
+                    scorer.score_pair(p, seed=run_seed, decoys=params.decoy_check, use_table=True)
+                    for p in pairs
+                ]
                 ps = [r.p_value for r in full]
                 valid = min(ps) > 0 and max(ps) <= 1  # anything else is a bug the summary reports
                 fisher = stats.fisher_combine(log_pvalues=[math.log(p) for p in ps]) if valid else None
@@ -332,7 +372,16 @@ def run_calibration(
                 }
             )
             suspect.close()
-        return _summarise(results, model_info, alpha, space.size, decoy_check + 1, level, conf, started)
+        return _summarise(
+            results,
+            model_info,
+            params.alpha,
+            space.size,
+            params.decoy_check + 1,
+            params.level,
+            params.conf,
+            started,
+        )
     finally:
         if own_dir is not None:
             own_dir.cleanup()
