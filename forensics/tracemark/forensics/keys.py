@@ -40,7 +40,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from tracemark.foundation.errors import InvalidInput, NotFound, PermissionDenied
+from tracemark.foundation.errors import Failed, NotFound, PermissionDenied
 from tracemark.foundation.paths import user_data_dir
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,11 @@ _HKDF_SALT = b"tracemark/v1/report-signing"
 _HKDF_INFO = b"ed25519-report-signing-key"
 
 
-class MasterKeyError(InvalidInput):
-    """The master secret is missing, malformed, insecure or cannot do what was asked."""
+class MasterKeyError(Failed):
+    """The master secret is missing, malformed, insecure or cannot do what was asked.
+
+    A ``Failed`` kind: the secret is the server's own configuration, not the caller's input (the CLI still
+    reports it as a one-line error, exit 2); the missing and insecure cases carry their own kinds."""
 
 
 class MasterKeyNotFound(NotFound, MasterKeyError):
