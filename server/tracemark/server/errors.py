@@ -38,20 +38,6 @@ _STATUS_BY_KIND: tuple[tuple[type[TracemarkError], grpc.StatusCode], ...] = (
 )
 
 
-_LEGACY_BY_NAME = {
-    "UnknownRewriterError": grpc.StatusCode.NOT_FOUND,
-    "ReportNotFound": grpc.StatusCode.NOT_FOUND,
-    "InvalidRewriterOptions": grpc.StatusCode.INVALID_ARGUMENT,
-    "SuspectSpecError": grpc.StatusCode.INVALID_ARGUMENT,
-    "InvestigationError": grpc.StatusCode.INVALID_ARGUMENT,
-    "CalibrationError": grpc.StatusCode.INVALID_ARGUMENT,
-    "SuspectUnavailable": grpc.StatusCode.UNAVAILABLE,
-    "RewriterTimeout": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "RewriterFailed": grpc.StatusCode.INTERNAL,
-    "BudgetExhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
-
-
 class RequestError(Exception):
     """An error with a chosen gRPC status and a message safe to return to the caller."""
 
@@ -73,9 +59,6 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         for kind, code in _STATUS_BY_KIND:
             if isinstance(exc, kind):
                 return code, first_line(exc)
-    legacy = _LEGACY_BY_NAME.get(next((c.__name__ for c in type(exc).__mro__ if c.__name__ in _LEGACY_BY_NAME), ""))
-    if legacy is not None:  # TEMPORARY while the domain packages move to the kinds
-        return legacy, first_line(exc)
     if isinstance(exc, TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while work was in progress"
     return grpc.StatusCode.INTERNAL, "internal error (see server log)"
