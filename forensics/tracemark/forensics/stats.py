@@ -19,8 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 from scipy.special import gammaln, logsumexp
+
+
+def _scipy_stats() -> Any:
+    """``scipy.stats``, imported on first use: it costs about a second, and every `tracemark` command
+    (``--help`` included) imports this module through the CLI."""
+    from scipy import stats  # deferred: heavy (see docstring)
+
+    return stats
 
 LN10 = math.log(10.0)
 CORRECTIONS = ("holm", "fdr_bh", "bonferroni")
@@ -79,7 +86,7 @@ def chi2_logsf_even(x: float, df: int) -> float:
 
 def chi2_logsf(x: float, df: int) -> float:
     """``log P(chi2_df > x)``: ``scipy.stats.chi2.logsf``; the exact even-df form where scipy underflows."""
-    value = float(sps.chi2.logsf(x, df))
+    value = float(_scipy_stats().chi2.logsf(x, df))
     if math.isfinite(value) and value > -700.0:
         return value
     if df % 2 == 0:
@@ -157,8 +164,8 @@ def clopper_pearson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
     if not 0 < conf < 1:
         raise StatsError(f"conf must be in (0, 1), got {conf}")
     a = 1.0 - conf
-    lo = 0.0 if k == 0 else float(sps.beta.ppf(a / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(sps.beta.isf(a / 2, k + 1, n - k))
+    lo = 0.0 if k == 0 else float(_scipy_stats().beta.ppf(a / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(_scipy_stats().beta.isf(a / 2, k + 1, n - k))
     return lo, hi
 
 
@@ -292,7 +299,7 @@ def ks_uniformity(
             problems.append(f"{off_grid} p-value(s) not of the form rank/n")
         sample = randomize_discrete(ps, ns, np.random.default_rng(seed))
         method = "ks (randomized within each rank atom: exact)"
-    res = sps.kstest(np.clip(sample, 0.0, 1.0) if not problems else sample, "uniform")
+    res = _scipy_stats().kstest(np.clip(sample, 0.0, 1.0) if not problems else sample, "uniform")
     stat, pv = float(res.statistic), float(res.pvalue)
     return UniformityResult(
         n=int(ps.size),
@@ -323,7 +330,7 @@ def rank_uniformity(ranks: Sequence[int], n: int, *, level: float = 1e-3) -> Uni
     # expected counts: how many of the integers 1..n fall in each bin
     widths, _ = np.histogram(np.arange(1, n + 1), bins=edges)
     expected = r.size * widths / widths.sum()
-    res = sps.chisquare(counts, expected)
+    res = _scipy_stats().chisquare(counts, expected)
     stat, pv = float(res.statistic), float(res.pvalue)
     return UniformityResult(
         n=int(r.size),
@@ -346,7 +353,7 @@ def mean_test(pvalues: Sequence[float], n: int) -> tuple[float, float]:
     mu = (n + 1) / (2 * n)
     sd = math.sqrt((n * n - 1) / (12.0 * n * n))
     z = (float(ps.mean()) - mu) / (sd / math.sqrt(ps.size))
-    return z, float(2 * sps.norm.sf(abs(z)))
+    return z, float(2 * _scipy_stats().norm.sf(abs(z)))
 
 
 @dataclass
