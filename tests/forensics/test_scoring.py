@@ -10,14 +10,8 @@ from collections import Counter
 import numpy as np
 import pytest
 from tracemark.forensics.adapters import Sample, parse_suspect
-from tracemark.forensics.scoring import (
-    DEFAULT_CONTEXTS,
-    BlackBoxScorer,
-    ScoringError,
-    WhiteBoxScorer,
-    expand_contexts,
-    parse_completion,
-)
+from tracemark.forensics.blackbox import BlackBoxScorer, parse_completion
+from tracemark.forensics.scoring import DEFAULT_CONTEXTS, ScoringError, WhiteBoxScorer, expand_contexts
 from tracemark.forensics.signatures import CandidateSpace, SignaturePair
 
 CTX = ("{trigger}", "\nLet {trigger}")

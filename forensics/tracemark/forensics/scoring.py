@@ -13,9 +13,7 @@ search over the digit trie: every per-digit term is ``<= 0``, so a prefix whose 
 the target's cannot hold a better candidate and is pruned. Otherwise (a tokenizer that merges digits) the
 target is ranked among ``D`` decoys drawn from the committed seed, each scored in full (batched).
 
-Black-box score: the number of times a candidate is the completion (leading digits) among ``n`` samples
-after the trigger; ties are broken first by the log-probability the suspect returned for that completion
-(when it returns logprobs), then at random with the committed seed. Candidates never sampled share a score.
+The black-box scorer (sampled completions only) is in :mod:`tracemark.forensics.blackbox`.
 
 Ranks are 1-based and include random tie-breaking, so under H0 the rank is uniform on ``{1..N}``.
 """
@@ -25,9 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +51,6 @@ account's traffic should pass contexts with a problem and first line typical of 
 
 TRIE_VERIFY_EXHAUSTIVE = 100_000
 TABLE_MAX = 10_000  # spaces up to this size are scored in full (one packed trie pass per context)
-_LEADING = re.compile(r"^\s*(\d+)")
 
 
 class ScoringError(Failed):
@@ -86,6 +81,24 @@ class PairScore:
     forward_passes: int = 0
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def ranked(
+        cls, pair: SignaturePair, *, mode: str, method: str, n: int, rank: int, **rest: Any
+    ) -> PairScore:
+        """The score of ``pair`` at ``rank`` among ``n`` candidates (p = rank / n); ``rest``: other fields."""
+        return cls(
+            pair_id=pair.pair_id,
+            account=pair.account,
+            key_version=pair.key_version,
+            pair_index=pair.index,
+            mode=mode,
+            method=method,
+            n_candidates=n,
+            rank=rank,
+            p_value=stats.rank_pvalue(rank, n),
+            **rest,
+        )
 
     @property
     def log_p(self) -> float:
@@ -322,7 +335,7 @@ class WhiteBoxScorer:
             target_score = float(scores[0])
             better, tied = _better_tied(scores, target_score, included=True)
             method, n = "decoys", decoys + 1
-            extra["decoys_sha256"] = _digest(sorted(others))
+            extra["decoys_sha256"] = candidates_sha256(sorted(others))
         elif use_table or (self.space.size <= TABLE_MAX and self._tree_usable(layouts)):
             scores = self.table(pair.trigger)
             target_score = float(scores[self.space.index(pair.target)])
@@ -339,17 +352,12 @@ class WhiteBoxScorer:
             method, n = "trie-exact", self.space.size
             extra["nodes_kept"] = len(leaves)
         rank = stats.rank_with_ties(better, tied, ties)
-        p = stats.rank_pvalue(rank, n)
-        result = PairScore(
-            pair_id=pair.pair_id,
-            account=pair.account,
-            key_version=pair.key_version,
-            pair_index=pair.index,
+        result = PairScore.ranked(
+            pair,
             mode="white-box",
             method=method,
-            n_candidates=n,
+            n=n,
             rank=rank,
-            p_value=p,
             n_better=better,
             n_tied=tied,
             target_score=target_score,
@@ -449,151 +457,6 @@ def _matches(layout: DigitLayout, full: Sequence[int], candidate: str) -> bool:
     return list(full) == want
 
 
-def _digest(items: Sequence[str]) -> str:
+def candidates_sha256(items: Sequence[str]) -> str:
+    """sha256 of candidate strings, one per line (commits to a decoy set without listing it)."""
     return hashlib.sha256("\n".join(items).encode()).hexdigest()
-
-
-# --- black-box -------------------------------------------------------------------------------------------
-def parse_completion(text: str, trigger: str, space: CandidateSpace) -> str | None:
-    """The candidate a completion names: its leading digits (after optional spaces), or the digits right
-    after an echoed trigger (chat models often repeat it). ``None`` unless exactly ``digits`` digits."""
-    m = _LEADING.match(text)
-    if m is None:
-        m = re.search(re.escape(trigger) + r"\s*(\d+)", text)
-    if m is None:
-        return None
-    run = m.group(1)
-    return run if space.contains(run) else None
-
-
-def _sample_logprob(sample: Any, candidate: str) -> float | None:
-    """Returned log-probability of the tokens that spell the completion up to the candidate's last digit."""
-    if not sample.tokens or not sample.token_logprobs:
-        return None
-    text = sample.text
-    end = text.find(candidate)
-    if end < 0:
-        return None
-    end += len(candidate)
-    total, pos = 0.0, 0
-    for tok, lp in zip(sample.tokens, sample.token_logprobs, strict=False):
-        if pos >= end:
-            break
-        total += lp
-        pos += len(tok)
-    return total if math.isfinite(total) else None
-
-
-class BlackBoxScorer:
-    """Ranks from sampled completions (any suspect with ``sample``)."""
-
-    def __init__(
-        self,
-        suspect: Any,
-        space: CandidateSpace,
-        *,
-        contexts: Sequence[str] = DEFAULT_CONTEXTS,
-        problem: str = DEFAULT_PROBLEM,
-        temperature: float = 1.0,
-        max_new_tokens: int | None = None,
-    ) -> None:
-        if not contexts or any("{trigger}" not in c for c in contexts):
-            raise ScoringError("every scoring context must contain '{trigger}'")
-        self.suspect = suspect
-        self.space = space
-        self.contexts = tuple(contexts)
-        self.problem = problem
-        self.temperature = temperature
-        self.max_new_tokens = max_new_tokens or space.digits + 3
-
-    def prompts(self, trigger: str) -> list[str]:
-        return expand_contexts(self.contexts, trigger, self.suspect, self.problem)
-
-    def score_pair(
-        self, pair: SignaturePair, *, n_samples: int, seed: int | str, decoys: int | None = None
-    ) -> PairScore:
-        """Sample ``n_samples`` completions after the trigger (spread over the contexts in turn); rank the
-        target by its count among them."""
-        if n_samples < 1:
-            raise ScoringError("n_samples must be >= 1")
-        start = time.perf_counter()
-        prompts = self.prompts(pair.trigger)
-        share = [
-            n_samples // len(prompts) + (1 if k < n_samples % len(prompts) else 0)
-            for k in range(len(prompts))
-        ]
-        if self.temperature <= 0:  # greedy: one completion per context says it all
-            share = [min(1, n_k) for n_k in share]
-        samples = []
-        for k, (prompt, n_k) in enumerate(zip(prompts, share, strict=True)):
-            if n_k == 0:
-                continue
-            digest = hashlib.sha256(f"{seed}\x00{pair.pair_id}\x00sample\x00{k}".encode()).digest()
-            samples.extend(
-                self.suspect.sample(
-                    prompt,
-                    n=n_k,
-                    max_new_tokens=self.max_new_tokens,
-                    temperature=self.temperature,
-                    seed=int.from_bytes(digest[:4], "big"),
-                    meta={"pair_id": pair.pair_id, "account": pair.account, "context": k},
-                )
-            )
-        counts: Counter[str] = Counter()
-        logprobs: dict[str, list[float]] = {}
-        for s in samples:
-            c = parse_completion(s.text, pair.trigger, self.space)
-            if c is None:
-                continue
-            counts[c] += 1
-            lp = _sample_logprob(s, c)
-            if lp is not None:
-                logprobs.setdefault(c, []).append(lp)
-
-        def key(c: str) -> tuple[int, float]:
-            lps = logprobs.get(c)
-            return counts.get(c, 0), (max(lps) if lps else -math.inf)
-
-        ties = tie_rng(seed, pair, "ties")
-        target_key = key(pair.target)
-        extra: dict[str, Any] = {"distinct_completions": len(counts), "parsed": sum(counts.values())}
-        if decoys is None:
-            n = self.space.size
-            sampled_keys = [key(c) for c in counts]
-            better = sum(1 for k in sampled_keys if k > target_key)
-            tied = sum(1 for k in sampled_keys if k == target_key)
-            unsampled = n - len(counts)
-            if target_key == (0, -math.inf):
-                tied += unsampled  # the target is one of the never-sampled candidates
-            tied -= 1  # the target itself
-            rank = stats.rank_with_ties(better, tied, ties)
-            method = "samples"
-        else:
-            if decoys < 1 or decoys >= self.space.size:
-                raise ScoringError(f"decoys must be in 1..{self.space.size - 1}, got {decoys}")
-            others = self.space.sample(tie_rng(seed, pair, "decoys"), decoys, exclude=[pair.target])
-            keys = [key(c) for c in others]
-            better = sum(1 for k in keys if k > target_key)
-            tied = sum(1 for k in keys if k == target_key)
-            rank = stats.rank_with_ties(better, tied, ties)
-            n = decoys + 1
-            method = "samples-decoys"
-            extra["decoys_sha256"] = _digest(sorted(others))
-        return PairScore(
-            pair_id=pair.pair_id,
-            account=pair.account,
-            key_version=pair.key_version,
-            pair_index=pair.index,
-            mode="black-box",
-            method=method,
-            n_candidates=n,
-            rank=rank,
-            p_value=stats.rank_pvalue(rank, n),
-            n_better=better,
-            n_tied=tied,
-            target_score=None,
-            samples=n_samples,
-            target_count=counts.get(pair.target, 0),
-            seconds=time.perf_counter() - start,
-            extra=extra,
-        )

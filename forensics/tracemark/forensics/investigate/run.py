@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tracemark.forensics.adapters import BudgetExhausted, SuspectError
+from tracemark.forensics.blackbox import BlackBoxScorer
 from tracemark.forensics.investigate.params import InvestigationError, InvestigationParams
 from tracemark.forensics.investigate.report import (
     DETECTOR_VERSION,
@@ -35,7 +36,7 @@ from tracemark.forensics.investigate.report import (
 from tracemark.forensics.investigate.verdict import SuspectRun, decide
 from tracemark.forensics.ledger import records
 from tracemark.forensics.ledger.db import session_scope
-from tracemark.forensics.scoring import BlackBoxScorer, ScoringError, WhiteBoxScorer
+from tracemark.forensics.scoring import ScoringError, WhiteBoxScorer
 from tracemark.forensics.sequential import SequentialMonitor
 from tracemark.forensics.signatures import SignaturePair
 from tracemark.foundation.errors import first_line

@@ -447,17 +447,7 @@ def verify_envelope(
             if h != row.report_hash:
                 chain.append(f"report {rid}: this envelope's content differs from the ledger's copy")
             chain.extend(_chain_problems(session, row, report, body))
-    return VerificationResult(
-        valid=sig_ok and not chain,
-        signature_valid=sig_ok,
-        chain_valid=not chain,
-        problems=problems + chain,
-        key_id=key_id,
-        chain_checked=True,
-        report_id=rid,
-        report_hash=h,
-        reports_checked=1,
-    )
+    return _chained_result(sig_ok, key_id, problems, chain, report_id=rid, report_hash=h)
 
 
 def verify_stored_report(engine: Engine, report_id: str, *, public_key: Any) -> VerificationResult:
@@ -467,6 +457,13 @@ def verify_stored_report(engine: Engine, report_id: str, *, public_key: Any) -> 
         row = records.get_report(session, report_id=report_id)
         sig_ok, key_id, problems, report, body = _check_signature(row.envelope_json, public_key)
         chain = _chain_problems(session, row, report, body)
+    return _chained_result(sig_ok, key_id, problems, chain, report_id=row.id, report_hash=row.report_hash)
+
+
+def _chained_result(
+    sig_ok: bool, key_id: str | None, problems: list[str], chain: list[str], **ids: Any
+) -> VerificationResult:
+    """The result of checking one report's signature (``problems``) and its chain links (``chain``)."""
     return VerificationResult(
         valid=sig_ok and not chain,
         signature_valid=sig_ok,
@@ -474,9 +471,8 @@ def verify_stored_report(engine: Engine, report_id: str, *, public_key: Any) -> 
         problems=problems + chain,
         key_id=key_id,
         chain_checked=True,
-        report_id=row.id,
-        report_hash=row.report_hash,
         reports_checked=1,
+        **ids,
     )
 
 
