@@ -1,6 +1,6 @@
 """Investigations: query a suspect for every account's signature pairs, test, attribute, report.
 
-The test (README, "Forensics") is a decoy randomization test, exact without any reference model: under
+The test (docs/detection.md) is a decoy randomization test, exact without any reference model: under
 H0 ("the suspect never trained on this account's pairs") a pair's target is exchangeable with every other
 candidate of the space, so its rank (ties broken at random) is uniform and ``p = rank / N`` is an exact
 p-value. The verdict rule (Fisher per account, Holm or Benjamini-Hochberg over accounts x suspects) is

@@ -1,5 +1,5 @@
 """``watermark``: weave one of the caller account's keyed signature pairs (e.g. ``x137 = 4821``) into a
-fraction of that account's traces (README, "Rewriters and writing a plugin").
+fraction of that account's traces (docs/detection.md).
 
 Needs ``context.signatures``: a :class:`~tracemark.plugins.api.SignatureService` (``pairs_for(account)``
 and ``record_issue(*, account, trace_id, pair, rewriter)``; the server passes its forensics
