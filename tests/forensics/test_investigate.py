@@ -97,7 +97,7 @@ def test_white_box_investigation_records_and_signs_everything(setup, tiny_model_
     assert all(r.created_at >= inv.started_at for r in rows)
     assert len(rows) == 6 * len(SHORT) == out.queries  # one logit read per pair and context
     report = out.report
-    assert [q["response_sha256"] for q in report["queries"]["items"]] == [r.response_sha256 for r in rows]
+    assert [q["response_commitment"] for q in report["queries"]["items"]] == [r.response_commitment for r in rows]
     assert report["seeds"]["decoy_seed"] == 1234
     assert report["seeds"]["decoy_seed_commitment"] == params["decoy_seed_commitment"]
     assert report["suspect_identity"]["weights_sha256"] == suspect.identity()["weights_sha256"]
@@ -290,7 +290,7 @@ def test_killed_process_loses_no_committed_query_row(tmp_path, clean_key_env):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with read_session(engine) as session:
-                seen = [r.response_sha256 + str(r.seq) for r in session.exec(select(QueryRecord)).all()]
+                seen = [r.response_commitment + str(r.seq) for r in session.exec(select(QueryRecord)).all()]
             if len(seen) >= 10:
                 break
             time.sleep(0.05)
@@ -306,7 +306,7 @@ def test_killed_process_loses_no_committed_query_row(tmp_path, clean_key_env):
         from sqlalchemy import text
 
         assert session.execute(text("PRAGMA integrity_check")).scalar() == "ok"
-        after = {r.response_sha256 + str(r.seq) for r in session.exec(select(QueryRecord)).all()}
+        after = {r.response_commitment + str(r.seq) for r in session.exec(select(QueryRecord)).all()}
         inv = session.exec(select(Investigation)).one()
     assert set(seen) <= after  # every row seen committed before the kill is still there
     assert inv.status == "running" and json.loads(inv.params_json)[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 import pytest
 from sqlalchemy import text
 from sqlmodel import select
+from tracemark.forensics import commitments
 from tracemark.forensics.ledger import records
 from tracemark.forensics.ledger.db import (
     LedgerError,
@@ -35,7 +37,7 @@ def test_default_url_and_env(monkeypatch, tmp_path):
 
 
 def test_migrated_to_head_with_wal_and_full_sync(engine, tmp_path):
-    assert current_revision(engine) == head_revision() == "0001_initial"
+    assert current_revision(engine) == head_revision() == "0002_query_commitments"
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
@@ -126,13 +128,20 @@ def test_investigation_lifecycle(engine):
             s, suspect="hf:/m", suspect_identity={"sha256": "ab"}, params={"a": 1}
         )
         inv_id = inv.id
-        records.record_query(s, investigation_id=inv_id, seq=0, prompt="p", response="r", meta={"n": 1})
-        records.record_query(s, investigation_id=inv_id, seq=1, prompt="p2", response="r2", store_text=False)
+        key = b"k" * 32
+        records.record_query(
+            s, investigation_id=inv_id, seq=0, prompt="p", response="r", key=key, meta={"n": 1}
+        )
+        records.record_query(
+            s, investigation_id=inv_id, seq=1, prompt="p2", response="r2", key=key, store_text=False
+        )
     with session_scope(engine) as s:
         qs = records.list_queries(s, investigation_id=inv_id)
         assert [q.seq for q in qs] == [0, 1]
         assert qs[0].prompt == "p" and qs[1].prompt is None
-        assert qs[1].prompt_sha256 == records.sha256_hex("p2")
+        # a keyed commitment, not a plain hash anyone could recompute from a guessed prompt
+        assert qs[1].prompt_commitment == commitments.prompt_commitment(key, "p2")
+        assert qs[1].prompt_commitment != hashlib.sha256(b"p2").hexdigest()
         done = records.finish_investigation(s, investigation_id=inv_id, verdict="not_detected")
         assert done.status == "finished" and done.finished_at is not None
         with pytest.raises(LedgerError):
@@ -142,7 +151,7 @@ def test_investigation_lifecycle(engine):
     from sqlalchemy.exc import IntegrityError
 
     with pytest.raises(IntegrityError), session_scope(engine) as s:  # (investigation, seq) is unique
-        records.record_query(s, investigation_id=inv_id, seq=1, prompt="x", response="y")
+        records.record_query(s, investigation_id=inv_id, seq=1, prompt="x", response="y", key=b"k" * 32)
 
 
 def test_report_rows_extend_chain_only(engine):
@@ -188,7 +197,7 @@ _WRITER = textwrap.dedent(
     i = 0
     while True:
         with session_scope(engine) as s:
-            records.record_query(s, investigation_id="inv-kill", seq=i, prompt="q" * 2000, response=str(i))
+            records.record_query(s, investigation_id="inv-kill", seq=i, prompt="q" * 2000, response=str(i), key=b"k" * 32)
         print(i, flush=True)
         i += 1
     """

@@ -124,7 +124,7 @@ def test_envelope_verifies_with_plain_ed25519(master):
 
 def test_build_report_adds_metadata_and_refuses_reserved(master):
     r = build_report({**findings(), "extra": {"x": float("nan")}})
-    assert r["report_format"] == "tracemark-report/1"
+    assert r["report_format"] == "tracemark-report/2"
     assert r["report_id"].startswith("tmr-") and r["sequence"] == 1 and r["prev_report_hash"] == GENESIS_HASH
     assert r["software"]["name"] == "tracemark" and r["software"]["version"]
     assert r["software"]["signature_derivation"] == "tm-sig-v1"
@@ -260,7 +260,10 @@ def test_store_report_refuses_stale_head(engine, master):
     with pytest.raises(ChainConflict, match="does not extend the chain"):
         store_report(engine, envelope=b, investigation_id=None, verdict="detected")
     nxt = build_report(findings(), sequence=2, prev_report_hash=load_report(engine, rid).report_hash)
-    store_report(engine, envelope=sign_report(nxt, master), verdict="not_detected")
+    nxt_env = sign_report(nxt, master)
+    with pytest.raises(ReportError, match="differs from the signed report"):  # columns copy signed values
+        store_report(engine, envelope=nxt_env, verdict="not_detected")
+    store_report(engine, envelope=nxt_env)
     assert verify_chain(engine, master).valid
 
 

@@ -136,7 +136,7 @@ def _print_result(result, *, as_json: bool) -> None:
 
 @report_app.command("list")
 def list_command(ledger: Ledger = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List the reports in the ledger, in chain order."""
+    """List the reports in the ledger, in chain order (every value read from the signed envelopes)."""
     rows = list_reports(_open_ledger(ledger))
     if as_json:
         typer.echo(
@@ -173,7 +173,9 @@ def show_command(
     ] = False,
     envelope: Annotated[bool, typer.Option("--envelope", help="Print the raw DSSE envelope JSON.")] = False,
 ) -> None:
-    """Show a report's summary: verdict, p-value, attribution, suspect, chain position and hashes."""
+    """Show a report's summary: verdict, p-value, attribution, suspect, chain position and hashes.
+
+    Everything shown is read from the signed envelope; `report verify` checks the ledger's columns."""
     stored = _load_stored(_open_ledger(ledger), report_id)
     if envelope:
         typer.echo(stored.envelope_json)
@@ -199,7 +201,7 @@ def show_command(
                 )
             )
         console.print(acc)
-    console.print("Verify with: tracemark report verify " + stored.report_id)
+    console.print("Verify with: tracemark report verify " + stored.ledger_id)
 
 
 @report_app.command("verify")
@@ -281,7 +283,7 @@ def export_command(
     engine = _open_ledger(ledger)
     stored = _load_stored(engine, report_id)
     keys = _trusted(public_key, key_file, required=False)
-    verification = verify_stored_report(engine, stored.report_id, public_key=keys) if keys else None
+    verification = verify_stored_report(engine, stored.ledger_id, public_key=keys) if keys else None
     try:
         if fmt == "html":
             export_html(stored.envelope, out, verification=verification)
@@ -300,3 +302,33 @@ def export_command(
         "" if verification is None else ("  [verified]" if verification.valid else "  [VERIFICATION FAILED]")
     )
     typer.echo(f"wrote {out} ({fmt}, report {stored.report_id}){note}", err=True)
+
+
+@report_app.command("commitment-key")
+def commitment_key_command(
+    report_id: ReportId,
+    ledger: Ledger = None,
+    key_file: KeyFile = None,
+) -> None:
+    """Print one report's commitment key (hex), to disclose to a court with the texts it commits to.
+
+    The report commits to its pairs, queries and decoy sets with HMAC-SHA256 under this key; the key is
+    derived from the master secret and the report's signed investigation id, so disclosing it opens this
+    report's commitments only (not the master secret, not any other report's). Needs the master secret.
+    """
+    stored = _load_stored(_open_ledger(ledger), report_id)
+    if not stored.investigation_id:
+        fail(f"report {stored.report_id} names no investigation: it holds no keyed commitments")
+    try:
+        master = MasterSecret.load(path=key_file, create=False)
+        version = stored.report.get("commitments", {}).get("key_version")
+        key = master.commitment_key(
+            stored.investigation_id, version=version if isinstance(version, int) else None
+        )
+    except MasterKeyError as exc:
+        fail(str(exc))
+    typer.echo(
+        f"report {stored.report_id} (investigation {stored.investigation_id}) commitment key: {key.hex()}",
+        err=True,
+    )
+    typer.echo(key.hex())

@@ -3,6 +3,7 @@
 Everything keyed in tracemark is derived from it:
 
 * per-account keys (HMAC-SHA256 with a domain-separation label) from which signature pairs are derived,
+* per-investigation commitment keys (HMAC-SHA256) under which reports commit to queries and pairs,
 * the Ed25519 key that signs evidence reports (HKDF-SHA256), one per version,
 * public fingerprints (a short hash of a derived value) that identify a version without revealing it.
 
@@ -55,6 +56,7 @@ DEFAULT_FILE_NAME = "master.key"
 
 _LABEL_ACCOUNT = b"tracemark/v1/account-key\x00"
 _LABEL_FINGERPRINT = b"tracemark/v1/fingerprint"
+_LABEL_COMMITMENT = b"tracemark/v1/commitment-key\x00"
 _HKDF_SALT = b"tracemark/v1/report-signing"
 _HKDF_INFO = b"ed25519-report-signing-key"
 
@@ -238,6 +240,15 @@ class MasterSecret:
         if not isinstance(account, str) or not account:
             raise MasterKeyError("account must be a non-empty string")
         return hmac.new(self._secret(version), _LABEL_ACCOUNT + account.encode("utf-8"), "sha256").digest()
+
+    def commitment_key(self, investigation_id: str, *, version: int | None = None) -> bytes:
+        """HMAC-SHA256(master_v, label || investigation_id): the key of one investigation's (one report's)
+        commitments (:mod:`~tracemark.forensics.commitments`); disclosing it reveals no other key."""
+        if not isinstance(investigation_id, str) or not investigation_id:
+            raise MasterKeyError("investigation_id must be a non-empty string")
+        return hmac.new(
+            self._secret(version), _LABEL_COMMITMENT + investigation_id.encode("utf-8"), "sha256"
+        ).digest()
 
     def fingerprint(self, version: int | None = None) -> str:
         """Short public identifier of a version (16 hex of SHA-256 over a derived value)."""

@@ -2,20 +2,22 @@
 
 Built from a decided :class:`~tracemark.forensics.investigate.verdict.SuspectRun`, signed (DSSE) and
 appended to the ledger's report chain by :func:`sign_report`. The decoy/tie-break seed is committed
-(:func:`seed_commitment`, written to the ledger) before the first query; each signature pair gets a hiding
-commitment its key holder can reveal.
+(:func:`seed_commitment`, written to the ledger) before the first query. The report holds no trigger, target,
+prompt or completion, nor a plain hash of one: pairs, queries and decoy sets appear as keyed commitments under
+the investigation's commitment key (:mod:`~tracemark.forensics.commitments`), which the operator can disclose
+for this one report to a court.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tracemark.forensics import commitments
 from tracemark.forensics.investigate.params import InvestigationParams
 from tracemark.forensics.investigate.verdict import AccountResult, SuspectRun, decision_for, rule_text
 from tracemark.forensics.ledger import records
@@ -58,25 +60,44 @@ class InvestigationOutcome:
         return self.verdict == "detected"
 
 
-def _pair_commitments(master: Any, pairs: Sequence[SignaturePair], investigation_id: str) -> list[dict]:
-    """Hiding commitments to each pair (nonce = HMAC of the account key; revealable by the key holder)."""
+def _pair_commitments(key: bytes, pairs: Sequence[SignaturePair]) -> list[dict]:
+    """Keyed commitments to each pair (revealable with the report's commitment key and the pair)."""
+    return [
+        {
+            "pair_id": p.pair_id,
+            "account": p.account,
+            "key_version": p.key_version,
+            "index": p.index,
+            "commitment": commitments.pair_commitment(key, p),
+        }
+        for p in pairs
+    ]
+
+
+def _pair_statistics(key: bytes, run: SuspectRun) -> list[dict]:
+    """Per-pair statistics (rank, n, p-value, scores) with the decoy-set hash replaced by a commitment."""
     out = []
-    for p in pairs:
-        nonce = hmac.new(
-            master.account_key(p.account, version=p.key_version),
-            f"tracemark/v1/pair-commitment\x00{investigation_id}".encode(),
-            "sha256",
-        ).digest()
-        out.append(
-            {
-                "pair_id": p.pair_id,
-                "account": p.account,
-                "key_version": p.key_version,
-                "index": p.index,
-                "commitment": p.commitment(nonce),
-            }
-        )
+    for res in run.results.values():
+        for r in res:
+            d = r.as_dict()
+            decoys = d.pop("decoys_sha256", None)
+            if decoys is not None:
+                d["decoys_commitment"] = commitments.decoys_commitment(key, r.pair_id, decoys)
+            out.append(d)
     return out
+
+
+def _query_items(key: bytes, entries: Sequence[Any]) -> list[dict]:
+    """The report's view of each query: keyed commitments, never a plain hash (triggers are enumerable)."""
+    return [
+        {
+            "seq": e.seq,
+            "kind": e.kind,
+            "prompt_commitment": commitments.prompt_commitment(key, e.prompt),
+            "response_commitment": commitments.response_commitment(key, e.response),
+        }
+        for e in entries
+    ]
 
 
 def sign_report(
@@ -95,10 +116,8 @@ def sign_report(
     decision = decision_for(run, sequential=params.sequential)
     pairs = run.pairs
     log_entries = list(getattr(run.suspect, "query_log", []))[run.queries_before :]
-    queries = [
-        {"seq": e.seq, "kind": e.kind, "prompt_sha256": e.prompt_sha256, "response_sha256": e.response_sha256}
-        for e in log_entries
-    ]
+    key = master.commitment_key(run.investigation_id)
+    queries = _query_items(key, log_entries)
     samples_used = sum(int(e.meta.get("n", 0)) for e in log_entries if e.kind == "sample")
     all_pairs = [p for v in pairs.values() for p in v]
     best = decision.best
@@ -113,7 +132,7 @@ def sign_report(
         "df": best.df,
         "observed": best.fisher_statistic,
         "null": {"distribution": "chi2", "df": best.df},
-        "pairs": [r.as_dict() for res in run.results.values() for r in res],
+        "pairs": _pair_statistics(key, run),
     }
     if plot_acc.df > 0:
         statistics["plot"] = {
@@ -177,16 +196,22 @@ def sign_report(
             "committed": "written to the ledger (investigation params) before the first query",
         },
         "commitments": {
-            "pairs": _pair_commitments(master, all_pairs, run.investigation_id),
-            "scheme": "sha256(nonce + pair_id NUL trigger NUL target); nonce = HMAC(account key, "
-            "'tracemark/v1/pair-commitment' NUL investigation_id), revealable by the key holder",
+            "scheme": commitments.SCHEME,
+            "description": commitments.DESCRIPTION,
+            "key_version": master.current_version,
+            "pairs": _pair_commitments(key, all_pairs),
+            "labels": {
+                "pairs": "pair: pair_id, trigger, target",
+                "queries": "query-prompt: prompt; query-response: response",
+                "decoys": "decoys: pair_id, sha256 of the sorted decoys one per line",
+            },
         },
         "queries": {
             "count": len(queries),
             "completions_sampled": samples_used,
             "digest": hashlib.sha256(json.dumps(queries, sort_keys=True).encode()).hexdigest(),
             "items": queries,
-            "texts": "stored in the ledger (query_record)",
+            "texts": "stored in the ledger (query_record), disclosed with the commitment key on request",
         },
         "budget": {
             "query_budget": params.query_budget if run.mode == "black-box" else None,

@@ -136,7 +136,14 @@ def run_investigations(
     try:
         for run in runs:
             _score_suspect(
-                run, params=params, engine=engine, space=space, seed=seed, family=family, progress=progress
+                run,
+                params=params,
+                engine=engine,
+                space=space,
+                seed=seed,
+                family=family,
+                progress=progress,
+                key=master.commitment_key(run.investigation_id),
             )
         _emit(progress, "decide", 0, 1, "combining pairs and correcting over accounts")
         decide(runs, alpha=params.alpha, correction=params.correction, sequential=params.sequential)
@@ -187,6 +194,7 @@ def _score_suspect(
     seed: int,
     family: int,
     progress: ProgressFn | None,
+    key: bytes,
 ) -> None:
     suspect = run.suspect
     pairs = run.pairs
@@ -207,6 +215,7 @@ def _score_suspect(
                 seq=entry.seq,
                 prompt=entry.prompt,
                 response=entry.response,
+                key=key,
                 store_text=params.store_query_text,
                 meta={"kind": entry.kind, "attempts": entry.attempts, **entry.meta},
             )
@@ -256,14 +265,9 @@ def _score_suspect(
                 log.warning("investigation %s: %s", run.investigation_id, run.incomplete)
                 break
             run.results[pair.account].append(result)
-            _emit(
-                progress,
-                "score",
-                done,
-                total,
-                f"{pair.account} pair {pair.index} (v{pair.key_version}): rank {result.rank}/"
-                f"{result.n_candidates}",
-            )
+            # no rank or p-value here: per-pair ranks streamed to a caller who can choose suspects would
+            # let repeated investigations learn targets; they are in the signed report only
+            _emit(progress, "score", done, total, f"{run.spec}: scored {done}/{total} pairs")
             if run.monitor is not None and run.monitor.update(pair.account, result.p_value):
                 _emit(
                     progress, "score", done, total, f"sequential test crossed its threshold at {pair.account}"

@@ -69,7 +69,9 @@ class Investigation(SQLModel, table=True):
 
 
 class QueryRecord(SQLModel, table=True):
-    """One query sent to a suspect and its response (text optional, hashes always)."""
+    """One query sent to a suspect and its response: keyed commitments always (HMAC under the
+    investigation's commitment key, never a plain hash: triggers are few enough to enumerate), text if
+    the investigation stores it."""
 
     __tablename__ = "query_record"
     __table_args__ = (UniqueConstraint("investigation_id", "seq", name="uq_query_record_investigation_seq"),)
@@ -77,8 +79,8 @@ class QueryRecord(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     investigation_id: str = Field(max_length=64, foreign_key="investigation.id", index=True)
     seq: int
-    prompt_sha256: str = Field(max_length=64)
-    response_sha256: str = Field(max_length=64)
+    prompt_commitment: str = Field(max_length=64)
+    response_commitment: str = Field(max_length=64)
     prompt: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     response: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     meta_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Mapping
@@ -12,6 +11,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
+from tracemark.forensics import commitments
 from tracemark.forensics.ledger.db import LedgerError, ReportNotFound
 from tracemark.forensics.ledger.models import (
     Account,
@@ -29,11 +29,6 @@ GENESIS_HASH = "0" * 64
 
 INVESTIGATION_STATUSES = ("running", "finished", "failed", "cancelled")
 MAX_ACCOUNT_NAME = 200
-
-
-def sha256_hex(data: str | bytes) -> str:
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    return hashlib.sha256(raw).hexdigest()
 
 
 def _json(value: Any) -> str:
@@ -190,15 +185,17 @@ def record_query(
     seq: int,
     prompt: str,
     response: str,
+    key: bytes,
     store_text: bool = True,
     meta: Mapping[str, Any] | None = None,
 ) -> QueryRecord:
-    """Record query ``seq`` of an investigation: SHA-256 of prompt and response always, texts if asked."""
+    """Record query ``seq`` of an investigation: keyed commitments to prompt and response always (``key``:
+    the investigation's commitment key, :mod:`~tracemark.forensics.commitments`), texts if asked."""
     row = QueryRecord(
         investigation_id=investigation_id,
         seq=seq,
-        prompt_sha256=sha256_hex(prompt),
-        response_sha256=sha256_hex(response),
+        prompt_commitment=commitments.prompt_commitment(key, prompt),
+        response_commitment=commitments.response_commitment(key, response),
         prompt=prompt if store_text else None,
         response=response if store_text else None,
         meta_json=_json(meta) if meta is not None else None,
@@ -256,8 +253,10 @@ def append_report(
     key_id: str,
     envelope_json: str,
     investigation_id: str | None = None,
+    created_at: datetime | None = None,
 ) -> Report:
-    """Append a report row; ``seq``/``prev_hash`` must extend the current head (else :class:`LedgerError`).
+    """Append a report row (``created_at``: the signed report's time); ``seq``/``prev_hash`` must extend
+    the current head (else :class:`LedgerError`).
 
     Call inside a write session (``session_scope(engine, immediate=True)``) so the check and the insert
     are one serialised transaction; unique constraints on ``seq`` and ``prev_hash`` back this up.
@@ -279,6 +278,7 @@ def append_report(
         verdict=verdict,
         key_id=key_id,
         envelope_json=envelope_json,
+        created_at=created_at or utcnow(),
     )
     session.add(row)
     session.flush()

@@ -15,7 +15,6 @@ from tracemark.forensics.reports.core import (
     ChainConflict,
     ReportError,
     StoredReport,
-    VerificationResult,
     build_report,
     decode_report,
     issue_report,
@@ -25,12 +24,15 @@ from tracemark.forensics.reports.core import (
     sign_report,
     software_version,
     store_report,
+)
+from tracemark.forensics.reports.dsse import PAYLOAD_TYPE, EnvelopeError, pae, trusted_keys
+from tracemark.forensics.reports.export import ExportError, export_html, export_pdf, null_plot_png, plot_data
+from tracemark.forensics.reports.verify import (
+    VerificationResult,
     verify_chain,
     verify_envelope,
     verify_stored_report,
 )
-from tracemark.forensics.reports.dsse import PAYLOAD_TYPE, EnvelopeError, pae, trusted_keys
-from tracemark.forensics.reports.export import ExportError, export_html, export_pdf, null_plot_png, plot_data
 
 __all__ = [
     "GENESIS_HASH",

@@ -7,7 +7,7 @@ import json
 import platform
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,13 +24,11 @@ from tracemark.forensics.reports.dsse import (
     _b64decode,
     parse_envelope,
     sign_envelope,
-    trusted_keys,
-    verify_signatures,
 )
 from tracemark.forensics.signatures import DERIVATION_VERSION
 from tracemark.foundation.errors import InvalidInput
 
-REPORT_FORMAT = "tracemark-report/1"
+REPORT_FORMAT = "tracemark-report/2"  # /2: keyed commitments, no plain hashes
 GENESIS_HASH = records.GENESIS_HASH
 RESERVED_FIELDS = ("report_format", "report_id", "created_at", "sequence", "prev_report_hash")
 VERDICTS = ("detected", "not_detected", "inconclusive")
@@ -156,7 +154,14 @@ def _verdict_of(report: Mapping[str, Any]) -> str:
 # --- the ledger ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StoredReport:
-    """A report as the ledger holds it."""
+    """A stored report, every shown field read from its signed envelope (never from an unsigned column).
+
+    ``ledger_id`` is the row's key (use it to look the row up again); ``report_id``, ``seq``,
+    ``created_at``, ``verdict``, ``prev_hash`` and ``investigation_id`` come from the signed payload,
+    ``report_hash`` is computed from it and ``key_id`` is the envelope's signature key id. A stored column
+    that disagrees with these is reported by :func:`verify_stored_report` and :func:`verify_chain`.
+    ``readable`` is False when the envelope cannot be decoded (then ``verdict`` is ``unreadable``).
+    """
 
     report_id: str
     seq: int
@@ -167,6 +172,8 @@ class StoredReport:
     key_id: str
     envelope_json: str
     investigation_id: str | None = None
+    ledger_id: str = ""
+    readable: bool = True
 
     @property
     def envelope(self) -> dict:
@@ -179,22 +186,52 @@ class StoredReport:
     @classmethod
     def from_row(cls, row: Report) -> StoredReport:
         try:
-            created = str(decode_report(row.envelope_json).get("created_at") or "")
+            env = parse_envelope(row.envelope_json)
+            body = _b64decode(env["payload"], "payload")
+            report = decode_report(env)
         except EnvelopeError:
-            created = ""
-        if not created and row.created_at is not None:
-            created = row.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            return cls(
+                report_id=row.id,
+                seq=row.seq,
+                created_at="",
+                verdict="unreadable",
+                report_hash="",
+                prev_hash="",
+                key_id="",
+                envelope_json=row.envelope_json,
+                ledger_id=row.id,
+                readable=False,
+            )
+        seq = report.get("sequence")
+        inv = report.get("investigation_id")
         return cls(
-            report_id=row.id,
-            seq=row.seq,
-            created_at=created,
-            verdict=row.verdict,
-            report_hash=row.report_hash,
-            prev_hash=row.prev_hash,
-            key_id=row.key_id,
+            report_id=str(report.get("report_id") or ""),
+            seq=seq if isinstance(seq, int) else 0,
+            created_at=str(report.get("created_at") or ""),
+            verdict=_verdict_of(report),
+            report_hash=report_hash(body),
+            prev_hash=str(report.get("prev_report_hash") or ""),
+            key_id=str(env["signatures"][0].get("keyid") or ""),
             envelope_json=row.envelope_json,
-            investigation_id=row.investigation_id,
+            investigation_id=inv if isinstance(inv, str) else None,
+            ledger_id=row.id,
         )
+
+
+def _is_hash(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
+
+
+def _parse_time(value: Any) -> datetime | None:
+    """A signed ``created_at`` (``...Z``) or a stored column value, as an aware UTC datetime."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _envelope_text(envelope: Mapping | str | bytes) -> str:
@@ -218,7 +255,13 @@ def _store_in_session(session, *, envelope, investigation_id, verdict) -> Report
         raise ReportError(
             "the report lacks report_id, sequence or prev_report_hash (use build_report)"
         ) from None
-    verdict = verdict or _verdict_of(report)
+    signed_verdict = _verdict_of(report)
+    if verdict is not None and verdict != signed_verdict:
+        raise ReportError(f"verdict {verdict!r} differs from the signed report's {signed_verdict!r}")
+    signed_inv = report.get("investigation_id")
+    signed_inv = signed_inv if isinstance(signed_inv, str) else None
+    if investigation_id is not None and investigation_id != signed_inv:
+        raise ReportError("investigation_id differs from the signed report's (sign it into the report)")
     key_id = str(env["signatures"][0].get("keyid") or "")
     try:
         return records.append_report(
@@ -227,10 +270,11 @@ def _store_in_session(session, *, envelope, investigation_id, verdict) -> Report
             seq=seq,
             prev_hash=prev,
             report_hash=report_hash(body),
-            verdict=verdict,
+            verdict=signed_verdict,
             key_id=key_id,
             envelope_json=_envelope_text(envelope),
-            investigation_id=investigation_id,
+            investigation_id=signed_inv,
+            created_at=_parse_time(report.get("created_at")),
         )
     except LedgerError as exc:
         raise ChainConflict(str(exc)) from None
@@ -269,8 +313,14 @@ def issue_report(
 ) -> StoredReport:
     """Build, sign and append a report in one write transaction (the usual way to create one).
 
-    ``verdict`` defaults to ``data["verdict"]`` or ``data["decision"]["verdict"]``.
+    The ledger's columns are copies of signed values: ``verdict`` (if given) must equal ``data["verdict"]``
+    or ``data["decision"]["verdict"]``, and ``investigation_id`` is signed into the report (it must equal
+    ``data["investigation_id"]`` when that is set).
     """
+    if investigation_id is not None and isinstance(data, Mapping):
+        if data.get("investigation_id", investigation_id) != investigation_id:
+            raise ReportError("investigation_id differs from data['investigation_id']")
+        data = {**data, "investigation_id": investigation_id}
     for attempt in range(_ISSUE_ATTEMPTS):
         try:
             with session_scope(engine) as session:  # SQLite: BEGIN IMMEDIATE serialises writers
@@ -287,7 +337,7 @@ def issue_report(
                     session,
                     envelope=envelope,
                     investigation_id=investigation_id,
-                    verdict=verdict or _verdict_of(report),
+                    verdict=verdict,
                 )
                 return StoredReport.from_row(row)
         except (IntegrityError, ChainConflict):
@@ -306,222 +356,3 @@ def list_reports(engine: Engine) -> list[StoredReport]:
     """Every stored report in chain order."""
     with read_session(engine) as session:
         return [StoredReport.from_row(r) for r in records.list_reports(session)]
-
-
-# --- verification -------------------------------------------------------------------------------
-@dataclass
-class VerificationResult:
-    """Outcome of a verification. ``valid`` = signature valid and no chain problem.
-
-    ``chain_checked`` says whether the ledger was consulted; when it was not (an envelope verified on its
-    own), ``chain_valid`` is False and ``valid`` rests on the signature alone.
-    """
-
-    valid: bool
-    signature_valid: bool
-    chain_valid: bool
-    problems: list[str] = field(default_factory=list)
-    key_id: str | None = None
-    chain_checked: bool = False
-    report_id: str | None = None
-    report_hash: str | None = None
-    reports_checked: int = 0
-    head_hash: str | None = None
-
-    def summary(self) -> str:
-        if self.valid:
-            what = "signature and chain" if self.chain_checked else "signature (chain not checked)"
-            return f"VALID: {what} verified with key {self.key_id}"
-        return "INVALID: " + "; ".join(self.problems)
-
-
-def _is_hash(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
-
-
-def _check_signature(
-    envelope: Any, public_key: Any
-) -> tuple[bool, str | None, list[str], dict | None, bytes | None]:
-    """(signature ok, key id, problems, report or None, body or None)."""
-    try:
-        env = parse_envelope(envelope)
-        body = _b64decode(env["payload"], "payload")
-    except EnvelopeError as exc:
-        return False, None, [str(exc)], None, None
-    problems: list[str] = []
-    if env["payloadType"] != PAYLOAD_TYPE:
-        problems.append(f"payloadType is {env['payloadType']!r}, expected {PAYLOAD_TYPE!r}")
-    try:
-        keys = trusted_keys(public_key)
-    except EnvelopeError as exc:
-        return False, None, [str(exc)], None, body
-    key_id, sig_problems = verify_signatures(env, body, keys)
-    problems.extend(sig_problems)
-    report = None
-    try:
-        report = decode_report(env)
-    except EnvelopeError as exc:
-        problems.append(str(exc))
-    if report is not None:
-        try:
-            if canonical_json(report) != body:
-                problems.append("the payload is not canonical JSON (it was re-serialised or edited)")
-        except CanonicalJSONError as exc:
-            problems.append(f"the payload cannot be canonicalised: {exc}")
-        for name in RESERVED_FIELDS:
-            if name not in report:
-                problems.append(f"the report has no {name!r} field")
-    return key_id is not None and not problems, key_id, problems, report, body
-
-
-def _chain_problems(session, row: Report, report: dict | None, body: bytes | None) -> list[str]:  # noqa: ANN001
-    """Problems with ``row``'s place in the chain: stored hash, signed metadata, link to the previous row."""
-    problems: list[str] = []
-    label = f"report {row.id} (#{row.seq})"
-    if body is not None and report_hash(body) != row.report_hash:
-        problems.append(f"{label}: the stored hash does not match the report content")
-    if report is not None:
-        for field_name, stored in (
-            ("report_id", row.id),
-            ("sequence", row.seq),
-            ("prev_report_hash", row.prev_hash),
-        ):
-            if report.get(field_name) != stored:
-                problems.append(f"{label}: the ledger's {field_name} differs from the signed report's")
-    if row.seq == 1:
-        if row.prev_hash != GENESIS_HASH:
-            problems.append(f"{label}: the first report must link to the genesis hash")
-        return problems
-    prev = records.get_report_by_seq(session, seq=row.seq - 1)
-    if prev is None:
-        problems.append(
-            f"{label}: the previous report #{row.seq - 1} is missing from the ledger: "
-            "chain broken (deleted report?)"
-        )
-        return problems
-    if prev.report_hash != row.prev_hash:
-        problems.append(
-            f"{label}: links to {row.prev_hash[:16]}..., but the previous report #{prev.seq} ({prev.id}) "
-            f"has hash {prev.report_hash[:16]}...: chain broken"
-        )
-    try:
-        prev_body = _b64decode(parse_envelope(prev.envelope_json)["payload"], "payload")
-        if report_hash(prev_body) != prev.report_hash:
-            problems.append(
-                f"{label}: the previous report #{prev.seq} was altered "
-                "(its content no longer matches its hash)"
-            )
-    except EnvelopeError as exc:
-        problems.append(f"{label}: the previous report #{prev.seq} is unreadable: {exc}")
-    return problems
-
-
-def verify_envelope(
-    envelope: Mapping | str | bytes, *, public_key: Any, engine: Engine | None = None
-) -> VerificationResult:
-    """Verify an envelope's Ed25519 signature (and, with ``engine``, its place in the ledger's chain).
-
-    ``public_key``: an ``Ed25519PublicKey``, PEM text, a ``{key_id: key}`` mapping, a list of keys, or a
-    :class:`~tracemark.forensics.keys.MasterSecret` (all its versions are trusted).
-    """
-    sig_ok, key_id, problems, report, body = _check_signature(envelope, public_key)
-    rid = report.get("report_id") if isinstance(report, dict) else None
-    h = report_hash(body) if body is not None else None
-    if engine is None:
-        return VerificationResult(
-            valid=sig_ok,
-            signature_valid=sig_ok,
-            chain_valid=False,
-            problems=problems,
-            key_id=key_id,
-            report_id=rid,
-            report_hash=h,
-            reports_checked=1,
-        )
-    chain: list[str] = []
-    with read_session(engine) as session:
-        row = session.get(Report, rid) if isinstance(rid, str) else None
-        if row is None:
-            chain.append(f"report {rid!r} is not in this ledger")
-        else:
-            if h != row.report_hash:
-                chain.append(f"report {rid}: this envelope's content differs from the ledger's copy")
-            chain.extend(_chain_problems(session, row, report, body))
-    return _chained_result(sig_ok, key_id, problems, chain, report_id=rid, report_hash=h)
-
-
-def verify_stored_report(engine: Engine, report_id: str, *, public_key: Any) -> VerificationResult:
-    """Verify a stored report: signature, stored hash, signed chain metadata, and the link to the actual
-    previous report in the ledger. :class:`ReportNotFound` for an unknown id."""
-    with read_session(engine) as session:
-        row = records.get_report(session, report_id=report_id)
-        sig_ok, key_id, problems, report, body = _check_signature(row.envelope_json, public_key)
-        chain = _chain_problems(session, row, report, body)
-    return _chained_result(sig_ok, key_id, problems, chain, report_id=row.id, report_hash=row.report_hash)
-
-
-def _chained_result(
-    sig_ok: bool, key_id: str | None, problems: list[str], chain: list[str], **ids: Any
-) -> VerificationResult:
-    """The result of checking one report's signature (``problems``) and its chain links (``chain``)."""
-    return VerificationResult(
-        valid=sig_ok and not chain,
-        signature_valid=sig_ok,
-        chain_valid=not chain,
-        problems=problems + chain,
-        key_id=key_id,
-        chain_checked=True,
-        reports_checked=1,
-        **ids,
-    )
-
-
-def verify_chain(engine: Engine, public_key: Any, *, expected_head: str | None = None) -> VerificationResult:
-    """Verify every report in the ledger and every link between them.
-
-    Removing the newest reports leaves a shorter chain that is still consistent; compare ``head_hash``
-    with a published value (or pass ``expected_head``) to detect that too.
-    """
-    problems: list[str] = []
-    sig_all = True
-    chain_ok = True
-    key_ids: set[str] = set()
-    with read_session(engine) as session:
-        rows = records.list_reports(session)
-        expected_seq = 1
-        for row in rows:
-            if row.seq != expected_seq:
-                chain_ok = False
-                missing = (
-                    f"#{expected_seq}" if row.seq == expected_seq + 1 else f"#{expected_seq}..#{row.seq - 1}"
-                )
-                problems.append(f"report(s) {missing} are missing from the ledger: chain broken (deleted?)")
-            expected_seq = row.seq + 1
-            sig_ok, key_id, sig_problems, report, body = _check_signature(row.envelope_json, public_key)
-            if key_id:
-                key_ids.add(key_id)
-            if not sig_ok:
-                sig_all = False
-                problems.extend(f"report {row.id} (#{row.seq}): {p}" for p in sig_problems)
-            link = [
-                p
-                for p in _chain_problems(session, row, report, body)
-                if "is missing from the ledger" not in p
-            ]
-            if link:
-                chain_ok = False
-                problems.extend(link)
-    head = rows[-1].report_hash if rows else GENESIS_HASH
-    if expected_head is not None and expected_head != head:
-        chain_ok = False
-        problems.append(f"the chain head is {head}, expected {expected_head}: reports were removed or added")
-    return VerificationResult(
-        valid=sig_all and chain_ok,
-        signature_valid=sig_all,
-        chain_valid=chain_ok,
-        problems=problems,
-        key_id=",".join(sorted(key_ids)) or None,
-        chain_checked=True,
-        reports_checked=len(rows),
-        head_hash=head,
-    )

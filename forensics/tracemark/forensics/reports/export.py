@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracemark.forensics.reports.core import VerificationResult, decode_report, report_hash
+from tracemark.forensics.reports.core import decode_report, report_hash
 from tracemark.forensics.reports.dsse import envelope_body
+from tracemark.forensics.reports.verify import VerificationResult
 from tracemark.foundation.errors import InvalidInput
 
 _STAT_KEYS = ("fisher_statistic", "statistic", "combined_statistic", "observed", "observed_statistic")
