@@ -1,5 +1,6 @@
 """ForensicsService.Investigate builds InvestigationParams from the request: bad parameters and specs are
-INVALID_ARGUMENT with the parameter's message, good ones stream progress and end with the result."""
+INVALID_ARGUMENT with the parameter's message, suspects outside the ``[forensics]`` allowlist are
+PERMISSION_DENIED, good ones stream progress and end with the result."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
+from tracemark.server.config import load_settings
 from tracemark.server.servicers.forensics import ForensicsServicer
 from tracemark.v1 import forensics_pb2
 
@@ -27,10 +29,15 @@ class FakeContext:
         raise Aborted(details)
 
 
+def _servicer(issuer, engine, master, **forensics):
+    settings = load_settings(overrides={"forensics": forensics})
+    return ForensicsServicer(SimpleNamespace(engine=engine, master=master, issuer=issuer, settings=settings))
+
+
 @pytest.fixture
-def servicer(issuer, engine, master):
+def servicer(issuer, engine, master, tiny_model_dir):
     issuer.ensure_account("alice")
-    return ForensicsServicer(SimpleNamespace(engine=engine, master=master, issuer=issuer))
+    return _servicer(issuer, engine, master, model_roots=[tiny_model_dir.parent])
 
 
 @pytest.mark.parametrize(
@@ -60,3 +67,21 @@ def test_good_request_streams_progress_and_the_result(servicer, tiny_model_dir):
     result = events[-1].result
     assert result.verdict == forensics_pb2.VERDICT_NOT_DETECTED and result.report_id.startswith("tmr-")
     assert [a.account for a in result.accounts] == ["alice"] and result.accounts[0].pairs == 2
+
+
+@pytest.mark.parametrize("roots", [[], ["elsewhere"]])
+def test_local_suspect_outside_model_roots_is_permission_denied(issuer, engine, master, tiny_model_dir, roots):
+    servicer = _servicer(issuer, engine, master, model_roots=roots)
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        list(servicer.Investigate(forensics_pb2.InvestigateRequest(suspect=f"hf:{tiny_model_dir}"), context))
+    assert context.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "suspect not in [forensics] allowlist" in context.details
+
+
+def test_a_bare_runtime_allows_no_suspect(issuer, engine, master, tiny_model_dir):
+    servicer = ForensicsServicer(SimpleNamespace(engine=engine, master=master, issuer=issuer))
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        list(servicer.Investigate(forensics_pb2.InvestigateRequest(suspect=f"hf:{tiny_model_dir}"), context))
+    assert context.code == grpc.StatusCode.PERMISSION_DENIED

@@ -9,7 +9,8 @@ from tracemark.server.client import Stubs, open_channel
 from tracemark.server.config import load_settings
 from tracemark.server.teacher.local import LocalTeacher
 
-TOKENS = {"alice": "tm_alice_test_token", "bob": "tm_bob_test_token"}
+TOKENS = {"alice": "tm_alice_test_token", "bob": "tm_bob_test_token", "audit": "tm_audit_test_token"}
+ROLES = {"audit": "compliance"}  # alice and bob are customers
 
 
 def make_settings(tmp_path, **sections):
@@ -25,7 +26,7 @@ def make_settings(tmp_path, **sections):
 
 
 def token_store() -> TokenStore:
-    return TokenStore({account: hash_token(token) for account, token in TOKENS.items()})
+    return TokenStore({account: hash_token(token) for account, token in TOKENS.items()}, roles=ROLES)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,14 @@ def running_server(tmp_path_factory, tiny_model_dir):
 @pytest.fixture
 def alice(running_server):
     stubs = Stubs(open_channel(f"127.0.0.1:{running_server.port}", token=TOKENS["alice"]))
+    yield stubs
+    stubs.close()
+
+
+@pytest.fixture
+def compliance(running_server):
+    """A client with the compliance role (ForensicsService)."""
+    stubs = Stubs(open_channel(f"127.0.0.1:{running_server.port}", token=TOKENS["audit"]))
     yield stubs
     stubs.close()
 

@@ -185,10 +185,12 @@ def test_not_serving_until_warm_then_queue_bounds_and_deadlines(tmp_path):
         server.stop(grace=1)
 
 
-def test_forensics_reports_errors(alice):
+def test_forensics_reports_errors(compliance):
     missing = forensics_pb2.GetReportRequest(report_id="no-such-report")
-    assert _code(lambda: alice.forensics.GetReport(missing, timeout=10)) == grpc.StatusCode.NOT_FOUND
+    assert _code(lambda: compliance.forensics.GetReport(missing, timeout=10)) == grpc.StatusCode.NOT_FOUND
     empty = forensics_pb2.VerifyReportRequest()
-    assert _code(lambda: alice.forensics.VerifyReport(empty, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
+    code = _code(lambda: compliance.forensics.VerifyReport(empty, timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
     bad = forensics_pb2.InvestigateRequest(suspect="ftp:nowhere")
-    assert _code(lambda: list(alice.forensics.Investigate(bad, timeout=10))) == grpc.StatusCode.INVALID_ARGUMENT
+    code = _code(lambda: list(compliance.forensics.Investigate(bad, timeout=10)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT

@@ -13,7 +13,7 @@ from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from tracemark.foundation.console import fail
 from tracemark.server.app import TracemarkServer
-from tracemark.server.auth import TokenStore, TokenStoreError, add_account
+from tracemark.server.auth import ROLES, TokenStore, TokenStoreError, add_account
 from tracemark.server.client import Stubs, open_channel
 from tracemark.server.config import ConfigError, load_settings
 from tracemark.server.logs import configure_logging
@@ -169,14 +169,26 @@ def accounts_add(
     tokens_file: Annotated[Path, typer.Option(help="Tokens file to update (created 0600).")] = Path(
         "tokens.toml"
     ),
+    role: Annotated[
+        str,
+        typer.Option(
+            help="customer (TeacherService, RewriteService) | compliance (ForensicsService: investigations "
+            "and reports) | admin (reserved for administrative RPCs; calls nothing else)."
+        ),
+    ] = "customer",
 ) -> None:
-    """Create an account with a new bearer token. The token is printed once; only its hash is stored."""
+    """Create an account with a new bearer token and a role. The token is printed once; only its hash is
+    stored. Roles are least privilege: each token calls only its role's services."""
 
+    if role not in ROLES:
+        fail(f"--role must be one of {', '.join(ROLES)}")
     try:
-        token = add_account(tokens_file, name)
+        token = add_account(tokens_file, name, role)
     except TokenStoreError as exc:
         fail(str(exc))
-    console.print(f"account [bold]{name}[/bold] added to {tokens_file}; its token (shown once) is on stdout")
+    console.print(
+        f"account [bold]{name}[/bold] ({role}) added to {tokens_file}; its token (shown once) is on stdout"
+    )
     typer.echo(token)
 
 
@@ -184,11 +196,11 @@ def accounts_add(
 def accounts_list(
     tokens_file: Annotated[Path, typer.Option(help="Tokens file.")] = Path("tokens.toml"),
 ) -> None:
-    """List account names in a tokens file."""
+    """List the accounts in a tokens file with their roles (one "NAME<TAB>ROLE" a line)."""
 
     try:
         store = TokenStore.load(tokens_file)
     except TokenStoreError as exc:
         fail(str(exc))
     for name in store.accounts:
-        typer.echo(name)
+        typer.echo(f"{name}\t{store.role_of(name)}")

@@ -1,12 +1,20 @@
-"""Bearer-token authentication: each token maps to one API account.
+"""Bearer-token authentication and roles: each token maps to one API account with one role.
 
-The tokens file is TOML and stores only SHA-256 hashes of tokens::
+The tokens file is TOML and stores only SHA-256 hashes of tokens, and each account's role::
 
     [accounts.alice]
     token_sha256 = "9f86d08..."
+    role = "customer"          # customer | compliance | admin; missing means customer
+
+Roles are least privilege, decided by the RPC's service before any handler work
+(:data:`SERVICE_ROLES`): ``customer`` calls TeacherService and RewriteService, ``compliance`` calls
+ForensicsService (investigations, reports), ``admin`` is reserved for administrative RPCs (none are served
+today: accounts and keys are managed with the CLI on the server host) and calls nothing else. Anonymous
+callers (``[auth] allow_anonymous``) are customers. A wrong role gets ``PERMISSION_DENIED`` naming the
+role required.
 
 The interceptor resolves the caller's account once per RPC and makes it available to handlers through
-:func:`current_account`; no request field can choose the account.
+:func:`current_account` and :func:`current_role`; no request field can choose either.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import grpc
@@ -27,8 +35,18 @@ from tracemark.foundation.files import read_toml
 log = logging.getLogger(__name__)
 
 _ACCOUNT: contextvars.ContextVar[str | None] = contextvars.ContextVar("tracemark_account", default=None)
+_ROLE: contextvars.ContextVar[str | None] = contextvars.ContextVar("tracemark_role", default=None)
 ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+CUSTOMER, COMPLIANCE, ADMIN = "customer", "compliance", "admin"
+ROLES = (CUSTOMER, COMPLIANCE, ADMIN)
+#: The role each service requires. A method of a service not listed here is refused for every role.
+SERVICE_ROLES: dict[str, str] = {
+    "tracemark.v1.TeacherService": CUSTOMER,
+    "tracemark.v1.RewriteService": CUSTOMER,
+    "tracemark.v1.ForensicsService": COMPLIANCE,
+}
 
 
 class TokenStoreError(InvalidInput):
@@ -44,20 +62,46 @@ def new_token() -> str:
     return "tm_" + secrets.token_urlsafe(32)
 
 
+def required_role(method: str) -> str | None:
+    """The role ``method`` (``/package.Service/Method``) requires; None when no role may call it."""
+    service = method.lstrip("/").partition("/")[0]
+    return SERVICE_ROLES.get(service)
+
+
+def _check_role(account: str, role: object) -> str:
+    if role not in ROLES:
+        raise TokenStoreError(f"account {account!r}: role must be one of {', '.join(ROLES)}")
+    return str(role)
+
+
 class TokenStore:
-    """Maps token hashes to account names."""
+    """Maps token hashes to accounts, and accounts to roles.
 
-    def __init__(self, accounts: dict[str, str] | None = None) -> None:
-        # account -> sha256 hex
-        self._by_hash: dict[str, str] = {}
-        for account, digest in (accounts or {}).items():
-            self._add(account, digest)
+    ``accounts`` maps each account to its token's sha256 hex, or to a dict ``{"token_sha256": ...,
+    "role": ...}``; ``roles`` gives roles for accounts passed as bare hashes. An account with no role is a
+    ``customer`` (least privilege).
+    """
 
-    def _add(self, account: str, digest: str) -> None:
+    def __init__(
+        self, accounts: Mapping[str, str | Mapping] | None = None, roles: Mapping[str, str] | None = None
+    ) -> None:
+        self._by_hash: dict[str, str] = {}  # sha256 hex -> account
+        self._roles: dict[str, str] = {}  # account -> role
+        roles = dict(roles or {})
+        for account, entry in (accounts or {}).items():
+            if isinstance(entry, Mapping):
+                self._add(account, str(entry.get("token_sha256", "")), entry.get("role", CUSTOMER))
+            else:
+                self._add(account, entry, roles.pop(account, CUSTOMER))
+        if roles:
+            raise TokenStoreError(f"roles given for unknown account(s): {', '.join(sorted(roles))}")
+
+    def _add(self, account: str, digest: str, role: object = CUSTOMER) -> None:
         if not ACCOUNT_NAME.match(account):
             raise TokenStoreError(f"invalid account name {account!r} (letters, digits, . _ -; max 64)")
         if not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise TokenStoreError(f"account {account!r}: token_sha256 must be 64 lowercase hex characters")
+        self._roles[account] = _check_role(account, role)
         self._by_hash[digest] = account
 
     @classmethod
@@ -67,12 +111,18 @@ class TokenStore:
         for name, entry in (data.get("accounts") or {}).items():
             if not isinstance(entry, dict) or "token_sha256" not in entry:
                 raise TokenStoreError(f"account {name!r} in {path} has no token_sha256")
-            accounts[name] = str(entry["token_sha256"])
+            accounts[name] = {"token_sha256": str(entry["token_sha256"]), "role": entry.get("role", CUSTOMER)}
         return cls(accounts)
 
     @property
     def accounts(self) -> list[str]:
         return sorted(set(self._by_hash.values()))
+
+    def accounts_with_role(self, role: str) -> list[str]:
+        return [a for a in self.accounts if self._roles.get(a) == role]
+
+    def role_of(self, account: str) -> str:
+        return self._roles.get(account, CUSTOMER)
 
     def account_for(self, token: str) -> str | None:
         digest = hash_token(token)
@@ -82,16 +132,17 @@ class TokenStore:
         return None
 
 
-def add_account(path: Path, account: str) -> str:
-    """Create a token for ``account`` in the tokens file (mode 0600); return the token (show it once)."""
+def add_account(path: Path, account: str, role: str = CUSTOMER) -> str:
+    """Create a token for ``account`` with ``role`` in the tokens file (mode 0600); return the token (show
+    it once)."""
     store = TokenStore.load(path) if Path(path).exists() else TokenStore()
     if account in store.accounts:
         raise TokenStoreError(f"account {account!r} already has a token in {path}")
     token = new_token()
-    store._add(account, hash_token(token))
+    store._add(account, hash_token(token), role)
     lines = ["# tracemark API accounts: sha256 of each bearer token (the tokens themselves are not stored)"]
     for digest, name in sorted(store._by_hash.items(), key=lambda kv: kv[1]):
-        lines += ["", f"[accounts.{name}]", f'token_sha256 = "{digest}"']
+        lines += ["", f"[accounts.{name}]", f'token_sha256 = "{digest}"', f'role = "{store.role_of(name)}"']
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
@@ -104,6 +155,11 @@ def current_account() -> str | None:
     return _ACCOUNT.get()
 
 
+def current_role() -> str | None:
+    """The role of the RPC being handled (anonymous callers are customers; None outside an RPC)."""
+    return _ROLE.get()
+
+
 def _bearer(metadata) -> str | None:
     for key, value in metadata or ():
         if key == "authorization":
@@ -112,10 +168,14 @@ def _bearer(metadata) -> str | None:
     return None
 
 
-def _same_kind(handler: grpc.RpcMethodHandler, unary: Callable, stream: Callable) -> grpc.RpcMethodHandler:
-    """A handler of the same RPC kind whose behaviour is ``unary(b)`` / ``stream(b)`` of the original."""
+def _same_kind(
+    handler: grpc.RpcMethodHandler, unary: Callable, stream: Callable, *, decode: bool = True
+) -> grpc.RpcMethodHandler:
+    """A handler of the same RPC kind whose behaviour is ``unary(b)`` / ``stream(b)`` of the original.
+    ``decode=False`` hands the behaviour the raw request bytes (a rejection never parses the request)."""
     options = dict(
-        request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        request_deserializer=handler.request_deserializer if decode else None,
+        response_serializer=handler.response_serializer,
     )
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **options)
@@ -126,13 +186,14 @@ def _same_kind(handler: grpc.RpcMethodHandler, unary: Callable, stream: Callable
     return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), **options)
 
 
-def _with_account(handler: grpc.RpcMethodHandler, account: str | None) -> grpc.RpcMethodHandler:
+def _with_account(handler: grpc.RpcMethodHandler, account: str | None, role: str) -> grpc.RpcMethodHandler:
     def unary(behavior: Callable) -> Callable:
         def run(request, context):
-            reset = _ACCOUNT.set(account)
+            reset, reset_role = _ACCOUNT.set(account), _ROLE.set(role)
             try:
                 return behavior(request, context)
             finally:
+                _ROLE.reset(reset_role)
                 _ACCOUNT.reset(reset)
 
         return run
@@ -140,10 +201,11 @@ def _with_account(handler: grpc.RpcMethodHandler, account: str | None) -> grpc.R
     def stream(behavior: Callable) -> Callable:
         # A streaming behaviour is a generator: the account must be set while it is iterated.
         def run(request, context):
-            reset = _ACCOUNT.set(account)
+            reset, reset_role = _ACCOUNT.set(account), _ROLE.set(role)
             try:
                 yield from behavior(request, context)
             finally:
+                _ROLE.reset(reset_role)
                 _ACCOUNT.reset(reset)
 
         return run
@@ -151,15 +213,17 @@ def _with_account(handler: grpc.RpcMethodHandler, account: str | None) -> grpc.R
     return _same_kind(handler, unary, stream)
 
 
-def _rejecting(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+def _rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     def abort(request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        context.abort(code, message)
 
-    return _same_kind(handler, lambda _b: abort, lambda _b: abort)
+    return _same_kind(handler, lambda _b: abort, lambda _b: abort, decode=False)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Resolves ``authorization: Bearer <token>`` to an account; rejects unknown or missing tokens."""
+    """Resolves ``authorization: Bearer <token>`` to an account and its role; rejects unknown or missing
+    tokens (``UNAUTHENTICATED``) and callers whose role may not call the method (``PERMISSION_DENIED``),
+    before the request is even parsed."""
 
     def __init__(self, store: TokenStore, *, allow_anonymous: bool = False) -> None:
         self.store = store
@@ -167,15 +231,30 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(PUBLIC_METHOD_PREFIXES):
+        method = handler_call_details.method
+        if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
             return handler
         token = _bearer(handler_call_details.invocation_metadata)
         if token is None:
-            if self.allow_anonymous:
-                return _with_account(handler, None)
-            return _rejecting(handler, "missing bearer token (metadata 'authorization: Bearer <token>')")
-        account = self.store.account_for(token) if token else None
-        if account is None:
-            log.info("rejected call to %s: unknown token", handler_call_details.method)
-            return _rejecting(handler, "unknown bearer token")
-        return _with_account(handler, account)
+            if not self.allow_anonymous:
+                return _rejecting(
+                    handler,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "missing bearer token (metadata 'authorization: Bearer <token>')",
+                )
+            account, role = None, CUSTOMER
+        else:
+            account = self.store.account_for(token) if token else None
+            if account is None:
+                log.info("rejected call to %s: unknown token", method)
+                return _rejecting(handler, grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
+            role = self.store.role_of(account)
+        needed = required_role(method)
+        if role != needed:
+            service = method.lstrip("/").partition("/")[0].rpartition(".")[2] or "this method"
+            message = (
+                f"{service} requires the {needed} role" if needed else f"{service} is not served to any role"
+            )
+            log.info("denied %s to account %s (role %s)", method, account or "<anonymous>", role)
+            return _rejecting(handler, grpc.StatusCode.PERMISSION_DENIED, message)
+        return _with_account(handler, account, role)

@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from tracemark.forensics.adapters.policy import SuspectPolicy
 from tracemark.foundation.errors import InvalidInput
 from tracemark.foundation.files import read_toml
 
@@ -104,6 +105,32 @@ class LedgerSection(_Section):
     master_key_file: Path | None = Field(None, description="master secret file (created 0600 if missing)")
 
 
+class ForensicsSection(_Section):
+    """The suspects ForensicsService.Investigate may query (the command line is not restricted). Empty
+    lists (the default): the server investigates no suspect until its operator lists some."""
+
+    endpoints: list[str] = Field(
+        default_factory=list,
+        description="suspect endpoints the server may query: OpenAI-compatible base URLs "
+        "(https://host[:port]/v1) and tracemark://HOST:PORT; matched exactly after normalisation",
+    )
+    model_roots: list[Path] = Field(
+        default_factory=list, description="folders under which hf:/gguf: suspect models may be loaded"
+    )
+    credentials: dict[str, str] = Field(
+        default_factory=dict,
+        description="endpoint -> NAME of the environment variable holding its API key or bearer token",
+    )
+
+    @model_validator(mode="after")
+    def _valid_policy(self) -> ForensicsSection:
+        self.policy()  # SuspectSpecError is a ValueError: reported as an invalid setting
+        return self
+
+    def policy(self) -> SuspectPolicy:
+        return SuspectPolicy.build(self.endpoints, self.model_roots, self.credentials)
+
+
 class Settings(BaseSettings):
     """All server settings; see ``tracemark serve --help`` and README for each key."""
 
@@ -114,6 +141,7 @@ class Settings(BaseSettings):
     auth: AuthSection = Field(default_factory=AuthSection)
     rewrite: RewriteSection = Field(default_factory=RewriteSection)
     ledger: LedgerSection = Field(default_factory=LedgerSection)
+    forensics: ForensicsSection = Field(default_factory=ForensicsSection)
 
     @classmethod
     def settings_customise_sources(
@@ -146,7 +174,15 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict[str, Any]]
             updates[section] = type(current).model_validate({**current.model_dump(), **clean})
         except ValidationError as exc:
             raise ConfigError(_first_error(exc, prefix=section)) from None
-    return settings.model_copy(update=updates)
+    settings = settings.model_copy(update=updates)
+    for endpoint, name in settings.forensics.credentials.items():
+        # a suspect is the accused: it must never receive the server's own token or the teacher's key
+        if name.upper().startswith("TRACEMARK_") or name == settings.teacher.api_key_env:
+            raise ConfigError(
+                f"invalid setting forensics.credentials: {endpoint!r} names {name}, one of the server's own"
+                " variables (TRACEMARK_* or teacher.api_key_env); use a variable of its own"
+            )
+    return settings
 
 
 def _first_error(exc: ValidationError, prefix: str = "") -> str:

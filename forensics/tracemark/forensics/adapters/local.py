@@ -82,13 +82,15 @@ class LocalModelSuspect(SuspectAdapter):
                 try:
                     if self.gguf:
                         folder, name = str(self.path.parent), self.path.name
-                        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+                        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
                         model = AutoModelForCausalLM.from_pretrained(
-                            folder, gguf_file=name, dtype=torch.float32
+                            folder, gguf_file=name, dtype=torch.float32, local_files_only=True
                         )
                     else:
-                        tok = AutoTokenizer.from_pretrained(self.path)
-                        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
+                        tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+                        model = AutoModelForCausalLM.from_pretrained(
+                            self.path, dtype=torch.float32, local_files_only=True
+                        )
                 except (OSError, ValueError) as exc:
                     raise SuspectError(f"cannot load suspect model {self.path}: {first_line(exc)}") from None
                 if self.device == "auto":

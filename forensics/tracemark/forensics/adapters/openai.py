@@ -1,7 +1,9 @@
 """Black-box suspects behind an OpenAI-compatible HTTP endpoint (``openai:URL#MODEL``).
 
 ``/v1/completions`` with ``n`` samples, falling back to ``/v1/chat/completions``; returned logprobs are kept
-when offered. The API key comes from ``$TRACEMARK_SUSPECT_API_KEY`` and is never logged or stored.
+when offered. The API key is given by the caller (the server: the variable its ``[forensics]`` config names
+for this endpoint) or, on the command line, read from ``$TRACEMARK_SUSPECT_API_KEY``; it is never logged or
+stored. Redirects are never followed (a 3xx is an error), so an endpoint cannot send the key elsewhere.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 from tracemark.forensics.adapters.base import ENV_API_KEY, Sample, SuspectAdapter, SuspectError, _Retryable
@@ -31,6 +34,24 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
+def pinned_transport(check: Callable[[str, int], str]) -> Any:
+    """An httpx transport whose every TCP connection goes to the address ``check(host, port)`` returns
+    (re-resolved and re-checked at connect time, so DNS rebinding after the policy check gains nothing;
+    TLS still verifies the URL's host name). Environment proxies are not used."""
+    import httpcore
+    import httpx
+
+    class _Checked(httpcore.SyncBackend):
+        def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):  # noqa: ANN001
+            return super().connect_tcp(check(host, port), port, timeout, local_address, socket_options)
+
+    transport = httpx.HTTPTransport(trust_env=False)
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(), network_backend=_Checked()
+    )
+    return transport
+
+
 class OpenAISuspect(SuspectAdapter):
     """An OpenAI-compatible endpoint: ``/v1/completions`` (raw continuation, ``n`` samples, ``logprobs``),
     falling back to ``/v1/chat/completions`` when completions are not served."""
@@ -47,6 +68,8 @@ class OpenAISuspect(SuspectAdapter):
         api: str = "auto",
         logprobs: int | None = 5,
         transport: Any = None,
+        api_key: str | None = None,
+        connect_check: Callable[[str, int], str] | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(spec, **kw)
@@ -60,12 +83,19 @@ class OpenAISuspect(SuspectAdapter):
         import httpx
 
         headers = {"User-Agent": "tracemark-forensics"}
-        key = os.environ.get(ENV_API_KEY, "").strip()
+        # api_key None: the command line's variable; "" : no key (the server passes what its config names)
+        key = (os.environ.get(ENV_API_KEY, "") if api_key is None else api_key).strip()
         self._has_key = bool(key)
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        if transport is None and connect_check is not None:
+            transport = pinned_transport(connect_check)
         self._client = httpx.Client(
-            base_url=base_url, headers=headers, timeout=self.timeout, transport=transport
+            base_url=base_url,
+            headers=headers,
+            timeout=self.timeout,
+            transport=transport,
+            follow_redirects=False,
         )
 
     def identity(self) -> dict:
@@ -86,6 +116,8 @@ class OpenAISuspect(SuspectAdapter):
             raise _Retryable(f"time-out after {self.timeout:g}s on {path}") from None
         except httpx.TransportError as exc:
             raise _Retryable(f"connection error on {path}: {type(exc).__name__}") from None
+        if 300 <= resp.status_code < 400:
+            raise SuspectError(f"{path}: HTTP {resp.status_code} redirect; redirects are not followed")
         if resp.status_code in self.RETRY_STATUS:
             raise _Retryable(f"HTTP {resp.status_code} on {path}", _retry_after(resp.headers))
         if resp.status_code in (404, 405, 501):

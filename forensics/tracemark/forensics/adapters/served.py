@@ -11,26 +11,44 @@ from tracemark.v1 import teacher_pb2, teacher_pb2_grpc
 
 
 class TracemarkSuspect(SuspectAdapter):
-    """A model behind a tracemark server's ``TeacherService.Generate`` (bearer token ``$TRACEMARK_TOKEN``).
+    """A model behind a tracemark server's ``TeacherService.Generate``.
 
-    The prompt is sent as the problem; each completion is one ``Generate`` call (seeded per sample).
+    The prompt is sent as the problem; each completion is one ``Generate`` call (seeded per sample). The
+    bearer token is ``token`` (the server: the variable its ``[forensics]`` config names for this endpoint;
+    "" for none) or, when None (the command line), ``$TRACEMARK_TOKEN``. ``connect_to`` (a checked IP and
+    port) pins the channel to that address: no re-resolution, no proxy.
     """
 
     kind = "tracemark"
     max_n_per_request = 1
 
-    def __init__(self, spec: str, address: str, *, channel: Any = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        spec: str,
+        address: str,
+        *,
+        channel: Any = None,
+        token: str | None = None,
+        connect_to: tuple[str, int] | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(spec, **kw)
         self.address = address
         self._channel = channel
+        self._connect_to = connect_to
         self._stub = None
         self._info: dict | None = None
-        token = os.environ.get(ENV_TOKEN, "").strip()
+        token = (os.environ.get(ENV_TOKEN, "") if token is None else token).strip()
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def _get_stub(self) -> Any:
         if self._stub is None:
-            if self._channel is None:
+            if self._channel is None and self._connect_to is not None:
+                ip, port = self._connect_to
+                target = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+                options = [("grpc.enable_http_proxy", 0), ("grpc.default_authority", self.address)]
+                self._channel = grpc.insecure_channel(target, options=options)
+            elif self._channel is None:
                 self._channel = grpc.insecure_channel(self.address)
             self._stub = teacher_pb2_grpc.TeacherServiceStub(self._channel)
         return self._stub

@@ -1,14 +1,21 @@
-"""ForensicsService: investigations (streamed progress), evidence reports and their verification."""
+"""ForensicsService: investigations (streamed progress), evidence reports and their verification.
+
+Only callers with the ``compliance`` role reach these handlers (:mod:`tracemark.server.auth`). Suspects are
+built under the server's ``[forensics]`` policy (allowlisted endpoints and model roots, checked before any
+connection); reports are looked up by their full id only (no prefixes, no ``latest``).
+"""
 
 from __future__ import annotations
 
 import json
 import queue as queue_mod
+import re
 import threading
 from collections.abc import Iterator
 
 import grpc
 from tracemark.forensics.adapters import parse_suspect
+from tracemark.forensics.adapters.policy import SuspectPolicy
 from tracemark.forensics.investigate import InvestigationParams, run_investigation
 from tracemark.forensics.reports import load_report, verify_envelope, verify_stored_report
 from tracemark.server.errors import RequestError, grpc_errors, grpc_stream_errors, invalid
@@ -21,6 +28,9 @@ _VERDICT = {
     "inconclusive": forensics_pb2.VERDICT_INCONCLUSIVE,
 }
 _DONE = object()
+MAX_SUSPECT_CHARS = 2048
+MAX_REPORT_ID_CHARS = 64
+REPORT_ID = re.compile(r"^tmr-[0-9a-f]{16}$")  # tracemark.forensics.reports.new_report_id
 
 
 def verdict_enum(verdict: str) -> int:
@@ -30,6 +40,9 @@ def verdict_enum(verdict: str) -> int:
 class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        settings = getattr(runtime, "settings", None)
+        # no settings (a bare runtime): an empty policy, which allows no suspect
+        self.policy = settings.forensics.policy() if settings is not None else SuspectPolicy()
 
     def _require_ledger(self) -> None:
         if self.rt.engine is None or self.rt.master is None:
@@ -48,7 +61,10 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
             seed=request.seed or None,
             accounts=list(request.accounts) or None,
         )
-        suspect = parse_suspect(request.suspect)
+        if len(request.suspect) > MAX_SUSPECT_CHARS:
+            raise invalid(f"suspect spec longer than {MAX_SUSPECT_CHARS} characters")
+        # SuspectNotAllowed -> PERMISSION_DENIED, before any connection and before the ledger is touched
+        suspect = parse_suspect(request.suspect, policy=self.policy)
         events: queue_mod.Queue = queue_mod.Queue()
         outcome: dict = {}
 
@@ -105,9 +121,7 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
     @grpc_errors
     def GetReport(self, request, context):
         self._require_ledger()
-        if not request.report_id:
-            raise invalid("report_id must not be empty")
-        stored = load_report(self.rt.engine, request.report_id)  # ReportNotFound -> NOT_FOUND
+        stored = self._stored(request.report_id)
         return forensics_pb2.GetReportResponse(
             report_id=stored.report_id,
             envelope_json=stored.envelope_json,
@@ -124,9 +138,14 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
                 envelope = json.loads(request.envelope_json)
             except json.JSONDecodeError as exc:
                 raise invalid(f"envelope_json is not valid JSON: {exc.msg}") from None
+            except RecursionError:
+                raise invalid("envelope_json is nested too deeply") from None
+            if not isinstance(envelope, dict):
+                raise invalid("envelope_json must be a JSON object")
             result = verify_envelope(envelope, public_key=public_key, engine=self.rt.engine)
         elif request.report_id:
-            result = verify_stored_report(self.rt.engine, request.report_id, public_key=public_key)
+            report_id = self._stored(request.report_id).report_id
+            result = verify_stored_report(self.rt.engine, report_id, public_key=public_key)
         else:
             raise invalid("give report_id or envelope_json")
         return forensics_pb2.VerifyReportResponse(
@@ -136,3 +155,15 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
             problems=list(result.problems),
             key_id=result.key_id or "",
         )
+
+    def _stored(self, report_id: str):
+        """The stored report with exactly this id: over gRPC no prefixes and no ``latest`` (they would let a
+        reader enumerate reports); the command line keeps those conveniences."""
+        if not report_id:
+            raise invalid("report_id must not be empty")
+        if len(report_id) > MAX_REPORT_ID_CHARS or not report_id.isprintable():
+            raise invalid(f"report_id must be at most {MAX_REPORT_ID_CHARS} printable characters")
+        stored = load_report(self.rt.engine, report_id) if REPORT_ID.match(report_id) else None
+        if stored is None or stored.report_id != report_id:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"no report {report_id!r}")
+        return stored
