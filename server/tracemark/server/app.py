@@ -58,8 +58,9 @@ class TracemarkServer:
         self.runtime.load_plugins()
         if open_ledger:
             self.runtime.open_ledger()
-            # Every account that can call is a candidate in attribution, even before its first trace.
-            for account in tokens.accounts:
+            # Every customer account is a candidate in attribution, even before its first trace
+            # (compliance and admin accounts receive no traces).
+            for account in tokens.accounts_with_role("customer"):
                 self.runtime.issuer.ensure_account(account)
         s = settings.server
         options = [
