@@ -97,7 +97,9 @@ def test_white_box_investigation_records_and_signs_everything(setup, tiny_model_
     assert all(r.created_at >= inv.started_at for r in rows)
     assert len(rows) == 6 * len(SHORT) == out.queries  # one logit read per pair and context
     report = out.report
-    assert [q["response_commitment"] for q in report["queries"]["items"]] == [r.response_commitment for r in rows]
+    assert [q["response_commitment"] for q in report["queries"]["items"]] == [
+        r.response_commitment for r in rows
+    ]
     assert report["seeds"]["decoy_seed"] == 1234
     assert report["seeds"]["decoy_seed_commitment"] == params["decoy_seed_commitment"]
     assert report["suspect_identity"]["weights_sha256"] == suspect.identity()["weights_sha256"]

@@ -275,6 +275,12 @@ def test_investigation_link(engine, master):
         inv = records.create_investigation(s, suspect="hf:/m").id
     stored = issue_report(engine, data=findings(verdict="not_detected"), master=master, investigation_id=inv)
     assert stored.investigation_id == inv and stored.verdict == "not_detected"
+    assert stored.report["investigation_id"] == inv  # signed into the report, the column is a copy
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE report SET investigation_id = NULL WHERE id = :i"), {"i": stored.report_id})
+    assert load_report(engine, stored.report_id).investigation_id == inv
+    result = verify_chain(engine, master)
+    assert not result.valid and any("investigation_id column" in p for p in result.problems)
 
 
 def test_concurrent_writers_cannot_fork_the_chain(engine, master):

@@ -159,3 +159,37 @@ def test_help_texts(app):
     assert res.exit_code == 0 and "DSSE" in res.stdout
     for cmd in ("list", "show", "verify", "export"):
         assert runner.invoke(app, ["report", cmd, "--help"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "shown"),
+    [
+        ("verdict", "'not_detected'", "detected"),
+        ("created_at", "'2020-01-01 00:00:00.000000'", None),
+        ("key_id", "'ed25519:forged'", None),
+    ],
+)
+def test_edited_column_is_not_shown_and_fails_verify_all(
+    app, chain, ledger_url, engine, column, value, shown
+):
+    """Attack: edit an unsigned ledger column with SQL. list/show/load_report keep showing the signed value;
+    `verify --all` and `verify ID` exit 1 naming the column."""
+    from tracemark.forensics.reports import load_report
+
+    stored, opts = chain
+    victim = stored[1]
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE report SET {column} = {value} WHERE id = :i"), {"i": victim.report_id})
+    listed = json.loads(runner.invoke(app, ["report", "list", "--ledger", ledger_url, "--json"]).stdout)
+    row = next(r for r in listed if r["report_id"] == victim.report_id)
+    signed = victim.report
+    assert row["verdict"] == signed["decision"]["verdict"] == "detected"
+    assert row["created_at"] == signed["created_at"] and row["key_id"] == victim.key_id
+    if shown:
+        assert load_report(engine, victim.report_id).verdict == shown  # what GetReport returns
+    res = runner.invoke(app, ["report", "verify", "--all", *opts])
+    assert res.exit_code == 1 and "INVALID" in res.stdout, res.stdout
+    for args in (["--all"], [victim.report_id]):
+        res = runner.invoke(app, ["report", "verify", *args, *opts, "--json"])
+        problems = json.loads(res.stdout)["problems"]
+        assert res.exit_code == 1 and any(f"ledger's {column} column" in p for p in problems), problems
