@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto lint test test-fast demo demo-quick bench bench-distill clean
+.PHONY: help install proto lint test test-fast fuzz demo demo-quick bench bench-distill clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,10 @@ test: $(INSTALLED) ## Run the whole suite, slow end-to-end checks included
 
 test-fast: $(INSTALLED) ## Run the suite without the slow marker
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+FUZZ_REQUESTS ?= 10000
+fuzz: $(INSTALLED) ## Long gRPC fuzz run (>= FUZZ_REQUESTS requests, every RPC; prints a summary line)
+	TRACEMARK_FUZZ_REQUESTS=$(FUZZ_REQUESTS) $(VENV)/bin/pytest -m slow tests/fuzz/test_fuzz_long.py $(PYTEST_ARGS)
 
 demo: $(INSTALLED) ## Run the main job on the embedded default model
 	$(VENV)/bin/tracemark demo

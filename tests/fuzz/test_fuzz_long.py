@@ -69,13 +69,14 @@ def test_long_fuzz_run(fuzz_server):
         suppress_health_check=list(HealthCheck),
         print_blob=False,
     )
-    @given(call=any_call(), burst=st.lists(any_call(), min_size=8, max_size=32))
-    def run(call, burst):
+    @given(call=any_call(), data=st.data())
+    def run(call, data):
         if time.monotonic() - started > SECONDS:
             return
         counter["examples"] += 1
         guarded(lambda: check(fuzz_server, send(channel, call)))
         if counter["examples"] % 25 == 0:
+            burst = data.draw(st.lists(any_call(), min_size=8, max_size=32))
             for c in burst:
                 if SERVICE_OF[c.rpc] == "TeacherService":
                     c.extra |= {C.RESOURCE_EXHAUSTED}
