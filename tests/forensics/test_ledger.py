@@ -229,3 +229,30 @@ def test_sigkill_loses_no_committed_row(ledger_url, tmp_path):
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
     engine.dispose()
+
+
+def test_migration_0002_renames_query_digests_and_keeps_rows(ledger_url):
+    """A 0001 ledger upgrades in place: the digest columns become commitment columns, rows are kept."""
+    from tracemark.forensics.ledger.db import upgrade
+
+    engine = make_engine(ledger_url, migrate=False)
+    upgrade(engine, "0001_initial")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO investigation (id, suspect, suspect_identity, params_json, status, started_at) "
+                "VALUES ('inv-old', 'hf:/m', '{}', '{}', 'finished', '2026-01-01 00:00:00')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO query_record (investigation_id, seq, prompt_sha256, response_sha256, "
+                "created_at) VALUES ('inv-old', 0, 'aa', 'bb', '2026-01-01 00:00:00')"
+            )
+        )
+    upgrade(engine)
+    assert current_revision(engine) == "0002_query_commitments"
+    with session_scope(engine) as s:
+        (row,) = records.list_queries(s, investigation_id="inv-old")
+        assert (row.prompt_commitment, row.response_commitment) == ("aa", "bb")
+    engine.dispose()

@@ -341,3 +341,12 @@ def test_malformed_envelopes_give_clear_problems(master):
     res = verify_envelope({**env, "payloadType": "text/plain"}, public_key=master)
     assert not res.valid and any("payloadType" in p for p in res.problems)
     assert decode_report(env)["decision"]["verdict"] == "detected"
+
+
+def test_unreadable_envelope_is_listed_as_unreadable_not_from_its_columns(engine, master):
+    stored = issue_report(engine, data=findings(), master=master)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE report SET envelope_json = '{}' WHERE id = :i"), {"i": stored.report_id})
+    (shown,) = list_reports(engine)
+    assert shown.verdict == "unreadable" and not shown.readable and shown.created_at == ""
+    assert not verify_chain(engine, master).valid
