@@ -10,13 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from tracemark.plugins.answers import boxed_spans
+
 __all__ = ["QUANTITY_PIECE", "protected_mask", "protected_spans"]
 
 _WORDISH = re.compile(r"[\w.,$%\-]+")  # linear: a run of word-ish characters (a number with its unit)
 _DIGIT = re.compile(r"\d")
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _ANNOTATION = re.compile(r"<<[^<>]*>>")
-_BOXED = re.compile(r"\\boxed\s*\{")
 _QUANTITY_WORDS = (
     r"zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|"
     r"sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundreds?|"
@@ -25,7 +26,12 @@ _QUANTITY_WORDS = (
     r"none|no|not|all|each|every|per|more|less|fewer|than"
 )
 _OPERATOR_WORDS = r"[xX]|times|plus|minus|divided\s+by|multiplied\s+by|over|by|and|to|from"
-_NUMBER_WORD = re.compile(rf"\b(?:{_QUANTITY_WORDS})\b", re.IGNORECASE)
+_WORD = re.compile(r"\w+")  # a word's run; it is a number word when the whole run is one (``\b...\b``)
+
+
+_NUMBER_WORDS = frozenset(  # the words _QUANTITY_WORDS matches ("hundreds?" -> hundred, hundreds)
+    form for word in _QUANTITY_WORDS.split("|") for form in {word.removesuffix("s?"), word.replace("s?", "s")}
+)
 # replacement tokens must not introduce quantities or operators either
 QUANTITY_PIECE = re.compile(rf"^(?:{_QUANTITY_WORDS}|{_OPERATOR_WORDS}|divided|multiplied)$", re.IGNORECASE)
 _OPERATOR_WORD = re.compile(rf"(?<=[\d)%])\s*(?:{_OPERATOR_WORDS})\s*(?=[\d($.])")
@@ -42,17 +48,10 @@ def protected_spans(text: str) -> list[tuple[int, int]]:
     """
     spans = [m.span() for m in _WORDISH.finditer(text) if _DIGIT.search(m.group())]
     spans += [m.span() for m in _LATEX_COMMAND.finditer(text)]
-    spans += [m.span() for m in _NUMBER_WORD.finditer(text)]
+    spans += [m.span() for m in _WORD.finditer(text) if m.group().lower() in _NUMBER_WORDS]
     spans += [m.span() for m in _OPERATOR_WORD.finditer(text)]
     spans += [m.span() for m in _ANNOTATION.finditer(text)]
-    for match in _BOXED.finditer(text):
-        depth, end = 1, len(text)
-        for i in range(match.end(), len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                end = i + 1
-                break
-        spans.append((match.start(), end))
+    spans += [(start, len(text) if end < 0 else end + 1) for start, _, end in boxed_spans(text)]
     hashes = text.find("####")
     if hashes >= 0:
         spans.append((hashes, len(text)))
@@ -65,10 +64,21 @@ def protected_spans(text: str) -> list[tuple[int, int]]:
 def protected_mask(text: str, token_offsets: Sequence[tuple[int, int]]) -> list[bool]:
     """For each token (its ``(start, end)`` character offsets in ``text``), whether it overlaps an
     answer-bearing span (:func:`protected_spans`). Empty-span tokens (specials) count as protected."""
-    marked = bytearray(len(text) + 1)
+    # Linear in the text and the tokens however the spans nest: +1/-1 at span edges, a running sum says
+    # whether a character is covered, and a prefix count of covered characters answers each token.
+    edges = [0] * (len(text) + 2)
     for start, end in protected_spans(text):
-        marked[start:end] = b"\x01" * (end - start)
+        edges[start] += 1
+        edges[end] -= 1
+    covered_before = [0] * (len(text) + 1)
+    depth = covered = 0
+    for i in range(len(text)):
+        depth += edges[i]
+        covered += depth > 0
+        covered_before[i + 1] = covered
     out = []
+    limit = len(text)
     for start, end in token_offsets:
-        out.append(end <= start or any(marked[start:end]))
+        lo, hi = min(max(start, 0), limit), min(max(end, 0), limit)
+        out.append(end <= start or covered_before[hi] > covered_before[lo])
     return out

@@ -8,12 +8,13 @@ import re
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
-from tracemark.plugins.answers import _boxed_contents, extract_final_answer
+from tracemark.plugins.answers import extract_final_answer, last_boxed
 from tracemark.plugins.api import RewriteContext, Rewriter, RewriterError
 
 log = logging.getLogger(__name__)
 
-_FENCE = re.compile(r"^\s*```[\w-]*\s*\n(?P<body>.*?)\n\s*```\s*$", re.DOTALL)
+_FENCE_OPEN = re.compile(r"```[\w-]*\s*")  # the opening line of a fenced block
+_DIGIT = re.compile(r"\d")
 _PREAMBLE = re.compile(
     r"^\s*(?:sure|certainly|of course|okay|ok|absolutely|alright|great|here(?:'s| is| are)|below is|"
     r"the (?:rewritten|revised|paraphrased|formal|compact)|rewritten|revised|paraphrased|formal derivation|"
@@ -32,30 +33,54 @@ _CLOSING = re.compile(
 )
 
 
+_WRAPPER_LINE_MAX = 200  # a header, opener or closer is short; longer lines are content (and the patterns
+# above, with their adjacent optional whitespace, must never see a long line: they would backtrack)
+
+
+def _is_wrapper(line: str, pattern: re.Pattern[str]) -> bool:
+    return len(line) <= _WRAPPER_LINE_MAX and bool(pattern.match(line))
+
+
+def _unfence(text: str) -> str | None:
+    """The body of a text that is one fenced code block (```lang ... ```), else None. Linear time."""
+    if not (text.startswith("```") and text.endswith("```")) or len(text) < 7:
+        return None
+    first = text.find("\n")
+    last = text.rfind("\n", 0, len(text) - 3)
+    if first < 0 or last <= first or text[last + 1 : -3].strip():
+        return None
+    if not _FENCE_OPEN.fullmatch(text[:first]):
+        return None
+    return text[first + 1 : last]
+
+
 def strip_preamble(text: str) -> str:
     """Remove what chat models wrap around an answer: code fences, "Sure! Here is ...:" openers,
     "Rewritten solution:" headers and "I hope this helps" closers (only lines without digits)."""
     text = text.strip()
     for _ in range(2):  # "Sure! Here it is:" + fenced block + "Hope this helps" needs two passes
-        fenced = _FENCE.match(text)
-        if fenced:
-            text = fenced.group("body").strip()
+        fenced = _unfence(text)
+        if fenced is not None:
+            text = fenced.strip()
         lines = text.split("\n")
+        lo, hi = 0, len(lines)
         while (
-            lines
-            and not re.search(r"\d", lines[0])
+            lo < hi
+            and not _DIGIT.search(lines[lo])
             and (
-                _HEADER.match(lines[0])
-                or (_PREAMBLE.match(lines[0]) and len(lines) > 1)
-                or not lines[0].strip()
+                _is_wrapper(lines[lo], _HEADER)
+                or (_is_wrapper(lines[lo], _PREAMBLE) and hi - lo > 1)
+                or not lines[lo].strip()
             )
         ):
-            lines.pop(0)
+            lo += 1
         while (
-            lines and not re.search(r"\d", lines[-1]) and (_CLOSING.match(lines[-1]) or not lines[-1].strip())
+            lo < hi
+            and not _DIGIT.search(lines[hi - 1])
+            and (_is_wrapper(lines[hi - 1], _CLOSING) or not lines[hi - 1].strip())
         ):
-            lines.pop()
-        text = "\n".join(lines).strip()
+            hi -= 1
+        text = "\n".join(lines[lo:hi]).strip()
     return text
 
 
@@ -88,9 +113,9 @@ def remove_echo(text: str, messages: list[dict[str, str]]) -> str:
 
 def final_line_of(trace: str) -> str | None:
     """How the trace states its answer: ``#### x``, ``\\boxed{x}`` or ``None`` (last number only)."""
-    boxed = _boxed_contents(trace)
-    if boxed:
-        return f"\\boxed{{{boxed[-1].strip()}}}"
+    boxed = last_boxed(trace)
+    if boxed is not None:
+        return f"\\boxed{{{boxed.strip()}}}"
     hashes = re.findall(r"####\s*([^\n]+)", trace)
     if hashes:
         return f"#### {hashes[-1].strip()}"

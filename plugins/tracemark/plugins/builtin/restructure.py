@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from tracemark.plugins.answers import _boxed_contents
+from tracemark.plugins.answers import boxed_spans, last_boxed
 from tracemark.plugins.api import RewriteContext, Rewriter, RewriterError
 
 # -- lexical building blocks -------------------------------------------------------------------------
@@ -43,7 +43,6 @@ _TOKEN = re.compile(
 _MATH_KINDS = frozenset({"num", "op", "eq", "open", "close", "ann", "sp"})
 _BARE_ANNOTATION = re.compile(r"<<[^<>]*>>")
 _HASH_LINE = re.compile(r"####[^\n]*")
-_BOXED_START = re.compile(r"\\boxed\s*\{")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+(?=\S)")
 _DIGIT = re.compile(r"\d")
 
@@ -108,9 +107,9 @@ class _Equation:
 
 def _split_final(trace: str) -> tuple[str, str, str | None]:
     """(body, format, final text) mirroring ``extract_final_answer``'s precedence."""
-    boxed = _boxed_contents(trace)
-    if boxed:
-        return _unwrap_boxed(trace), "boxed", boxed[-1].strip()
+    boxed = last_boxed(trace)
+    if boxed is not None:
+        return _unwrap_boxed(trace), "boxed", boxed.strip()
     hashes = re.findall(r"####\s*([^\n]+)", trace)
     if hashes:
         return _HASH_LINE.sub("", trace), "hashes", hashes[-1].strip()
@@ -121,20 +120,16 @@ def _split_final(trace: str) -> tuple[str, str, str | None]:
 
 
 def _unwrap_boxed(text: str) -> str:
-    """Replace every ``\\boxed{x}`` by ``x`` (nested braces honoured)."""
+    """Replace every outermost ``\\boxed{x}`` by ``x`` (nested braces honoured) up to the first unclosed."""
     out, pos = [], 0
-    for match in _BOXED_START.finditer(text):
-        if match.start() < pos:
+    for start, body_start, body_end in boxed_spans(text):
+        if start < pos:
             continue
-        depth, i = 1, match.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth:
+        if body_end < 0:
             break
-        out.append(text[pos : match.start()])
-        out.append(text[match.end() : i - 1])
-        pos = i
+        out.append(text[pos:start])
+        out.append(text[body_start:body_end])
+        pos = body_end + 1
     out.append(text[pos:])
     return "".join(out)
 
