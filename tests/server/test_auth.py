@@ -1,7 +1,7 @@
 import stat
 
 import pytest
-from tracemark.server.auth import TokenStore, TokenStoreError, add_account
+from tracemark.server.auth import TokenStore, TokenStoreError, add_account, hash_token, required_role
 
 
 def test_tokens_file_roundtrip_stores_only_hashes(tmp_path):
@@ -26,3 +26,53 @@ def test_bad_tokens_files(tmp_path):
     path.write_text('[accounts.a]\ntoken_sha256 = "xyz"\n')
     with pytest.raises(TokenStoreError, match="64 lowercase hex"):
         TokenStore.load(path)
+
+
+def test_roles_are_stored_and_a_missing_role_reads_as_customer(tmp_path):
+    path = tmp_path / "tokens.toml"
+    audit = add_account(path, "audit", "compliance")
+    root = add_account(path, "root", "admin")
+    text = path.read_text()
+    assert 'role = "compliance"' in text and 'role = "admin"' in text
+    # a file written before roles existed: no role line -> customer (least privilege)
+    path.write_text(text + f'\n[accounts.legacy]\ntoken_sha256 = "{hash_token("tm_legacy")}"\n')
+    store = TokenStore.load(path)
+    assert [store.role_of(store.account_for(t)) for t in (audit, root, "tm_legacy")] == [
+        "compliance",
+        "admin",
+        "customer",
+    ]
+    assert store.accounts_with_role("customer") == ["legacy"]
+
+
+def test_token_store_roles_from_code():
+    store = TokenStore({"a": hash_token("ta"), "b": hash_token("tb")}, roles={"b": "compliance"})
+    assert (store.role_of("a"), store.role_of("b")) == ("customer", "compliance")
+    store = TokenStore({"c": {"token_sha256": hash_token("tc"), "role": "admin"}})
+    assert store.role_of("c") == "admin"
+    with pytest.raises(TokenStoreError, match="role must be one of"):
+        TokenStore({"a": hash_token("ta")}, roles={"a": "root"})
+    with pytest.raises(TokenStoreError, match="unknown account"):
+        TokenStore({"a": hash_token("ta")}, roles={"nobody": "admin"})
+
+
+def test_bad_role_in_file(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text(f'[accounts.a]\ntoken_sha256 = "{"0" * 64}"\nrole = "superuser"\n')
+    with pytest.raises(TokenStoreError, match="role must be one of"):
+        TokenStore.load(path)
+
+
+@pytest.mark.parametrize(
+    "method, role",
+    [
+        ("/tracemark.v1.TeacherService/Generate", "customer"),
+        ("/tracemark.v1.RewriteService/Rewrite", "customer"),
+        ("/tracemark.v1.ForensicsService/Investigate", "compliance"),
+        ("/tracemark.v1.ForensicsService/GetReport", "compliance"),
+        ("/tracemark.v1.ForensicsService/VerifyReport", "compliance"),
+        ("/tracemark.v1.UnknownService/Do", None),
+    ],
+)
+def test_required_role(method, role):
+    assert required_role(method) == role

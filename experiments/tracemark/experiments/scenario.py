@@ -25,6 +25,7 @@ from tracemark.server.teacher.reference import ReferenceTeacher
 from tracemark.v1 import forensics_pb2, teacher_pb2
 
 DISTILLER = "distiller"
+INVESTIGATOR = "compliance-team"
 
 
 @dataclass
@@ -82,6 +83,7 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
     # 1. Accounts, a fresh ledger and master key, the server on localhost.
     accounts = [DISTILLER] + [f"account-{i:02d}" for i in range(1, size.bystanders + 1)]
     tokens = {a: f"tm_demo_{a}_{seed}" for a in accounts}
+    tokens[INVESTIGATOR] = f"tm_demo_{INVESTIGATOR}_{seed}"  # the compliance team's token (ForensicsService)
     problems = generate_problems(size.train_problems, seed=seed, difficulty=size.difficulty)
     teacher = ReferenceTeacher({p.question: p.solution for p in problems})
     settings = load_settings(
@@ -99,11 +101,12 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
                 "url": f"sqlite:///{workdir / 'ledger.db'}",
                 "master_key_file": workdir / "master.key",
             },
+            # the only suspects this server may investigate: the students trained below
+            "forensics": {"model_roots": [workdir / "students"]},
         }
     )
-    server = TracemarkServer(
-        settings, teacher=teacher, tokens=TokenStore({a: hash_token(t) for a, t in tokens.items()})
-    )
+    store = TokenStore({a: hash_token(t) for a, t in tokens.items()}, roles={INVESTIGATOR: "compliance"})
+    server = TracemarkServer(settings, teacher=teacher, tokens=store)
     port = server.start()
     server.wait_ready(60)
     address = f"127.0.0.1:{port}"
@@ -164,7 +167,7 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
             timings[f"train_{name}_s"] = time.perf_counter() - t0
 
         # 4. Investigate both students against every account, through ForensicsService.
-        investigator = Stubs(open_channel(address, token=tokens[DISTILLER]))
+        investigator = Stubs(open_channel(address, token=tokens[INVESTIGATOR]))
         verdict_names = {1: "detected", 2: "not_detected", 3: "inconclusive"}
         result = DemoResult(str(workdir), 0.0, len(harvested), watermarked, preserved, timings=timings)
         for name, trained_on, expected in [
