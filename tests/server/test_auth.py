@@ -76,3 +76,18 @@ def test_bad_role_in_file(tmp_path):
 )
 def test_required_role(method, role):
     assert required_role(method) == role
+
+
+def test_accounts_cli_add_with_role_and_list(tmp_path):
+    from tracemark.cli.main import app
+    from typer.testing import CliRunner
+
+    runner, path = CliRunner(), str(tmp_path / "tokens.toml")
+    added = runner.invoke(app, ["accounts", "add", "audit", "--role", "compliance", "--tokens-file", path])
+    assert added.exit_code == 0 and added.stdout.strip().startswith("tm_")
+    assert runner.invoke(app, ["accounts", "add", "alice", "--tokens-file", path]).exit_code == 0
+    bad = runner.invoke(app, ["accounts", "add", "eve", "--role", "root", "--tokens-file", path])
+    assert bad.exit_code == 2
+    listing = runner.invoke(app, ["accounts", "list", "--tokens-file", path])
+    assert listing.stdout.splitlines() == ["alice\tcustomer", "audit\tcompliance"]
+    assert TokenStore.load(tmp_path / "tokens.toml").account_for(added.stdout.strip()) == "audit"
