@@ -142,7 +142,7 @@ def test_plugins_check_fails_on_a_broken_plugin(app, runner, fake_site):
     assert {i["name"]: i["status"] for i in listing}["cli-broken"] == "failed"
 
 
-def test_rewrite_on_error_raise_exits_1(app, runner, monkeypatch):
+def test_rewrite_on_error_raise_exits_1(app, runner, monkeypatch, caplog):
     class Crash(Rewriter):
         name = "crash"
 
@@ -154,4 +154,6 @@ def test_rewrite_on_error_raise_exits_1(app, runner, monkeypatch):
     fallback = runner.invoke(app, ["rewrite", "-r", "crash"], input=TRACE)
     assert fallback.exit_code == 0 and "crash: error" in fallback.stderr and fallback.stdout == TRACE
     strict = runner.invoke(app, ["rewrite", "-r", "crash", "--on-error", "raise"], input=TRACE)
-    assert strict.exit_code == 1 and "rewriter 'crash' failed: RuntimeError: kaput" in strict.stderr
+    assert strict.exit_code == 1 and "rewriter 'crash' failed (error id " in strict.stderr
+    error_id = strict.stderr.split("error id ", 1)[1][:12]  # the message itself is in the log, under the id
+    assert any(error_id in r.getMessage() and "RuntimeError: kaput" in r.getMessage() for r in caplog.records)

@@ -145,6 +145,9 @@ class Rewriter(ABC):
     # True when no other rewriter may run after this one (e.g. ``watermark``: a later rewrite could
     # remove the embedded signature). The pipeline rejects specifications that violate it.
     must_be_last: ClassVar[bool] = False
+    # Options a host's policy decides (e.g. ``watermark``'s ``fraction``): a server refuses a request that
+    # sets one to anything but the policy's value, and marks them read-only in the published schema.
+    host_owned_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, options: BaseModel | None = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import threading
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import metadata
@@ -87,6 +88,12 @@ class PluginRecord:
     options_schema: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     requires_llm: bool = False
+    public_error: str = ""  # what callers see instead of ``error`` when that quotes a plugin's message
+
+    @property
+    def caller_error(self) -> str:
+        """``error`` as a remote caller may see it (a plugin's own message stays in the server log)."""
+        return self.public_error or self.error
 
 
 def _truthy(value: str | None) -> bool:
@@ -196,7 +203,8 @@ def validate(loaded: LoadedPlugin) -> tuple[type[Rewriter], dict[str, Any]]:
         schema = cls.options_schema()
         json.dumps(schema)
     except Exception as exc:
-        raise ValueError(f"options JSON schema cannot be produced: {type(exc).__name__}: {exc}") from None
+        log.warning("rewriter plugin %r: options JSON schema failed: %s", name, _one_line(exc))
+        raise ValueError("options JSON schema cannot be produced (details in the server log)") from None
     return cls, schema
 
 
@@ -240,10 +248,12 @@ class RewriterRegistry:
         records: list[PluginRecord] = []
         classes: dict[str, type[Rewriter]] = {}
 
-        def fail(plugin: DiscoveredPlugin, error: str) -> None:
+        def fail(plugin: DiscoveredPlugin, error: str, public: str = "") -> None:
             record = PluginRecord(
                 plugin.name, plugin.distribution, plugin.version, plugin.entry_point, "failed", error
             )
+            if public:
+                record = replace(record, public_error=public)
             records.append(record)
             where = plugin.distribution or "in-process"
             log.warning("rewriter plugin %r (%s) skipped: %s", plugin.name, where, error)
@@ -296,7 +306,13 @@ class RewriterRegistry:
                 try:
                     loaded = load(plugin)
                 except (Exception, SystemExit) as exc:
-                    fail(plugin, f"import failed: {_one_line(exc)}")
+                    # The operator sees the plugin's message; callers only an error id (see public_error).
+                    error_id = uuid.uuid4().hex[:12]
+                    fail(
+                        plugin,
+                        f"import failed: {_one_line(exc)} [error id {error_id}]",
+                        public=f"import failed (error id {error_id}; details in the server log)",
+                    )
                     continue
                 try:
                     rewriter_cls, schema = validate(loaded)
@@ -365,7 +381,7 @@ class RewriterRegistry:
             )
         rec = matches[0]
         raise UnknownRewriterError(
-            f"rewriter {name!r} is {rec.status}: {rec.error}", name=name, status=rec.status
+            f"rewriter {name!r} is {rec.status}: {rec.caller_error}", name=name, status=rec.status
         )
 
     def quarantine(self, name: str, reason: str) -> None:

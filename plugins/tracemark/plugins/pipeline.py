@@ -35,19 +35,21 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from tracemark.plugins.answers import answers_match, extract_final_answer, normalize_answer
-from tracemark.plugins.api import RewriteContext, Rewriter
+from tracemark.plugins.api import RewriteContext, Rewriter, RewriterError
 from tracemark.plugins.errors import (
     InvalidRewriterOptions,
     RewriterFailed,
     RewriterTimeout,
     UnknownRewriterError,
 )
+from tracemark.plugins.isolation import StepTask, WorkerPool, WorkerTimeout, class_ref
 from tracemark.plugins.loader import RewriterRegistry
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ log = logging.getLogger(__name__)
 Guard = Literal["preserved", "preserved_after_retry", "fell_back", "no_answer", "error", "timeout", "skipped"]
 OnError = Literal["fallback", "raise"]
 FALLBACK_OUTCOMES = frozenset({"fell_back", "error", "timeout", "skipped"})
+# Rewriters of these distributions run in-process ("" = registered in-process by the embedding host).
+TRUSTED_DISTRIBUTIONS = frozenset({"tracemark", ""})
 
 
 @dataclass
@@ -136,6 +140,7 @@ class RewritePipeline:
         executor: cf.Executor | None = None,
         on_error: OnError = "fallback",
         max_abandoned: int = 4,
+        pool: WorkerPool | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
@@ -154,6 +159,8 @@ class RewritePipeline:
         self._lock = threading.Lock()
         self._abandoned: dict[str, int] = {}
         self._abandoned_total = 0
+        self._pool = pool
+        self._hung: dict[str, int] = {}  # consecutive time-outs of an isolated rewriter
 
     # -- bookkeeping for abandoned threads ---------------------------------------------------------
     def abandoned(self, name: str | None = None) -> int:
@@ -185,6 +192,21 @@ class RewritePipeline:
             )
             return True
         return False
+
+    def _killed(self, name: str) -> bool:
+        """Count a worker killed at its limit; True when ``name`` just reached the bound and was quarantined
+        (a plugin that hangs every time would otherwise cost a process start per call)."""
+        with self._lock:
+            self._abandoned_total += 1
+            self._hung[name] = hung = self._hung.get(name, 0) + 1
+        if hung >= self.max_abandoned:
+            self.registry.quarantine(name, f"disabled after {hung} consecutive time-outs")
+            return True
+        return False
+
+    def _answered(self, name: str) -> None:
+        with self._lock:
+            self._hung.pop(name, None)
 
     # -- validation ---------------------------------------------------------------------------------
     def prepare(
@@ -275,6 +297,47 @@ class RewritePipeline:
         except UnknownRewriterError:
             return ""
 
+    def isolated(self, name: str) -> bool:
+        """Whether ``name``'s steps run in a killable worker process (third-party plugins, with a pool)."""
+        if self._pool is None:
+            return False
+        try:
+            distribution = self.registry.record(name).distribution.lower()
+        except UnknownRewriterError:
+            return False
+        return distribution not in TRUSTED_DISTRIBUTIONS
+
+    def _failure(self, name: str, exc: BaseException, *, when: str = "raised") -> str:
+        """Log ``exc`` in full under a fresh error id; return what the caller may see."""
+        error_id = uuid.uuid4().hex[:12]
+        if isinstance(exc, _HostError) or (isinstance(exc, RewriterError) and self._trusted(name)):
+            detail = _one_line(exc)  # built-in / host-registered RewriterErrors are written for the caller
+        else:
+            detail = f"error id {error_id}: the rewriter {when} an error (details in the server log only)"
+        log.warning("rewriter %r %s [error id %s]: %s", name, when, error_id, _one_line(exc))
+        trace = getattr(exc, "trace", "")
+        if trace:
+            log.debug("rewriter %r [error id %s] worker traceback:\n%s", name, error_id, trace)
+        return detail
+
+    def _trusted(self, name: str) -> bool:
+        try:
+            return self.registry.record(name).distribution.lower() in TRUSTED_DISTRIBUTIONS
+        except UnknownRewriterError:
+            return False
+
+    @contextmanager
+    def _runner(self, name: str, cls: type[Rewriter], parsed: Any, limit: float) -> Iterator[_Runner]:
+        if not self.isolated(name):
+            yield _ThreadRunner(self, name, cls(parsed), limit)
+            return
+        options = parsed.model_dump(mode="json") if isinstance(parsed, BaseModel) else dict(parsed or {})
+        runner = _ProcessRunner(self, name, cls, options, limit)
+        try:
+            yield runner
+        finally:
+            runner.close()
+
     def _run_step(
         self,
         index: int,
@@ -293,10 +356,11 @@ class RewritePipeline:
         def result(guard: Guard, attempts: int, detail: str) -> StepResult:
             return StepResult(name, version, guard, attempts, time.perf_counter() - started, detail)
 
-        def failed(attempts: int, detail: str) -> tuple[str, StepResult]:
+        def failed(attempts: int, exc: BaseException, when: str = "raised") -> tuple[str, StepResult]:
             """The step raised (or returned no string): RewriterFailed, or fall back to its input."""
+            detail = self._failure(name, exc, when=when)
             if policy == "raise":
-                raise RewriterFailed(f"rewriter {name!r} failed: {detail}", name=name) from None
+                raise RewriterFailed(f"rewriter {name!r} failed ({detail})", name=name) from None
             return trace, result("error", attempts, detail)
 
         try:
@@ -307,46 +371,136 @@ class RewritePipeline:
             return trace, result("skipped", 0, str(exc))
 
         wanted = normalize_answer(extract_final_answer(trace))
-        rewriter = cls(parsed)
         attempts = 0
         mismatch_detail = ""
-        for attempt in range(self.retries + 1):
-            attempts += 1
-            ctx = context.for_attempt(attempt, seed=_attempt_seed(base_seed, index, name, attempt))
-            future = self._executor.submit(rewriter.rewrite, trace, ctx)
-            try:
-                output = future.result(timeout=limit)
-            except cf.TimeoutError:
-                future.cancel()
-                quarantined = self._abandon(name, future)
-                detail = f"timed out after {limit:g} s"
-                if quarantined:
-                    detail += f"; rewriter disabled after {self.max_abandoned} hung attempts"
-                log.warning("rewriter %r: %s (worker thread abandoned)", name, detail)
-                if policy == "raise":
-                    raise RewriterTimeout(f"rewriter {name!r} {detail}", name=name) from None
-                return trace, result("timeout", attempts, detail)
-            except Exception as exc:
-                detail = _one_line(exc)
-                log.warning("rewriter %r raised %s", name, detail)
-                return failed(attempts, detail)
-            if not isinstance(output, str):
-                return failed(attempts, f"TypeError: rewrite() returned {type(output).__name__}, not str")
+        with self._runner(name, cls, parsed, limit) as runner:
+            for attempt in range(self.retries + 1):
+                attempts += 1
+                seed = _attempt_seed(base_seed, index, name, attempt)
+                ctx = context.for_attempt(attempt, seed=seed)
+                try:
+                    output = runner.rewrite(trace, ctx, seed)
+                except _TimedOut as out:
+                    detail = f"timed out after {limit:g} s"
+                    if out.quarantined:
+                        detail += f"; rewriter disabled after {self.max_abandoned} hung attempts"
+                    log.warning("rewriter %r: %s (%s)", name, detail, out.how)
+                    if policy == "raise":
+                        raise RewriterTimeout(f"rewriter {name!r} {detail}", name=name) from None
+                    return trace, result("timeout", attempts, detail)
+                except Exception as exc:
+                    return failed(attempts, exc)
+                if not isinstance(output, str):
+                    wrong = _HostError(f"rewrite() returned {type(output).__name__}, not str")
+                    return failed(attempts, wrong)
 
-            got = normalize_answer(extract_final_answer(output))
-            if wanted is None:
-                guard: Guard = "no_answer"
-            elif got == wanted:
-                guard = "preserved" if attempt == 0 else "preserved_after_retry"
-            else:
-                mismatch_detail = f"answer changed ({got!r} instead of {wanted!r})"
-                continue
-            try:
-                rewriter.accepted(output, ctx)
-            except Exception as exc:
-                detail = _one_line(exc)
-                log.warning("rewriter %r failed while accepting its output: %s", name, detail)
-                return failed(attempts, detail)
-            return output, result(guard, attempts, "; ".join(ctx.notes))
+                got = normalize_answer(extract_final_answer(output))
+                if wanted is None:
+                    guard: Guard = "no_answer"
+                elif got == wanted:
+                    guard = "preserved" if attempt == 0 else "preserved_after_retry"
+                else:
+                    mismatch_detail = f"answer changed ({got!r} instead of {wanted!r})"
+                    continue
+                try:
+                    runner.accepted(output, ctx, seed)
+                except Exception as exc:
+                    return failed(attempts, exc, when="failed to accept its output with")
+                return output, result(guard, attempts, "; ".join(ctx.notes))
         detail = f"{mismatch_detail} on every attempt; kept the step's input"
         return trace, result("fell_back", attempts, detail)
+
+
+class _HostError(TypeError):
+    """A failure the host detected and described itself (safe to show)."""
+
+
+class _TimedOut(Exception):
+    def __init__(self, quarantined: bool, how: str) -> None:
+        super().__init__(how)
+        self.quarantined = quarantined
+        self.how = how
+
+
+class _Runner:
+    """Runs one step's attempts (and its ``accepted`` hook) somewhere the pipeline can bound in time."""
+
+    def rewrite(self, trace: str, ctx: RewriteContext, seed: int) -> Any:
+        raise NotImplementedError
+
+    def accepted(self, output: str, ctx: RewriteContext, seed: int) -> None:
+        raise NotImplementedError
+
+
+class _ThreadRunner(_Runner):
+    """In-process: built-ins and in-process registrations (ours, linear-time), in worker threads."""
+
+    def __init__(self, pipeline: RewritePipeline, name: str, rewriter: Rewriter, limit: float) -> None:
+        self.pipeline, self.name, self.rewriter, self.limit = pipeline, name, rewriter, limit
+
+    def rewrite(self, trace: str, ctx: RewriteContext, seed: int) -> Any:
+        future = self.pipeline._executor.submit(self.rewriter.rewrite, trace, ctx)
+        try:
+            return future.result(timeout=self.limit)
+        except cf.TimeoutError:
+            future.cancel()
+            raise _TimedOut(self.pipeline._abandon(self.name, future), "worker thread abandoned") from None
+
+    def accepted(self, output: str, ctx: RewriteContext, seed: int) -> None:
+        self.rewriter.accepted(output, ctx)
+
+
+class _ProcessRunner(_Runner):
+    """Third-party plugins: in a worker process of the pipeline's pool, killed at the time limit."""
+
+    def __init__(
+        self, pipeline: RewritePipeline, name: str, cls: type[Rewriter], options: dict, limit: float
+    ) -> None:
+        self.pipeline, self.name, self.cls, self.options, self.limit = pipeline, name, cls, options, limit
+        self.step = uuid.uuid4().hex
+        self._lease: Any = None
+        self._worker: Any = None
+
+    def _call(self, op: str, trace: str, ctx: RewriteContext, seed: int) -> Any:
+        if self._worker is None:
+            try:
+                self._lease = self.pipeline._pool.lease(self.limit)  # type: ignore[union-attr]
+                self._worker = self._lease.__enter__()
+            except WorkerTimeout:
+                self._lease = None
+                raise _TimedOut(False, "no plugin worker free") from None
+        task = StepTask(
+            op,
+            self.step,
+            class_ref(self.cls),
+            self.options,
+            trace,
+            {
+                "problem": ctx.problem,
+                "account": ctx.account,
+                "trace_id": ctx.trace_id,
+                "seed": seed,
+                "attempt": ctx.attempt,
+                "watermark_policy": ctx.watermark_policy,
+                "llm_model": getattr(ctx.llm, "model_id", ""),
+            },
+            ctx.llm is not None,
+        )
+        try:
+            output, notes = self._worker.call(task, self.limit, ctx.llm)
+        except WorkerTimeout:
+            raise _TimedOut(self.pipeline._killed(self.name), "worker process killed") from None
+        self.pipeline._answered(self.name)
+        ctx.notes.extend(notes)
+        return output
+
+    def rewrite(self, trace: str, ctx: RewriteContext, seed: int) -> Any:
+        return self._call("rewrite", trace, ctx, seed)
+
+    def accepted(self, output: str, ctx: RewriteContext, seed: int) -> None:
+        if self.cls.accepted is not Rewriter.accepted:  # the default hook does nothing: skip the round trip
+            self._call("accepted", output, ctx, seed)
+
+    def close(self) -> None:
+        if self._lease is not None:
+            self._lease.__exit__(None, None, None)

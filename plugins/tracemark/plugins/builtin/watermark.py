@@ -74,7 +74,13 @@ class WatermarkOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    fraction: float = Field(0.1, ge=0.0, le=1.0, description="share of an account's traces that carry a pair")
+    fraction: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="share of an account's traces that carry a pair; a server sets it by policy "
+        "(a request may not change it there)",
+    )
     mode: Literal["template", "llm", "auto"] = Field(
         "auto", description="template | llm | auto (LLM-woven when an LLM backend is configured)"
     )
@@ -159,6 +165,7 @@ class WatermarkRewriter(Rewriter):
     )
     Options = WatermarkOptions
     must_be_last = True
+    host_owned_options = frozenset({"fraction"})
 
     def __init__(self, options: BaseModel | None = None) -> None:
         super().__init__(options)
