@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tracemark.server.auth import AuthInterceptor, TokenStore
 from tracemark.server.config import Settings
+from tracemark.server.decoding import DecodeGuardInterceptor
 from tracemark.server.runtime import Runtime
 from tracemark.server.servicers.forensics import ForensicsServicer
 from tracemark.server.servicers.rewrite import RewriteServicer
@@ -70,7 +71,11 @@ class TracemarkServer:
         ]
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=s.max_workers, thread_name_prefix="rpc"),
-            interceptors=[AuthInterceptor(tokens, allow_anonymous=settings.auth.allow_anonymous)],
+            # Decoding first (outermost): undecodable bytes are INVALID_ARGUMENT for everyone, never INTERNAL.
+            interceptors=[
+                DecodeGuardInterceptor(),
+                AuthInterceptor(tokens, allow_anonymous=settings.auth.allow_anonymous),
+            ],
             options=options,
         )
         teacher_pb2_grpc.add_TeacherServiceServicer_to_server(TeacherServicer(self.runtime), self.grpc_server)
@@ -149,6 +154,7 @@ class TracemarkServer:
             self.runtime.teacher.close()
         if self.runtime.engine is not None:
             self.runtime.engine.dispose()
+        self.runtime.close()
         log.info("stopped")
 
     def serve_forever(self) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from random import Random
 
 import grpc
@@ -16,16 +15,20 @@ from tracemark.forensics.keys import MasterSecret
 from tracemark.forensics.ledger.db import make_engine
 from tracemark.forensics.signatures import CandidateSpace
 from tracemark.plugins.api import LLMBackend, RewriteContext, SignatureService, WatermarkPolicy
+from tracemark.plugins.isolation import WorkerPool
 from tracemark.plugins.loader import RewriterRegistry
-from tracemark.plugins.pipeline import RewritePipeline
+from tracemark.plugins.pipeline import TRUSTED_DISTRIBUTIONS, RewritePipeline
 from tracemark.server.batching import GenerationQueue
 from tracemark.server.config import Settings
+from tracemark.server.decoding import MAX_OPTION_ENTRIES, load_json_object, pipeline_names, shown
 from tracemark.server.errors import RequestError, invalid
 from tracemark.server.llm import DirectLLM, QueuedLLM
 from tracemark.server.teacher.base import TeacherBackend
 from tracemark.server.teacher.remote import OpenAITeacher
 
 log = logging.getLogger(__name__)
+
+PLUGIN_WORKERS = 4  # third-party plugin steps running at once (each in its own worker process)
 
 
 @dataclass
@@ -44,13 +47,21 @@ class Runtime:
     llm: LLMBackend | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     load_error: str = ""
+    pool: WorkerPool | None = None
 
     # --- start-up -------------------------------------------------------------------------------
     def load_plugins(self) -> None:
         self.registry = RewriterRegistry.discover()
         rw = self.settings.rewrite
+        third_party = [
+            r.name
+            for r in self.registry.records
+            if r.status == "loaded" and r.distribution.lower() not in TRUSTED_DISTRIBUTIONS
+        ]
+        # Third-party steps run in killable worker processes; one is started now so the first call is warm.
+        self.pool = WorkerPool(max_workers=PLUGIN_WORKERS, warm=1) if third_party else None
         self.pipeline = RewritePipeline(
-            self.registry, timeout_s=rw.timeout_s, retries=rw.retries, on_error=rw.on_error
+            self.registry, timeout_s=rw.timeout_s, retries=rw.retries, on_error=rw.on_error, pool=self.pool
         )
         for record in self.registry.records:
             if record.status != "loaded":
@@ -86,19 +97,32 @@ class Runtime:
     # --- per request ----------------------------------------------------------------------------
     def resolve_pipeline(self, names: list[str], options_json: dict[str, str]) -> tuple[list[str], dict]:
         """Validate rewriter names and options before any work; raise RequestError / domain errors."""
-        names = [n.strip() for n in names if n.strip()] or list(self.settings.rewrite.default_pipeline)
+        names = pipeline_names(names) or list(self.settings.rewrite.default_pipeline)
         names += [m for m in self.settings.rewrite.mandatory if m not in names]
+        if len(options_json) > MAX_OPTION_ENTRIES:
+            count = len(options_json)
+            raise invalid(f"options are given for {count} rewriters; the limit is {MAX_OPTION_ENTRIES}")
         options: dict[str, dict] = {}
         for name, raw in options_json.items():
-            try:
-                value = json.loads(raw) if raw else {}
-            except json.JSONDecodeError as exc:
-                raise invalid(f"options for {name!r} are not valid JSON: {exc.msg}") from None
-            if not isinstance(value, dict):
-                raise invalid(f"options for {name!r} must be a JSON object")
-            options[name] = value
+            options[name] = load_json_object(raw, what=f"options for {shown(name)}")
         self.pipeline.prepare(names, options)
+        self._check_host_owned(options)
         return names, options
+
+    def _check_host_owned(self, options: dict[str, dict]) -> None:
+        """Options the server's policy sets (watermark ``fraction``) may only repeat the server's value."""
+        policy = self._policy()
+        if policy is None:
+            return
+        values = asdict(policy)
+        for name, given in options.items():
+            owned = getattr(self.registry.get(name), "host_owned_options", frozenset())
+            for key in sorted(owned & set(given)):
+                if key in values and given[key] != values[key]:
+                    raise invalid(
+                        f"option {key!r} of rewriter {name!r} is set by the server's policy; "
+                        "a request may not change it (omit it)"
+                    )
 
     def rewrite(
         self,
@@ -128,8 +152,18 @@ class Runtime:
         """The host services of a rewrite: (signature service, watermark policy), or (None, None)."""
         if self.issuer is None:
             return None, None
-        # The server's policy beats request options: a caller cannot lower its own watermark fraction.
-        return self.issuer, WatermarkPolicy(fraction=self.settings.rewrite.watermark_fraction)
+        return self.issuer, self._policy()
+
+    def _policy(self) -> WatermarkPolicy | None:
+        """The server's watermark policy (None without a ledger); requests cannot change it."""
+        if self.issuer is None:
+            return None
+        return WatermarkPolicy(fraction=self.settings.rewrite.watermark_fraction)
+
+    def close(self) -> None:
+        """Stop the plugin worker processes."""
+        if self.pool is not None:
+            self.pool.close()
 
     def require_ready(self) -> None:
         if not self.ready.is_set():

@@ -53,6 +53,20 @@ class RewriteServicer(rewrite_pb2_grpc.RewriteServiceServicer):
             rewrite_seconds=time.perf_counter() - start,
         )
 
+    def _public_schema(self, record) -> dict:
+        """The options schema, with the options the server's policy sets marked read-only."""
+        schema = record.options_schema or {}
+        if record.status != "loaded":
+            return schema
+        owned = getattr(self.rt.registry.get(record.name), "host_owned_options", frozenset())
+        properties = schema.get("properties") or {}
+        if not owned & set(properties):
+            return schema
+        schema = {**schema, "properties": dict(properties)}
+        for key in owned & set(properties):
+            schema["properties"][key] = {**properties[key], "readOnly": True}
+        return schema
+
     @grpc_errors
     def ListRewriters(self, request, context):
         return rewrite_pb2.ListRewritersResponse(
@@ -62,8 +76,8 @@ class RewriteServicer(rewrite_pb2_grpc.RewriteServiceServicer):
                     distribution=r.distribution or "",
                     version=r.version or "",
                     status=_STATUS.get(r.status, rewrite_pb2.PLUGIN_STATUS_UNSPECIFIED),
-                    error=r.error or "",
-                    options_schema_json=json.dumps(r.options_schema or {}, sort_keys=True),
+                    error=r.caller_error or "",
+                    options_schema_json=json.dumps(self._public_schema(r), sort_keys=True),
                     entry_point=r.entry_point or "",
                     description=r.description or "",
                 )
