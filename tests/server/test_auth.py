@@ -1,7 +1,10 @@
 import stat
 
 import pytest
+from tracemark.cli.main import app
+from tracemark.server import auth
 from tracemark.server.auth import TokenStore, TokenStoreError, add_account, hash_token, required_role
+from typer.testing import CliRunner
 
 
 def test_tokens_file_roundtrip_stores_only_hashes(tmp_path):
@@ -79,9 +82,6 @@ def test_required_role(method, role):
 
 
 def test_accounts_cli_add_with_role_and_list(tmp_path):
-    from tracemark.cli.main import app
-    from typer.testing import CliRunner
-
     runner, path = CliRunner(), str(tmp_path / "tokens.toml")
     added = runner.invoke(app, ["accounts", "add", "audit", "--role", "compliance", "--tokens-file", path])
     assert added.exit_code == 0 and added.stdout.strip().startswith("tm_")
@@ -91,3 +91,16 @@ def test_accounts_cli_add_with_role_and_list(tmp_path):
     listing = runner.invoke(app, ["accounts", "list", "--tokens-file", path])
     assert listing.stdout.splitlines() == ["alice\tcustomer", "audit\tcompliance"]
     assert TokenStore.load(tmp_path / "tokens.toml").account_for(added.stdout.strip()) == "audit"
+
+
+def test_rejection_logging_is_rate_limited(caplog, monkeypatch):
+    clock = iter([10.0] * 1000 + [11.5] * 10)
+    monkeypatch.setattr(auth.time, "monotonic", lambda: next(clock))
+    throttled = auth._Throttled(per_s=5)
+    with caplog.at_level("INFO", logger="tracemark.server.auth"):
+        for _ in range(1000):
+            throttled.info("rejected call to %s: unknown token", "/x")
+        throttled.info("rejected call to %s: unknown token", "/x")  # the next second
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines.count("rejected call to /x: unknown token") == 6
+    assert "995 rejected call(s) not logged (rate limit)" in lines

@@ -25,6 +25,8 @@ import hmac
 import logging
 import re
 import secrets
+import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -47,6 +49,33 @@ SERVICE_ROLES: dict[str, str] = {
     "tracemark.v1.RewriteService": CUSTOMER,
     "tracemark.v1.ForensicsService": COMPLIANCE,
 }
+
+
+class _Throttled:
+    """Logs at most ``per_s`` rejection lines a second, then one line saying how many were dropped, so a
+    flood of bad calls cannot flood the log."""
+
+    def __init__(self, per_s: int = 5) -> None:
+        self.per_s = per_s
+        self._lock = threading.Lock()
+        self._second = 0
+        self._count = self._dropped = 0
+
+    def info(self, message: str, *args: object) -> None:
+        now = int(time.monotonic())
+        with self._lock:
+            if now != self._second:
+                dropped, self._second, self._count, self._dropped = self._dropped, now, 0, 0
+                if dropped:
+                    log.info("%d rejected call(s) not logged (rate limit)", dropped)
+            self._count += 1
+            if self._count > self.per_s:
+                self._dropped += 1
+                return
+        log.info(message, *args)
+
+
+_rejections = _Throttled()
 
 
 class TokenStoreError(InvalidInput):
@@ -246,7 +275,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         else:
             account = self.store.account_for(token) if token else None
             if account is None:
-                log.info("rejected call to %s: unknown token", method)
+                _rejections.info("rejected call to %s: unknown token", method)
                 return _rejecting(handler, grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
             role = self.store.role_of(account)
         needed = required_role(method)
@@ -255,6 +284,6 @@ class AuthInterceptor(grpc.ServerInterceptor):
             message = (
                 f"{service} requires the {needed} role" if needed else f"{service} is not served to any role"
             )
-            log.info("denied %s to account %s (role %s)", method, account or "<anonymous>", role)
+            _rejections.info("denied %s to account %s (role %s)", method, account or "<anonymous>", role)
             return _rejecting(handler, grpc.StatusCode.PERMISSION_DENIED, message)
         return _with_account(handler, account, role)
