@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 from tracemark.server.app import TracemarkServer
 from tracemark.server.client import Stubs, open_channel
@@ -68,9 +69,15 @@ def test_callers_cannot_opt_out_of_the_watermark(protected_server):
     reply = bob.teacher.Generate(teacher_pb2.GenerateRequest(problem=problem, rewriters=["identity"]), timeout=30)
     assert [r.name for r in reply.rewriters] == ["identity", "watermark"]
     assert any(p.text in reply.trace for p in issuer.pairs_for("bob"))
-    # A caller-chosen fraction is overridden by the server's policy.
-    request = rewrite_pb2.RewriteRequest(
+    # The fraction is the server's policy: a request may repeat it, never change it (INVALID_ARGUMENT).
+    lowered = rewrite_pb2.RewriteRequest(
         trace=PROBLEMS[problem], rewriters=["watermark"], rewriter_options_json={"watermark": '{"fraction": 0.0}'}
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        bob.rewrite.Rewrite(lowered, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "server's policy" in refused.value.details()
+    request = rewrite_pb2.RewriteRequest(
+        trace=PROBLEMS[problem], rewriters=["watermark"], rewriter_options_json={"watermark": '{"fraction": 1.0}'}
     )
     rewritten = bob.rewrite.Rewrite(request, timeout=30)
     assert any(p.text in rewritten.trace for p in issuer.pairs_for("bob"))
