@@ -95,18 +95,22 @@ def test_adversarial_64k_trace_is_answered_within_a_second(alice, name):
     ids=["deep-1000", "deep-40", "unbalanced", "huge-int", "huge", "garbage", "array"],
 )
 def test_bad_json_options_are_invalid_argument(alice, raw):
-    request = rewrite_pb2.RewriteRequest(trace=TRACE, rewriters=["restructure"], rewriter_options_json={"restructure": raw})
-    code, details = _status(lambda: alice.rewrite.Rewrite(request, timeout=10))
+    request = rewrite_pb2.RewriteRequest(
+        trace=TRACE, rewriters=["restructure"], rewriter_options_json={"restructure": raw}
+    )
+    code, details = _status(lambda r=request: alice.rewrite.Rewrite(r, timeout=10))
     assert code == grpc.StatusCode.INVALID_ARGUMENT, details
     assert len(details) < 200  # nothing long is echoed back
     generate = teacher_pb2.GenerateRequest(problem="1+1?", rewriter_options_json={"watermark": raw})
-    assert _status(lambda: alice.teacher.Generate(generate, timeout=10))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        _status(lambda: alice.teacher.Generate(generate, timeout=10))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 def test_bad_pipeline_names_are_invalid_argument(alice):
     for names in (["x" * 100_000], ["identity"] * 17, ["Not A Name"], ["unknown-one"]):
         request = rewrite_pb2.RewriteRequest(trace=TRACE, rewriters=names)
-        code, details = _status(lambda: alice.rewrite.Rewrite(request, timeout=10))
+        code, details = _status(lambda r=request: alice.rewrite.Rewrite(r, timeout=10))
         assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) and len(details) < 300
     many = {f"r{i}": "{}" for i in range(17)}
     request = rewrite_pb2.RewriteRequest(trace=TRACE, rewriter_options_json=many)
@@ -122,10 +126,12 @@ def test_watermark_fraction_is_the_servers_policy(alice, server):
     for value in (0.0, 1.0, "0.1", None):
         options = {"watermark": json.dumps({"fraction": value})}
         request = rewrite_pb2.RewriteRequest(trace=TRACE, rewriter_options_json=options)
-        code, details = _status(lambda: alice.rewrite.Rewrite(request, timeout=10))
+        code, details = _status(lambda r=request: alice.rewrite.Rewrite(r, timeout=10))
         assert code == grpc.StatusCode.INVALID_ARGUMENT, value
         assert value is None or "server's policy" in details  # None fails the option's own type first
-    same = rewrite_pb2.RewriteRequest(trace=TRACE, rewriter_options_json={"watermark": json.dumps({"fraction": policy})})
+    same = rewrite_pb2.RewriteRequest(
+        trace=TRACE, rewriter_options_json={"watermark": json.dumps({"fraction": policy})}
+    )
     assert alice.rewrite.Rewrite(same, timeout=10).answer_preserved
 
 
@@ -134,8 +140,12 @@ def test_undecodable_messages_are_invalid_argument_and_not_logged_per_request(se
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     metadata = [("authorization", f"Bearer {token}")] if token else []
     garbage = [b"\xff\xff\xff\xff", b"\x0a\xff\xff\xff\x0f", b"\x12\x05abc", bytes(range(256))]
-    methods = ["/tracemark.v1.RewriteService/Rewrite", "/tracemark.v1.TeacherService/Generate",
-               "/tracemark.v1.ForensicsService/GetReport", "/tracemark.v1.RewriteService/ListRewriters"]
+    methods = [
+        "/tracemark.v1.RewriteService/Rewrite",
+        "/tracemark.v1.TeacherService/Generate",
+        "/tracemark.v1.ForensicsService/GetReport",
+        "/tracemark.v1.RewriteService/ListRewriters",
+    ]
     codes = []
     with caplog.at_level(logging.INFO):
         for _ in range(10):

@@ -71,8 +71,10 @@ def third_party(fake_site, h, tmp_path):
     fake_site.dist(
         "acme-isolated",
         "1.0",
-        {n: f"{mod}:{c}" for n, c in [("where-am-i", "WhereAmI"), ("leaky", "Leaky"), ("spin", "Spin"),
-                                      ("exits", "Exits")]},
+        {
+            n: f"{mod}:{c}"
+            for n, c in [("where-am-i", "WhereAmI"), ("leaky", "Leaky"), ("spin", "Spin"), ("exits", "Exits")]
+        },
     )
     registry = RewriterRegistry.discover(strict=True, allowlist=[], entry_points=fake_site.entry_points())
     pool = WorkerPool(max_workers=2)
@@ -157,5 +159,7 @@ def test_worker_overhead_per_step(third_party):
     for _ in range(n):
         local.run(trace, names=["where-am-i"])
     in_process = (time.perf_counter() - started) / n
-    print(f"\nper step with a 60 kB trace: worker {isolated * 1000:.1f} ms, thread {in_process * 1000:.1f} ms")
+    print(
+        f"\nper step with a 60 kB trace: worker {isolated * 1000:.1f} ms, thread {in_process * 1000:.1f} ms"
+    )
     assert isolated - in_process < 0.1

@@ -80,8 +80,9 @@ class _ForwardedLLM:
         self.model_id = model_id
 
     def chat(self, messages, *, max_new_tokens=512, temperature=0.0, seed=None) -> str:
-        self._conn.send(("llm", messages, {"max_new_tokens": max_new_tokens, "temperature": temperature,
-                                           "seed": seed}))
+        self._conn.send(
+            ("llm", messages, {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed})
+        )
         kind, value = self._conn.recv()
         if kind != "llm_reply":
             raise RuntimeError(f"the host's LLM call failed ({value})")
@@ -332,4 +333,3 @@ class WorkerPool:
             idle, self._idle = self._idle, []
         for worker in idle:
             worker.kill()
-

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import accumulate
 
 from tracemark.plugins.answers import boxed_spans
 
@@ -70,12 +71,7 @@ def protected_mask(text: str, token_offsets: Sequence[tuple[int, int]]) -> list[
     for start, end in protected_spans(text):
         edges[start] += 1
         edges[end] -= 1
-    covered_before = [0] * (len(text) + 1)
-    depth = covered = 0
-    for i in range(len(text)):
-        depth += edges[i]
-        covered += depth > 0
-        covered_before[i + 1] = covered
+    covered_before = [0, *accumulate(map(bool, accumulate(edges[: len(text)])))]
     out = []
     limit = len(text)
     for start, end in token_offsets:

@@ -361,6 +361,8 @@ def restructure(trace: str, options: RestructureOptions | None = None) -> str:
             sentence = sentence.strip()
             if not sentence:
                 continue
+            if len(sentence.split(maxsplit=2)) < 3 and "<<" not in sentence and not _DIGIT.search(sentence):
+                continue  # fast path, same outcome: no equation, and a gloss under 3 words without digits
             equations, rest = _parse_sentence(sentence)
             gloss = _compress(rest)
             if not equations:
