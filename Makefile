@@ -46,7 +46,7 @@ test-fast: $(INSTALLED) ## Run the suite without the slow marker
 
 FUZZ_REQUESTS ?= 10000
 fuzz: $(INSTALLED) ## Long gRPC fuzz run (>= FUZZ_REQUESTS requests, every RPC; prints a summary line)
-	TRACEMARK_FUZZ_REQUESTS=$(FUZZ_REQUESTS) $(VENV)/bin/pytest -m slow tests/fuzz/test_fuzz_long.py $(PYTEST_ARGS)
+	TRACEMARK_FUZZ_REQUESTS=$(FUZZ_REQUESTS) $(VENV)/bin/pytest -p no:logging -m slow tests/fuzz/test_fuzz_long.py $(PYTEST_ARGS)
 
 demo: $(INSTALLED) ## Run the main job on the embedded default model
 	$(VENV)/bin/tracemark demo

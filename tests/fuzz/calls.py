@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,13 +44,16 @@ for _module in (teacher_pb2, rewrite_pb2, forensics_pb2):
                 getattr(_module, _method.input_type.name),
             )
 SERVICE_OF = {name: path.split("/")[1].rsplit(".", 1)[-1] for name, (path, _, _) in RPCS.items()}
-# The roles of issue 11: who may call which service (admin: accounts and keys, may or may not call these).
+# The roles of issue 11: who may call which service (admin manages accounts and keys, calls none of these).
 MAY_CALL = {
     "customer": {"TeacherService", "RewriteService"},
     "compliance": {"ForensicsService"},
+    "admin": set(),
 }
 VALID_REWRITERS = ["identity", "restructure", "watermark"]
 MUST_BE_LAST = {"watermark"}
+MAX_PIPELINE_STEPS = 16  # the caller's steps after stripping (the mandatory watermark not counted)
+REWRITER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # tracemark.plugins.loader.NAME_PATTERN
 KNOWN_REWRITERS = {
     "identity", "restructure", "watermark", "hotflip", "embedding-ascent", "semantic", "optimized", "example",
 }  # fmt: skip
@@ -90,9 +94,13 @@ json_options = st.one_of(
     short_text,
 )
 rewriter_names = st.lists(
-    st.one_of(st.sampled_from(VALID_REWRITERS), st.sampled_from([" identity ", "", "  "]), short_text),
+    st.one_of(
+        st.sampled_from(VALID_REWRITERS),
+        st.sampled_from([" identity ", "", "  ", "no-such-rewriter", "a" * 64, "a" * 65, "Identity"]),
+        short_text,
+    ),
     max_size=4,
-)
+) | st.builds(lambda n: ["identity"] * n, st.integers(15, 40))  # pipelines longer than any sane one
 
 
 @st.composite
@@ -209,13 +217,18 @@ def _json_fault(raw: str) -> bool:
 
 
 def pipeline_codes(names: Iterable[str], options: dict[str, str]) -> set[C]:
-    names = [n.strip() for n in names if n.strip()] or ["identity"]
-    names += [m for m in ["watermark"] if m not in names]
+    cleaned = [n.strip() for n in names if n.strip()]
+    names = (cleaned or ["identity"]) + [m for m in ["watermark"] if m not in cleaned]
     codes: set[C] = set()
+    if len(cleaned) > MAX_PIPELINE_STEPS:
+        codes.add(C.INVALID_ARGUMENT)
     if set(options) - set(names) or any(_json_fault(v) for v in options.values()):
         codes.add(C.INVALID_ARGUMENT)
-    if any(n not in KNOWN_REWRITERS for n in names):
-        codes.add(C.NOT_FOUND)
+    unknown = [n for n in names if n not in KNOWN_REWRITERS]
+    if any(REWRITER_NAME.fullmatch(n) for n in unknown):
+        codes.add(C.NOT_FOUND)  # a well-formed name nobody registered
+    if any(not REWRITER_NAME.fullmatch(n) for n in unknown):
+        codes |= {C.INVALID_ARGUMENT, C.NOT_FOUND}  # cannot be a name at all: either refusal is precise
     if any(n in MUST_BE_LAST and i != len(names) - 1 for i, n in enumerate(names)):
         codes.add(C.INVALID_ARGUMENT)
     return codes
@@ -310,8 +323,6 @@ class Call:
             codes = {C.INVALID_ARGUMENT}
         else:
             codes = field_codes(self.rpc, msg)
-        if self.who == "admin":
-            return codes | {C.PERMISSION_DENIED} | self.extra
         if SERVICE_OF[self.rpc] not in MAY_CALL[self.who]:
             return {C.PERMISSION_DENIED} | self.extra
         return codes | self.extra
@@ -378,7 +389,7 @@ def check(fuzz: FuzzServer, outcome: Outcome) -> None:
     expected = call.expected()
     if outcome.code in NEVER or outcome.code not in expected:
         raise Violation(
-            (call.rpc, f"{call.who}->{outcome.code.name}"),
+            (call.rpc, f"{call.who}->{outcome.code.name} {outcome.details[:40]!r}"),
             f"{where}: got {outcome.code.name} {outcome.details[:200]!r}, "
             f"expected one of {sorted(c.name for c in expected)}; payload {call.payload[:120]!r}",
         )

@@ -57,6 +57,8 @@ def _settings(tmp_path):
                 "mandatory": ["watermark"],
                 "timeout_s": 5,
                 "watermark_fraction": WATERMARK_FRACTION,
+                # 9-digit targets: long enough that a target alone is a secret worth searching for.
+                "target_digits": 9,
             },
             "ledger": {
                 "url": f"sqlite:///{tmp_path / 'ledger.db'}",
@@ -107,7 +109,7 @@ class LogCapture(logging.Handler):
             self.levels[record.levelname] += 1
 
 
-@dataclass
+@dataclass(repr=False)
 class FuzzServer:
     server: TracemarkServer
     address: str
@@ -116,6 +118,9 @@ class FuzzServer:
     own_pairs: dict[str, list[str]]  # account -> its own pair texts (allowed in its own traces)
     stats: Counter = field(default_factory=Counter)  # (rpc, status name) -> count
     stats_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __repr__(self) -> str:  # hypothesis prints fixtures of failing examples: never the secrets
+        return f"FuzzServer({self.address}, {sum(self.stats.values())} requests)"
 
     def record(self, rpc: str, code: grpc.StatusCode) -> None:
         with self.stats_lock:
@@ -168,7 +173,8 @@ def fuzz_server(request, tmp_path_factory, tiny_model_dir):
             for pair in rt.issuer.all_pairs_for(account):
                 secrets[f"pair {pair.index} of {account}"] = pair.text
                 secrets[f"trigger {pair.index} of {account}"] = pair.trigger
-                own_pairs.setdefault(account, []).extend([pair.text, pair.trigger])
+                secrets[f"target {pair.index} of {account}"] = pair.target
+                own_pairs.setdefault(account, []).extend([pair.text, pair.trigger, pair.target])
         fuzz = FuzzServer(server, f"127.0.0.1:{server.port}", capture, secrets, own_pairs)
         yield fuzz
         SUMMARIES.append(summary_line(fuzz.stats, request.module.__name__.rsplit(".", 1)[-1]))
