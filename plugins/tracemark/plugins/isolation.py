@@ -237,21 +237,11 @@ class WorkerPool:
 
         def start() -> None:
             try:
-                worker = _Worker(self._ctx)
+                worker = self._spawn()
             except Exception as exc:
                 log.warning("could not start a plugin worker: %s", exc)
-                with self._cond:
-                    self._busy -= 1
-                    self._cond.notify()
                 return
-            with self._cond:
-                self.started += 1
-                self._busy -= 1
-                if self._closed:
-                    worker.kill()
-                    return
-                self._idle.append(worker)
-                self._cond.notify()
+            self._release(worker, healthy=True)
 
         with self._cond:
             if self._closed or len(self._idle) + self._busy >= self.max_workers:
@@ -289,18 +279,21 @@ class WorkerPool:
                 if remaining <= 0:
                     raise WorkerTimeout(f"no plugin worker free within {wait_s:g} s")
                 self._cond.wait(remaining)
-        if start_one:  # outside the lock: starting a process takes a while
-            try:
-                worker = _Worker(self._ctx)
-            except BaseException:
-                with self._cond:
-                    self._busy -= 1
-                    self._cond.notify()
-                raise
+        assert start_one
+        return self._spawn()  # outside the lock: starting a process takes a while
+
+    def _spawn(self) -> _Worker:
+        """Start a worker whose slot (``_busy``) is already reserved; the slot is freed if that fails."""
+        try:
+            worker = _Worker(self._ctx)
+        except BaseException:
             with self._cond:
-                self.started += 1
-            return worker
-        raise AssertionError("unreachable")
+                self._busy -= 1
+                self._cond.notify()
+            raise
+        with self._cond:
+            self.started += 1
+        return worker
 
     def _release(self, worker: _Worker, healthy: bool) -> None:
         for step in worker.steps:
@@ -310,15 +303,16 @@ class WorkerPool:
                 except OSError:
                     healthy = False
         worker.steps.clear()
-        if not healthy:
-            worker.kill()
         with self._cond:
             self._busy -= 1
-            if healthy and not self._closed:
+            keep = healthy and not self._closed
+            if keep:
                 self._idle.append(worker)
             elif not healthy:
                 self.killed += 1
             self._cond.notify()
+        if not keep:
+            worker.kill()
         if not healthy:
             self._replenish()
 

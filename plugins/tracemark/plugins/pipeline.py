@@ -7,15 +7,22 @@ copy of the context (own seeded RNG and notes; shared host services: ``llm``, ``
 
 Per step and attempt:
 
-* the rewriter runs in a worker thread; the caller waits at most ``timeout_s``. A thread still running
-  after that is *abandoned* (Python cannot kill threads): it is counted, the step falls back to its input,
-  and once ``max_abandoned`` threads of one rewriter are still alive that rewriter is quarantined
-  (status ``failed`` in the registry) so a plugin that always hangs cannot exhaust the process. By default
+* a third-party rewriter (a distribution other than ``tracemark``), when the pipeline has a ``pool``
+  (:class:`~tracemark.plugins.isolation.WorkerPool`; the server always gives one), runs in a worker
+  *process*: at ``timeout_s`` that process is killed (its CPU use stops at once) and replaced; after
+  ``max_abandoned`` consecutive time-outs the rewriter is quarantined (status ``failed``).
+* built-ins and in-process registrations (ours; linear-time) run in a worker thread; the caller waits at
+  most ``timeout_s``. A thread still running after that is *abandoned* (Python cannot kill threads): it is
+  counted, the step falls back to its input, and once ``max_abandoned`` threads of one rewriter are still
+  alive that rewriter is quarantined so a step that always hangs cannot exhaust the process. By default
   each attempt runs in a fresh *daemon* thread so an abandoned one never blocks interpreter exit; pass an
   ``executor`` (``concurrent.futures.Executor``) to use a pool instead.
 * the answer guard compares the normalised final answers of the step's input and output; on mismatch it
   retries (``context.attempt`` 1, 2, ...) up to ``retries`` times, then falls back to the step's input.
-* a step that raises falls back as well (outcome ``error``, detail ``"ExcType: message"``, no traceback).
+* a step that raises falls back as well (outcome ``error``). Its detail is ``"error id <12 hex>: the
+  rewriter raised an error ..."``; the exception's text goes to the log under that id only, since a
+  plugin's message may hold anything (a ``RewriterError`` of a built-in or in-process rewriter is
+  written for the caller and is shown as ``"RewriterError: message"``).
 
 With ``on_error="raise"`` a raising step raises :class:`RewriterFailed` and a hung one
 :class:`RewriterTimeout` instead of falling back (the server maps them to INTERNAL / DEADLINE_EXCEEDED);
