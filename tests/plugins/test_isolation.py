@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from tracemark.plugins.api import Rewriter
+from tracemark.plugins.api import RewriteContext, Rewriter
 from tracemark.plugins.isolation import WorkerPool
 from tracemark.plugins.loader import RewriterRegistry
 from tracemark.plugins.pipeline import RewritePipeline
@@ -41,7 +41,7 @@ def third_party(fake_site, h, tmp_path):
         "isolated",
         f"""
         import os
-        from tracemark.plugins.api import Rewriter
+        from tracemark.plugins.api import RewriteContext, Rewriter
 
         class WhereAmI(Rewriter):
             name = "where-am-i"
@@ -62,6 +62,14 @@ def third_party(fake_site, h, tmp_path):
                 while True:
                     pass
 
+        class Asks(Rewriter):
+            name = "asks"
+            requires_llm = True
+            def rewrite(self, trace, context):
+                assert context.signatures is None  # never sent to a third-party worker
+                reply = context.llm.chat([{{"role": "user", "content": "hi"}}], max_new_tokens=5)
+                return reply + chr(10) + trace
+
         class Exits(Rewriter):
             name = "exits"
             def rewrite(self, trace, context):
@@ -73,7 +81,13 @@ def third_party(fake_site, h, tmp_path):
         "1.0",
         {
             n: f"{mod}:{c}"
-            for n, c in [("where-am-i", "WhereAmI"), ("leaky", "Leaky"), ("spin", "Spin"), ("exits", "Exits")]
+            for n, c in [
+                ("where-am-i", "WhereAmI"),
+                ("leaky", "Leaky"),
+                ("spin", "Spin"),
+                ("exits", "Exits"),
+                ("asks", "Asks"),
+            ]
         },
     )
     registry = RewriterRegistry.discover(strict=True, allowlist=[], entry_points=fake_site.entry_points())
@@ -122,6 +136,16 @@ def test_a_plugins_error_text_stays_in_the_log(third_party, caplog):
     error_id = re.search(r"error id ([0-9a-f]{12})", step.detail).group(1)
     logged = [r.getMessage() for r in caplog.records if error_id in r.getMessage()]
     assert logged and SECRET in logged[0]  # the operator can find the message by the id
+
+
+def test_llm_calls_are_forwarded_to_the_host(third_party, h, fake_issuer):
+    registry, pool, _ = third_party
+    llm = h.ScriptedLLM(lambda messages, i: "hello from the host")
+    context = RewriteContext(account="alice", trace_id="t1", llm=llm, signatures=fake_issuer)
+    result = RewritePipeline(registry, pool=pool).run(TRACE, names=["asks"], context=context)
+    assert result.steps[0].guard == "preserved", result.steps[0].detail
+    assert result.trace == "hello from the host\n" + TRACE
+    assert llm.calls[0]["max_new_tokens"] == 5 and llm.calls[0]["messages"][0]["content"] == "hi"
 
 
 def test_a_worker_that_exits_is_replaced(third_party):
