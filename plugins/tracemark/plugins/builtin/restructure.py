@@ -188,7 +188,7 @@ def _compress(text: str) -> str:
     return text
 
 
-@dataclass
+@dataclass(slots=True)
 class _Tok:
     kind: str
     text: str
@@ -299,6 +299,8 @@ def _parse_sentence(sentence: str) -> tuple[list[_Equation], str]:
         if tok.kind in _MATH_KINDS:
             run.append(tok)
             continue
+        if run and not any(t.kind in ("num", "ann") for t in run):
+            run = []  # spaces, operators, "=" or brackets only: no segment can be valid, nothing to flush
         if run:
             segments: list[tuple[list[_Tok], _Tok | None]] = [([], None)]
             for t in run:
