@@ -94,13 +94,15 @@ def test_accounts_cli_add_with_role_and_list(tmp_path):
 
 
 def test_rejection_logging_is_rate_limited(caplog, monkeypatch):
+    from tracemark.foundation import ratelimit
+
     clock = iter([10.0] * 1000 + [11.5] * 10)
-    monkeypatch.setattr(auth.time, "monotonic", lambda: next(clock))
-    throttled = auth._Throttled(per_s=5)
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: next(clock))
+    throttled = ratelimit.RateLimitedLog(auth.log, per_window=5, window_s=1.0)
     with caplog.at_level("INFO", logger="tracemark.server.auth"):
         for _ in range(1000):
             throttled.info("rejected call to %s: unknown token", "/x")
         throttled.info("rejected call to %s: unknown token", "/x")  # the next second
     lines = [r.getMessage() for r in caplog.records]
-    assert lines.count("rejected call to /x: unknown token") == 6
-    assert "995 rejected call(s) not logged (rate limit)" in lines
+    assert lines.count("rejected call to /x: unknown token") == 5
+    assert lines[-1] == "rejected call to /x: unknown token (995 more held back by the rate limit)"

@@ -25,14 +25,13 @@ import hmac
 import logging
 import re
 import secrets
-import threading
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import grpc
 from tracemark.foundation.errors import InvalidInput
 from tracemark.foundation.files import read_toml
+from tracemark.foundation.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -51,31 +50,8 @@ SERVICE_ROLES: dict[str, str] = {
 }
 
 
-class _Throttled:
-    """Logs at most ``per_s`` rejection lines a second, then one line saying how many were dropped, so a
-    flood of bad calls cannot flood the log."""
-
-    def __init__(self, per_s: int = 5) -> None:
-        self.per_s = per_s
-        self._lock = threading.Lock()
-        self._second = 0
-        self._count = self._dropped = 0
-
-    def info(self, message: str, *args: object) -> None:
-        now = int(time.monotonic())
-        with self._lock:
-            if now != self._second:
-                dropped, self._second, self._count, self._dropped = self._dropped, now, 0, 0
-                if dropped:
-                    log.info("%d rejected call(s) not logged (rate limit)", dropped)
-            self._count += 1
-            if self._count > self.per_s:
-                self._dropped += 1
-                return
-        log.info(message, *args)
-
-
-_rejections = _Throttled()
+# At most 5 rejection lines a second: a flood of bad calls cannot flood the log.
+_rejections = RateLimitedLog(log, per_window=5, window_s=1.0)
 
 
 class TokenStoreError(InvalidInput):

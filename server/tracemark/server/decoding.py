@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import grpc
 from tracemark.foundation.errors import InvalidInput
+from tracemark.foundation.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -102,27 +101,6 @@ UNDECODABLE = _Undecodable()
 UNDECODABLE_MESSAGE = "the request message could not be decoded"
 
 
-class RateLimitedLog:
-    """Log at most one line per ``every_s`` seconds, saying how many were held back since the last one."""
-
-    def __init__(self, logger: logging.Logger, every_s: float = 60.0) -> None:
-        self.logger, self.every_s = logger, every_s
-        self._lock = threading.Lock()
-        self._last = -float("inf")
-        self._held = 0
-
-    def warning(self, message: str, *args: Any) -> bool:
-        """Log ``message % args`` unless a line was logged less than ``every_s`` ago; True when logged."""
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last < self.every_s:
-                self._held += 1
-                return False
-            held, self._held, self._last = self._held, 0, now
-        self.logger.warning(message + " (%d more since the last such line)", *args, held)
-        return True
-
-
 class DecodeGuardInterceptor(grpc.ServerInterceptor):
     """Outermost interceptor: a request whose bytes do not decode ends with INVALID_ARGUMENT.
 
@@ -134,7 +112,7 @@ class DecodeGuardInterceptor(grpc.ServerInterceptor):
     """
 
     def __init__(self, *, log_every_s: float = 60.0) -> None:
-        self.log = RateLimitedLog(log, log_every_s)
+        self.log = RateLimitedLog(log, per_window=1, window_s=log_every_s)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
