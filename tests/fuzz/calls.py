@@ -73,7 +73,7 @@ text = st.one_of(st.text(max_size=40), st.sampled_from(NASTY), st.text(max_size=
 short_text = st.one_of(st.text(max_size=40), st.sampled_from(NASTY))
 
 
-def _deep(depth: int, kind: str) -> str:
+def deep_json(depth: int, kind: str) -> str:
     if kind == "array":
         return "[" * depth + "]" * depth
     return '{"a":' * depth + "1" + "}" * depth
@@ -83,7 +83,9 @@ json_options = st.one_of(
     st.sampled_from(["", "{}", " {} ", "{", "null", "[]", "1", '"s"', "true", '{"fz_k": 1}', "{}{}"]),
     st.sampled_from(['{"fz_\\ud800": 1}', '{"fz": "\\u0000"}', '{"fz": 1e999}', '{"fz": NaN}']),
     st.builds(lambda n: '{"fz": ' + "9" * n + "}", st.integers(1, 20_000)),  # huge integers
-    st.builds(_deep, st.sampled_from([10, 100, 1_000, 5_000, 100_000]), st.sampled_from(["array", "object"])),
+    st.builds(
+        deep_json, st.sampled_from([10, 100, 1_000, 5_000, 100_000]), st.sampled_from(["array", "object"])
+    ),
     st.builds(lambda n: '{"fz": "' + "x" * n + '"}', st.integers(0, 200_000)),
     st.builds(lambda n: json.dumps({f"fz_{i}": i for i in range(n)}), st.integers(1, 3_000)),
     st.recursive(

@@ -22,6 +22,7 @@ from .calls import (
     SERVICE_OF,
     VALID_REWRITERS,
     Call,
+    deep_json,
     bearer,
     caller_of,
     calls,
@@ -148,3 +149,39 @@ def test_tokens_reach_their_services(fuzz_server, channel):
     outcome = send(channel, Call("GetReport", report, "compliance", bearer("compliance")))
     assert outcome.code == C.NOT_FOUND, outcome.details
     assert TOKENS["customer"][0] != TOKENS["compliance"][0]
+
+
+NASTY_JSON = [
+    deep_json(100_000, "array"),
+    deep_json(100_000, "object"),
+    deep_json(33, "object"),
+    '{"fz": ' + "9" * 5_000 + "}",  # past Python's 4,300-digit int parsing limit (ValueError)
+    '{"fz": 1e999}',
+    '{"fz": NaN}',
+    '{"fz_\\ud800": 1}',
+    '{"fz": "' + "x" * 200_000 + '"}',
+    "{" * 50_000,
+]
+
+
+@pytest.mark.parametrize("nasty", range(len(NASTY_JSON)))
+def test_known_nasty_json_in_every_json_field(fuzz_server, channel, nasty):
+    """Every JSON-bearing field (rewriter options of Generate/GenerateStream/Rewrite, VerifyReport's
+    envelope) with each known-bad JSON: INVALID_ARGUMENT (or OK with valid=False for an envelope)."""
+    raw = NASTY_JSON[nasty]
+    options = {"identity": raw}
+    requests = {
+        "Generate": teacher_pb2.GenerateRequest(
+            problem="2+2?", rewriters=["identity"], rewriter_options_json=options
+        ),
+        "GenerateStream": teacher_pb2.GenerateStreamRequest(
+            problem="2+2?", rewriters=["identity"], rewriter_options_json=options
+        ),
+        "Rewrite": rewrite_pb2.RewriteRequest(
+            trace="#### 4", rewriters=["identity"], rewriter_options_json=options
+        ),
+        "VerifyReport": forensics_pb2.VerifyReportRequest(envelope_json=raw),
+    }
+    for rpc, msg in requests.items():
+        role = "compliance" if rpc == "VerifyReport" else "customer"
+        check(fuzz_server, send(channel, Call(rpc, msg.SerializeToString(), role, bearer(role))))
