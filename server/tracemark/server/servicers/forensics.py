@@ -7,7 +7,6 @@ connection); reports are looked up by their full id only (no prefixes, no ``late
 
 from __future__ import annotations
 
-import json
 import queue as queue_mod
 import re
 import threading
@@ -18,6 +17,7 @@ from tracemark.forensics.adapters import parse_suspect
 from tracemark.forensics.adapters.policy import SuspectPolicy
 from tracemark.forensics.investigate import InvestigationParams, run_investigation
 from tracemark.forensics.reports import load_report, verify_envelope, verify_stored_report
+from tracemark.server.decoding import load_json
 from tracemark.server.errors import RequestError, grpc_errors, grpc_stream_errors, invalid
 from tracemark.server.runtime import Runtime
 from tracemark.v1 import forensics_pb2, forensics_pb2_grpc
@@ -134,12 +134,9 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
         self._require_ledger()
         public_key = self.rt.master  # trusts every key version, so pre-rotation reports verify
         if request.envelope_json:
-            try:
-                envelope = json.loads(request.envelope_json)
-            except json.JSONDecodeError as exc:
-                raise invalid(f"envelope_json is not valid JSON: {exc.msg}") from None
-            except RecursionError:
-                raise invalid("envelope_json is nested too deeply") from None
+            # A DSSE envelope is shallow (its payload is base64); its size is bounded by the message limit.
+            limit = self.rt.settings.server.max_message_bytes
+            envelope = load_json(request.envelope_json, what="envelope_json", max_chars=limit)
             if not isinstance(envelope, dict):
                 raise invalid("envelope_json must be a JSON object")
             result = verify_envelope(envelope, public_key=public_key, engine=self.rt.engine)
