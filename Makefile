@@ -42,11 +42,11 @@ test: $(INSTALLED) ## Run the whole suite, slow end-to-end checks included
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-fast: $(INSTALLED) ## Run the suite without the slow marker
-	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not slow and not fuzz_long" $(PYTEST_ARGS)
 
 FUZZ_REQUESTS ?= 10000
 fuzz: $(INSTALLED) ## Long gRPC fuzz run (>= FUZZ_REQUESTS requests, every RPC; prints a summary line)
-	TRACEMARK_FUZZ_REQUESTS=$(FUZZ_REQUESTS) $(VENV)/bin/pytest -p no:logging -m slow tests/fuzz/test_fuzz_long.py $(PYTEST_ARGS)
+	TRACEMARK_FUZZ_REQUESTS=$(FUZZ_REQUESTS) $(VENV)/bin/pytest -p no:logging -m fuzz_long tests/fuzz/test_fuzz_long.py $(PYTEST_ARGS)
 
 demo: $(INSTALLED) ## Run the main job on the embedded default model
 	$(VENV)/bin/tracemark demo

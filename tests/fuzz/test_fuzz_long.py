@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from .calls import CREDENTIALS, RPCS, SERVICE_OF, Violation, caller_of, calls, check, send, send_all
 
-pytestmark = pytest.mark.slow  # fuzz_long once pyproject.toml registers it
+pytestmark = pytest.mark.fuzz_long  # `make fuzz`; excluded from `make test`
 
 C = grpc.StatusCode
 REQUESTS = int(os.environ.get("TRACEMARK_FUZZ_REQUESTS", "10000"))
