@@ -21,9 +21,9 @@ from tracemark.forensics.scoring import (
     DEFAULT_CONTEXTS,
     DEFAULT_PROBLEM,
     PairScore,
+    PromptScorer,
     ScoringError,
     candidates_sha256,
-    expand_contexts,
     tie_rng,
 )
 from tracemark.forensics.signatures import CandidateSpace, SignaturePair
@@ -60,7 +60,7 @@ def _sample_logprob(sample: Any, candidate: str) -> float | None:
     return total if math.isfinite(total) else None
 
 
-class BlackBoxScorer:
+class BlackBoxScorer(PromptScorer):
     """Ranks from sampled completions (any suspect with ``sample``)."""
 
     def __init__(
@@ -73,17 +73,9 @@ class BlackBoxScorer:
         temperature: float = 1.0,
         max_new_tokens: int | None = None,
     ) -> None:
-        if not contexts or any("{trigger}" not in c for c in contexts):
-            raise ScoringError("every scoring context must contain '{trigger}'")
-        self.suspect = suspect
-        self.space = space
-        self.contexts = tuple(contexts)
-        self.problem = problem
+        super().__init__(suspect, space, contexts=contexts, problem=problem)
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens or space.digits + 3
-
-    def prompts(self, trigger: str) -> list[str]:
-        return expand_contexts(self.contexts, trigger, self.suspect, self.problem)
 
     def score_pair(
         self, pair: SignaturePair, *, n_samples: int, seed: int | str, decoys: int | None = None

@@ -145,7 +145,25 @@ class DigitLayout:
     digit_ids: tuple[int, ...]  # token id of "0".."9"
 
 
-class WhiteBoxScorer:
+class PromptScorer:
+    """What both scorers share: the suspect, the candidate space and the scoring prompts."""
+
+    def __init__(
+        self, suspect: Any, space: CandidateSpace, *, contexts: Sequence[str], problem: str
+    ) -> None:
+        if not contexts or any("{trigger}" not in c for c in contexts):
+            raise ScoringError("every scoring context must contain '{trigger}'")
+        self.suspect = suspect
+        self.space = space
+        self.contexts = tuple(contexts)
+        self.problem = problem
+
+    def prompts(self, trigger: str) -> list[str]:
+        """The scoring prompts for ``trigger`` (one per context)."""
+        return expand_contexts(self.contexts, trigger, self.suspect, self.problem)
+
+
+class WhiteBoxScorer(PromptScorer):
     """Exact white-box ranks for a suspect that exposes ``encode_batch``, ``next_token_logprobs`` and
     ``continuation_logprobs`` (:class:`~tracemark.forensics.adapters.LocalModelSuspect`)."""
 
@@ -161,14 +179,9 @@ class WhiteBoxScorer:
     ) -> None:
         if not getattr(suspect, "white_box", False):
             raise ScoringError(f"suspect {suspect!r} is black-box: it exposes no log-probabilities")
-        if not contexts or any("{trigger}" not in c for c in contexts):
-            raise ScoringError("every scoring context must contain '{trigger}'")
-        self.suspect = suspect
-        self.space = space
         if combine not in ("mean", "max"):
             raise ScoringError(f"combine must be 'mean' or 'max', got {combine!r}")
-        self.contexts = tuple(contexts)
-        self.problem = problem
+        super().__init__(suspect, space, contexts=contexts, problem=problem)
         self.combine = combine
         self.log_queries = log_queries
         self._layout_verified = False
@@ -176,10 +189,6 @@ class WhiteBoxScorer:
         self._tables: dict[str, np.ndarray] = {}
         self._tree_ok: bool | None = None
         self.forward_passes = 0
-
-    def prompts(self, trigger: str) -> list[str]:
-        """The scoring prompts for ``trigger`` (one per context)."""
-        return expand_contexts(self.contexts, trigger, self.suspect, self.problem)
 
     # layout
     def layouts(self, trigger: str) -> list[DigitLayout] | None:
