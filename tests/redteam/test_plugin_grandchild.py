@@ -5,6 +5,7 @@ within 2 s of its limit"."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
@@ -74,10 +75,8 @@ def escaping_plugin(tmp_path, monkeypatch):
     pool.close()
     sys.modules.pop(name, None)
     if pidfile.exists():  # clean up whatever escaped, by its pid only
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
 
 
 @pytest.mark.xfail(
