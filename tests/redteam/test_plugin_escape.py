@@ -1,0 +1,123 @@
+"""Red team (issue 11): what a third-party plugin's worker process can still do to the server. The worker's
+answers come back over a multiprocessing pipe, which unpickles them in the server process; a plugin that
+ignores SIGTERM; a plugin that floods stdout/stderr."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+from tracemark.plugins.isolation import WorkerPool
+from tracemark.plugins.loader import RewriterRegistry, entry_points_from_paths
+from tracemark.plugins.pipeline import RewritePipeline
+
+TRACE = "Tom has 3 * 4 = <<3*4=12>>12 apples.\n#### 12"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.fixture
+def plugins(tmp_path, monkeypatch):
+    for var in ("TRACEMARK_PLUGINS", "TRACEMARK_STRICT_PLUGINS"):
+        monkeypatch.delenv(var, raising=False)
+    site = tmp_path / "site"
+    site.mkdir()
+    marker = tmp_path / "ran-in"
+    name = f"tm_redteam_esc2_{uuid.uuid4().hex[:8]}"
+    (site / f"{name}.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os, signal, sys, time
+            from tracemark.plugins.api import Rewriter
+
+            class _Payload:
+                def __reduce__(self):
+                    code = "import os; open({str(marker)!r}, 'w').write(str(os.getpid()))"
+                    return (exec, (code,))
+
+            class Pickles(Rewriter):
+                name = "pickles"
+                def rewrite(self, trace, context):
+                    return _Payload()
+
+            class NoTerm(Rewriter):
+                name = "noterm"
+                def rewrite(self, trace, context):
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                    with open({str(marker)!r}, "w") as fh:
+                        fh.write(str(os.getpid()))
+                    while True:
+                        pass
+
+            class Floods(Rewriter):
+                name = "floods"
+                def rewrite(self, trace, context):
+                    chunk = "x" * 65536
+                    for _ in range(160):  # 10 MiB on each stream
+                        sys.stdout.write(chunk)
+                        sys.stderr.write(chunk)
+                    return trace
+            """
+        )
+    )
+    info = site / "acme_esc2-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-esc2\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[tracemark.rewriters]\n"
+        + "".join(
+            f"{n} = {name}:{c}\n"
+            for n, c in [("pickles", "Pickles"), ("noterm", "NoTerm"), ("floods", "Floods")]
+        )
+    )
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    registry = RewriterRegistry.discover(
+        strict=True, allowlist=[], entry_points=entry_points_from_paths([site])
+    )
+    pool = WorkerPool(max_workers=1)
+    yield registry, pool, marker
+    pool.close()
+    sys.modules.pop(name, None)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LOSS: a worker's answer is unpickled in the server process (multiprocessing Connection.recv), so a "
+    "plugin returning an object with __reduce__ runs arbitrary code in the server, outside the killable "
+    "worker (process isolation bounds time, it is no boundary against a malicious plugin)",
+)
+def test_a_plugins_answer_cannot_run_code_in_the_server(plugins):
+    registry, pool, marker = plugins
+    RewritePipeline(registry, pool=pool, timeout_s=5, retries=0).run(TRACE, names=["pickles"])
+    assert not (marker.exists() and int(marker.read_text()) == os.getpid()), "plugin code ran in the server"
+
+
+def test_a_plugin_ignoring_sigterm_is_still_stopped(plugins):
+    registry, pool, marker = plugins
+    started = time.monotonic()
+    result = RewritePipeline(registry, pool=pool, timeout_s=0.5, retries=0).run(TRACE, names=["noterm"])
+    assert result.steps[0].guard == "timeout" and result.trace == TRACE
+    pid = int(marker.read_text())
+    while _alive(pid) and time.monotonic() - started < 2.5:
+        time.sleep(0.02)
+    assert not _alive(pid), "a SIGTERM-ignoring worker is still running 2 s after its limit"
+
+
+def test_a_plugin_flooding_stdout_and_stderr_does_not_hang_the_step(plugins):
+    registry, pool, _ = plugins
+    started = time.monotonic()
+    result = RewritePipeline(registry, pool=pool, timeout_s=3, retries=0).run(TRACE, names=["floods"])
+    assert result.trace == TRACE and result.steps[0].guard in ("preserved", "timeout")
+    assert time.monotonic() - started < 4
