@@ -60,6 +60,12 @@ def plugins(tmp_path, monkeypatch):
                     while True:
                         pass
 
+            class AsksLong(Rewriter):
+                name = "asks-long"
+                requires_llm = True
+                def rewrite(self, trace, context):
+                    return context.llm.chat([{{"role": "user", "content": "go"}}], max_new_tokens=2800) + trace
+
             class Floods(Rewriter):
                 name = "floods"
                 def rewrite(self, trace, context):
@@ -78,7 +84,12 @@ def plugins(tmp_path, monkeypatch):
         "[tracemark.rewriters]\n"
         + "".join(
             f"{n} = {name}:{c}\n"
-            for n, c in [("pickles", "Pickles"), ("noterm", "NoTerm"), ("floods", "Floods")]
+            for n, c in [
+                ("pickles", "Pickles"),
+                ("noterm", "NoTerm"),
+                ("floods", "Floods"),
+                ("asks-long", "AsksLong"),
+            ]
         )
     )
     monkeypatch.syspath_prepend(str(site))
@@ -121,3 +132,39 @@ def test_a_plugin_flooding_stdout_and_stderr_does_not_hang_the_step(plugins):
     result = RewritePipeline(registry, pool=pool, timeout_s=3, retries=0).run(TRACE, names=["floods"])
     assert result.trace == TRACE and result.steps[0].guard in ("preserved", "timeout")
     assert time.monotonic() - started < 4
+
+
+class _TokenTimedLLM:
+    """A host LLM that takes 1 ms per requested token (a real teacher honours max_new_tokens uncapped)."""
+
+    model_id = "timed"
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def chat(self, messages, *, max_new_tokens=512, temperature=0.0, seed=None) -> str:
+        self.asked.append(max_new_tokens)
+        time.sleep(max_new_tokens / 1000)
+        return "ok "
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LOSS: an LLM call forwarded from a plugin worker runs in the server (_Worker._answer_llm) with the "
+    "plugin's own max_new_tokens and no deadline; the step's time limit is only checked between messages, so "
+    "a plugin asking for 2800 tokens holds the step (and the teacher) ~2.8 s past a 0.5 s limit",
+)
+def test_a_forwarded_llm_call_is_bounded_by_the_step_limit(plugins):
+    from tracemark.plugins.api import RewriteContext
+
+    registry, pool, _ = plugins
+    llm = _TokenTimedLLM()
+    context = RewriteContext(account="alice", trace_id="t1", llm=llm)
+    started = time.monotonic()
+    result = RewritePipeline(registry, pool=pool, timeout_s=0.5, retries=0).run(
+        TRACE, names=["asks-long"], context=context
+    )
+    took = time.monotonic() - started
+    assert llm.asked == [2800]
+    assert result.steps[0].guard == "timeout", result.steps[0].guard
+    assert took < 0.5 + 2.0, f"step returned {took:.2f} s after start (limit 0.5 s)"
