@@ -29,7 +29,9 @@ ALLOWED = f"http://127.0.0.1:{ALLOWED_PORT}/v1"
 
 def _policy(resolver=None, **kw) -> SuspectPolicy:
     extra = {"resolver": resolver} if resolver else {}
-    return SuspectPolicy.build([ALLOWED, "http://suspect.example/v1", "tracemark://127.0.0.1:50051"], **kw, **extra)
+    return SuspectPolicy.build(
+        [ALLOWED, "http://suspect.example/v1", "tracemark://127.0.0.1:50051"], **kw, **extra
+    )
 
 
 BYPASS_SPECS = [
@@ -94,9 +96,22 @@ def test_a_hash_before_the_host_only_changes_the_model_name():
 
 @pytest.mark.parametrize(
     "answer",
-    ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1", "169.254.169.254", "::ffff:169.254.169.254",
-     "fe80::1", "fd00:ec2::254", "100.100.100.200", "168.63.129.16", "0.0.0.0", "::", "224.0.0.1",
-     "64:ff9b::a9fe:a9fe"],
+    [
+        "127.0.0.1",
+        "127.8.9.10",
+        "::1",
+        "::ffff:127.0.0.1",
+        "169.254.169.254",
+        "::ffff:169.254.169.254",
+        "fe80::1",
+        "fd00:ec2::254",
+        "100.100.100.200",
+        "168.63.129.16",
+        "0.0.0.0",
+        "::",
+        "224.0.0.1",
+        "64:ff9b::a9fe:a9fe",
+    ],
 )
 def test_a_suspect_controlled_dns_name_cannot_point_at_loopback_or_metadata(answer):
     """The allowlisted host is the suspect's own; its DNS answers whatever it likes (and may add a good one)."""
@@ -262,12 +277,91 @@ def test_grpc_local_path_errors_are_identical_for_missing_and_forbidden(served, 
     forensics, _, _, tmp = served
     (tmp / "root" / "escape").symlink_to(tiny_model_dir)
     details = set()
-    for path in [str(tiny_model_dir), "/nonexistent", str(tmp / "root" / "escape"), str(tmp / "root" / "nope"),
-                 f"{tmp}/root/../root/escape", os.path.expanduser("~"), "/etc", "/proc/self/cwd"]:
+    for path in [
+        str(tiny_model_dir),
+        "/nonexistent",
+        str(tmp / "root" / "escape"),
+        str(tmp / "root" / "nope"),
+        f"{tmp}/root/../root/escape",
+        os.path.expanduser("~"),
+        "/etc",
+        "/proc/self/cwd",
+    ]:
         for kind in ("hf", "gguf"):
             with pytest.raises(grpc.RpcError) as info:
-                list(forensics.Investigate(forensics_pb2.InvestigateRequest(suspect=f"{kind}:{path}"), timeout=10))
+                list(
+                    forensics.Investigate(
+                        forensics_pb2.InvestigateRequest(suspect=f"{kind}:{path}"), timeout=10
+                    )
+                )
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, (kind, path)
             details.add(info.value.details())
     assert len(details) == 1, details
     assert str(tmp) not in next(iter(details))
+
+
+ODD_IDS = [
+    "latest",
+    "a",
+    "abcdef",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "%",
+    "_",
+    "*",
+    "' OR 1=1 --",
+    "0" * 64,
+    "0" * 65,
+    "x" * 60_000,
+    "\u0000",
+    "é" * 40,
+    "latest\n",
+]
+ODD_ENVELOPES = [
+    "{",
+    "[]",
+    "null",
+    '{"payload": "!!", "payloadType": "x", "signatures": []}',
+    '{"payload": "e30=", "payloadType": "application/vnd.tracemark.report+json", '
+    '"signatures": [{"keyid": "../../x", "sig": "AAAA"}]}',
+    "[" * 5000,
+    '"' + "a" * 60_000 + '"',
+]
+
+
+def _leaky(details: str, tmp) -> list[str]:
+    bad = [str(tmp), "Traceback", 'File "', ".py", "sqlite", "master", "Error(", "KeyError", "/home", "/tmp"]
+    return [b for b in bad if b in details]
+
+
+def test_report_rpcs_leak_nothing_and_never_internal(served):
+    from tracemark.v1 import forensics_pb2 as pb
+
+    forensics, _, _, tmp = served
+    seen = []
+    for report_id in ODD_IDS:
+        for call in (
+            lambda r: forensics.GetReport(pb.GetReportRequest(report_id=r), timeout=5),
+            lambda r: forensics.VerifyReport(pb.VerifyReportRequest(report_id=r), timeout=5),
+        ):
+            with pytest.raises(grpc.RpcError) as info:
+                call(report_id)
+            code, details = info.value.code(), info.value.details() or ""
+            seen.append((report_id[:20], code))
+            assert code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT), (
+                report_id[:40],
+                code,
+            )
+            assert not _leaky(details, tmp), (report_id[:40], details)
+    for envelope in ODD_ENVELOPES:
+        try:
+            reply = forensics.VerifyReport(pb.VerifyReportRequest(envelope_json=envelope), timeout=5)
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (
+                envelope[:40],
+                error.code(),
+                error.details(),
+            )
+            assert not _leaky(error.details() or "", tmp), error.details()
+        else:
+            assert not reply.valid, envelope[:60]
