@@ -122,12 +122,6 @@ def test_a_suspect_controlled_dns_name_cannot_point_at_loopback_or_metadata(answ
         policy.checked_address("suspect.example", 80)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LOSS (low): a suspect-controlled allowlisted DNS name may resolve to a 6to4 (2002::/16) or Teredo "
-    "(2001::/32) address embedding 169.254.169.254 or 127.0.0.1; forbidden_reason unwraps only IPv4-mapped "
-    "(::ffff:0:0/96) addresses, so these pass the check (deprecated site-local fec0::/10 passes too)",
-)
 @pytest.mark.parametrize(
     "answer",
     ["2002:a9fe:a9fe::1", "2002:7f00:1::1", "2001:0:4136:e378:8000:63bf:5601:5601", "fec0::1"],

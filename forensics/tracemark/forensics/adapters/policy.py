@@ -101,6 +101,10 @@ def forbidden_reason(address: str) -> str | None:
         return "a cloud metadata address"
     if ip.is_link_local:
         return "a link-local address"
+    if isinstance(ip, ipaddress.IPv6Address) and (ip.sixtofour or ip.teredo or ip.is_site_local):
+        # 6to4 and Teredo embed an IPv4 address (metadata or loopback would pass unseen); no real suspect
+        # endpoint needs them, nor the deprecated site-local range.
+        return "a 6to4, Teredo or site-local IPv6 address"
     reserved = ip.is_reserved and not ip.is_loopback  # ::1 is inside the reserved ::/8
     if ip.is_multicast or ip.is_unspecified or reserved or (ip.version == 4 and ip in _THIS_NETWORK):
         return "a multicast, unspecified or reserved address"
