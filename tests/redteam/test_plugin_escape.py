@@ -103,12 +103,6 @@ def plugins(tmp_path, monkeypatch):
     sys.modules.pop(name, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LOSS: a worker's answer is unpickled in the server process (multiprocessing Connection.recv), so a "
-    "plugin returning an object with __reduce__ runs arbitrary code in the server, outside the killable "
-    "worker (process isolation bounds time, it is no boundary against a malicious plugin)",
-)
 def test_a_plugins_answer_cannot_run_code_in_the_server(plugins):
     registry, pool, marker = plugins
     RewritePipeline(registry, pool=pool, timeout_s=5, retries=0).run(TRACE, names=["pickles"])

@@ -18,10 +18,14 @@ and traceback, which the pipeline logs under an error id and never returns to a 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
 import logging
 import multiprocessing as mp
+import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -80,13 +84,28 @@ class _ForwardedLLM:
         self.model_id = model_id
 
     def chat(self, messages, *, max_new_tokens=512, temperature=0.0, seed=None) -> str:
-        self._conn.send(
-            ("llm", messages, {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed})
+        _send_plain(
+            self._conn,
+            ["llm", messages, {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}],
         )
         kind, value = self._conn.recv()
         if kind != "llm_reply":
             raise RuntimeError(f"the host's LLM call failed ({value})")
         return value
+
+
+def _send_plain(conn, message: list) -> None:
+    """Worker → parent: JSON bytes only. A pickle from the worker would let a plugin run code in the
+    server when the parent unpickles it (an object whose ``__reduce__`` calls ``exec``)."""
+    conn.send_bytes(json.dumps(message, allow_nan=False).encode())
+
+
+def _recv_plain(conn) -> list:
+    """Parent side of :func:`_send_plain`."""
+    message = json.loads(conn.recv_bytes())
+    if not isinstance(message, list) or not message or not isinstance(message[0], str):
+        raise ValueError("malformed message from a plugin worker")
+    return message
 
 
 def _load_class(ref: tuple[str, str]) -> type[Rewriter]:
@@ -118,15 +137,19 @@ def _serve_one(conn, instances: dict[str, Rewriter], task: StepTask, sys_path: l
     if task.op == "accepted":
         rewriter.accepted(task.trace, context)
         instances.pop(task.step, None)
-        conn.send(("ok", None, context.notes))
+        _send_plain(conn, ["ok", None, [str(n) for n in context.notes]])
         return
     output = rewriter.rewrite(task.trace, context)
-    conn.send(("ok", output, context.notes))
+    if not isinstance(output, str):
+        raise TypeError(f"rewrite() returned {type(output).__name__}, not str")
+    _send_plain(conn, ["ok", str(output), [str(n) for n in context.notes]])
 
 
 def worker_main(conn) -> None:
     """Entry point of a worker process: answer tasks until the parent closes the pipe."""
     instances: dict[str, Rewriter] = {}
+    if hasattr(os, "setsid"):
+        os.setsid()  # own process group: killing the worker also kills whatever the plugin started
     while True:
         try:
             message = conn.recv()
@@ -141,7 +164,7 @@ def worker_main(conn) -> None:
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, which logs it
             instances.pop(task.step, None)
             detail = str(exc).strip()
-            conn.send(("raised", type(exc).__name__, detail, traceback.format_exc(limit=20)))
+            _send_plain(conn, ["raised", type(exc).__name__, detail, traceback.format_exc(limit=20)])
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 return
 
@@ -165,6 +188,10 @@ class _Worker:
 
     def kill(self) -> None:
         try:
+            # The worker and the plugin's own children; fails harmlessly when the worker is not a group
+            # leader yet or the platform has no process groups.
+            with contextlib.suppress(AttributeError, OSError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.kill()
             self.process.join(2.0)
         finally:
@@ -185,7 +212,10 @@ class _Worker:
                 self.broken = True
                 raise WorkerTimeout(f"no answer within {timeout:g} s")
             try:
-                message = self.conn.recv()
+                message = _recv_plain(self.conn)
+            except ValueError:
+                self.broken = True
+                raise PluginCrashed("ProtocolError", "the worker sent a malformed message") from None
             except (EOFError, OSError):
                 self.broken = True
                 self.process.join(1.0)
