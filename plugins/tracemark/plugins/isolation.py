@@ -226,14 +226,30 @@ class _Worker:
             if message[0] == "raised":
                 raise PluginCrashed(message[1], message[2], message[3])
             if message[0] == "llm":
-                self._answer_llm(llm, message[1], message[2])
+                self._answer_llm(llm, message[1], message[2], deadline, timeout)
 
-    def _answer_llm(self, llm: Any, messages: list, kwargs: dict) -> None:
-        try:
-            self.conn.send(("llm_reply", llm.chat(messages, **kwargs)))
-        except Exception as exc:  # the plugin sees a failed call, not the host's message
-            log.warning("LLM call forwarded from a plugin worker failed: %s", type(exc).__name__)
-            self.conn.send(("llm_error", type(exc).__name__))
+    def _answer_llm(self, llm: Any, messages: list, kwargs: dict, deadline: float, timeout: float) -> None:
+        """Answer one forwarded LLM call within the step's remaining time. A call still running at the
+        deadline ends the step (the worker is killed); the host's generation itself is not cancelled."""
+        answer: dict[str, Any] = {}
+
+        def ask() -> None:
+            try:
+                answer["reply"] = llm.chat(messages, **kwargs)
+            except Exception as exc:  # the plugin sees a failed call, not the host's message
+                answer["error"] = type(exc).__name__
+
+        asker = threading.Thread(target=ask, name="plugin-llm-call", daemon=True)
+        asker.start()
+        asker.join(max(0.0, deadline - time.monotonic()))
+        if asker.is_alive():
+            self.broken = True
+            raise WorkerTimeout(f"no answer within {timeout:g} s (a forwarded LLM call was still running)")
+        if "error" in answer:
+            log.warning("LLM call forwarded from a plugin worker failed: %s", answer["error"])
+            self.conn.send(("llm_error", answer["error"]))
+        else:
+            self.conn.send(("llm_reply", answer["reply"]))
 
 
 class WorkerPool:
