@@ -1,11 +1,14 @@
-"""Red team (issue 11): what a third-party plugin's worker process can still do to the server. The worker's
-answers come back over a multiprocessing pipe, which unpickles them in the server process; a plugin that
-ignores SIGTERM; a plugin that floods stdout/stderr."""
+"""Red team (issue 11): what a third-party plugin's worker process can still do to the server: answers that
+come back over the worker pipe (a pickle would run code in the server), a plugin that ignores SIGTERM, one
+that floods stdout/stderr, one whose LLM calls outlast the step, and one that spawns a grandchild process
+that must stop within 2 s of the step's limit."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -156,3 +159,66 @@ def test_a_forwarded_llm_call_is_bounded_by_the_step_limit(plugins):
     assert llm.asked == [2800]
     assert result.steps[0].guard == "timeout", result.steps[0].guard
     assert took < 0.5 + 2.0, f"step returned {took:.2f} s after start (limit 0.5 s)"
+
+
+# -- a plugin whose child process outlives the worker ------------------------------------------------
+@pytest.fixture
+def escaping_plugin(tmp_path, monkeypatch):
+    for var in ("TRACEMARK_PLUGINS", "TRACEMARK_STRICT_PLUGINS"):
+        monkeypatch.delenv(var, raising=False)
+    site = tmp_path / "site"
+    site.mkdir()
+    pidfile = tmp_path / "grandchild.pid"
+    name = f"tm_redteam_escape_{uuid.uuid4().hex[:8]}"
+    spin = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\\nwhile True: pass"
+    (site / f"{name}.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os, subprocess, sys, time
+            from tracemark.plugins.api import Rewriter
+
+            class Escape(Rewriter):
+                name = "escape"
+                def rewrite(self, trace, context):
+                    child = subprocess.Popen([sys.executable, "-c", "{spin}"])
+                    with open({str(pidfile)!r}, "w") as fh:
+                        fh.write(str(child.pid))
+                    while True:
+                        time.sleep(0.05)
+
+            class Warm(Rewriter):
+                name = "warm"
+                def rewrite(self, trace, context):
+                    return trace
+            """
+        )
+    )
+    info = site / "acme_escape-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-escape\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        f"[tracemark.rewriters]\nescape = {name}:Escape\nwarm = {name}:Warm\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    registry = RewriterRegistry.discover(strict=True, allowlist=[], entry_points=entry_points_from_paths([site]))
+    pool = WorkerPool(max_workers=1)
+    yield registry, pool, pidfile
+    pool.close()
+    sys.modules.pop(name, None)
+    if pidfile.exists():  # clean up whatever escaped, by its pid only
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_a_plugins_grandchild_stops_within_2s_of_the_limit(escaping_plugin):
+    registry, pool, pidfile = escaping_plugin
+    pipeline = RewritePipeline(registry, pool=pool, timeout_s=0.5, retries=0)
+    pipeline.run(TRACE, names=["warm"])
+    started = time.monotonic()
+    result = pipeline.run(TRACE, names=["escape"])
+    assert result.steps[0].guard == "timeout" and result.trace == TRACE
+    pid = int(pidfile.read_text())
+    while _alive(pid) and time.monotonic() - started < 2.5:
+        time.sleep(0.02)
+    assert not _alive(pid), f"grandchild {pid} of the killed worker still running 2 s after the limit"
