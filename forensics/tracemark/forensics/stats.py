@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from scipy.special import gammaln, logsumexp
+from tracemark.foundation.errors import InvalidInput
 
 
 def _scipy_stats() -> Any:
@@ -33,7 +34,7 @@ LN10 = math.log(10.0)
 CORRECTIONS = ("holm", "fdr_bh", "bonferroni")
 
 
-class StatsError(ValueError):
+class StatsError(InvalidInput):
     """Invalid input to a statistical routine (a p-value outside (0, 1], an empty list, ...)."""
 
 
