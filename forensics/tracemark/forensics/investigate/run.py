@@ -268,7 +268,7 @@ def _score_suspect(
             # no rank or p-value here: per-pair ranks streamed to a caller who can choose suspects would
             # let repeated investigations learn targets; they are in the signed report only
             _emit(progress, "score", done, total, f"{run.spec}: scored {done}/{total} pairs")
-            if run.monitor is not None and run.monitor.update(pair.account, result.p_value):
+            if run.monitor is not None and run.monitor.update(pair.account, result.rank, result.n_candidates):
                 _emit(
                     progress, "score", done, total, f"sequential test crossed its threshold at {pair.account}"
                 )
