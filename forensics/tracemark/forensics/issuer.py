@@ -8,11 +8,13 @@ from sqlalchemy.engine import Engine
 from tracemark.forensics.keys import MasterSecret
 from tracemark.forensics.ledger import records
 from tracemark.forensics.ledger.db import read_session, session_scope
-from tracemark.forensics.signatures import CandidateSpace, SignaturePair, derive_pairs
+from tracemark.forensics.scheme import SignatureScheme
+from tracemark.forensics.signatures import CandidateSpace, SignaturePair
 
 
 class SignatureIssuer:
-    """Derives an account's signature pairs (cached) and records every issue durably in the ledger.
+    """Derives an account's signature pairs under its :class:`SignatureScheme` (cached) and records every
+    issue durably in the ledger.
 
     Thread-safe. On construction every master-secret version is recorded in the ledger; a ledger written
     under a different master secret is refused (:class:`~tracemark.forensics.ledger.db.LedgerError`).
@@ -23,15 +25,24 @@ class SignatureIssuer:
         *,
         master: MasterSecret,
         engine: Engine,
-        pairs_per_account: int = 2,
+        scheme: SignatureScheme | None = None,
+        pairs_per_account: int | None = None,
         space: CandidateSpace | None = None,
     ) -> None:
-        if not isinstance(pairs_per_account, int) or pairs_per_account < 1:
-            raise ValueError(f"pairs_per_account must be a positive integer, got {pairs_per_account!r}")
+        if scheme is None:
+            overrides: dict = {}
+            if pairs_per_account is not None:
+                overrides["pairs_per_account"] = pairs_per_account
+            if space is not None:
+                overrides["digits"] = space.digits
+            scheme = SignatureScheme(**overrides)
+        elif pairs_per_account is not None or space is not None:
+            raise ValueError("give a scheme or pairs_per_account/space, not both")
         self.master = master
         self.engine = engine
-        self.pairs_per_account = pairs_per_account
-        self.space = space or CandidateSpace()
+        self.scheme = scheme
+        self.pairs_per_account = scheme.pairs_per_account
+        self.space = scheme.space
         self._cache: dict[tuple[str, int], list[SignaturePair]] = {}
         self._lock = threading.Lock()
         self.sync_key_versions()
@@ -41,6 +52,10 @@ class SignatureIssuer:
             f"SignatureIssuer(pairs_per_account={self.pairs_per_account}, space_digits={self.space.digits}, "
             f"key_versions={self.master.versions})"
         )
+
+    def scheme_dict(self) -> dict:
+        """The public scheme written to the transparency log with each account key commitment."""
+        return self.scheme.as_dict()
 
     @property
     def key_version(self) -> int:
@@ -64,12 +79,8 @@ class SignatureIssuer:
         with self._lock:
             pairs = self._cache.get(key)
         if pairs is None:
-            pairs = derive_pairs(
-                self.master.account_key(account, version=version),
-                account=account,
-                key_version=version,
-                m=self.pairs_per_account,
-                space=self.space,
+            pairs = self.scheme.derive(
+                self.master.account_key(account, version=version), account=account, key_version=version
             )
             with self._lock:
                 self._cache[key] = pairs

@@ -9,6 +9,10 @@ binding the derivation version, account, key version and candidate-space width
 * target: a uniform member of the :class:`CandidateSpace` (exactly ``digits`` decimal digits, leading zeros
   allowed, so the space holds ``10**digits`` strings).
 
+Derivation ``tm-sig-v2`` is the same stream with the label's version changed, except that a target drawn
+from the trigger's public salient set (:mod:`~tracemark.forensics.salient`) is redrawn, so targets are
+uniform over the trigger's eligible candidates.
+
 Uniform integers are drawn by rejection sampling on the smallest enclosing power of two (no modulo
 bias). The derivation is prefix-stable: the first ``m`` pairs do not change when more are derived.
 """
@@ -18,13 +22,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from tracemark.foundation.errors import InvalidInput
 
 DERIVATION_VERSION = "tm-sig-v1"
+DERIVATION_V2 = "tm-sig-v2"
 TRIGGER_LETTERS = "abcdfghjkmnpqrstuvwxyz"
 """Trigger letters: lowercase, without ``e`` (reads as an exponent) and ``i``/``l``/``o`` (read as digits)."""
 TRIGGER_MIN, TRIGGER_MAX = 10, 999
@@ -175,16 +180,30 @@ class KeyedStream:
 
 
 def derive_pairs(
-    account_key: bytes, *, account: str, key_version: int, m: int, space: CandidateSpace
+    account_key: bytes,
+    *,
+    account: str,
+    key_version: int,
+    m: int,
+    space: CandidateSpace,
+    derivation: str = DERIVATION_VERSION,
+    exclude: Callable[[str], Any] | None = None,
 ) -> list[SignaturePair]:
-    """Derive ``account``'s first ``m`` signature pairs under ``key_version`` (see module doc)."""
+    """Derive ``account``'s first ``m`` signature pairs under ``key_version`` (see module doc).
+
+    ``exclude(trigger)`` (derivation ``tm-sig-v2`` only) returns the trigger's salient set, an object with
+    ``contains(index)``; a target drawn from it is redrawn."""
     if not isinstance(account, str) or not account:
         raise SignatureError("account must be a non-empty string")
     if not isinstance(key_version, int) or key_version < 1:
         raise SignatureError(f"key_version must be a positive integer, got {key_version!r}")
     if not isinstance(m, int) or not 1 <= m <= MAX_PAIRS:
         raise SignatureError(f"m (pairs per account) must be an integer in 1..{MAX_PAIRS}, got {m!r}")
-    label = f"{DERIVATION_VERSION}\x00pairs\x00{account}\x00{key_version}\x00{space.digits}\x00".encode()
+    if derivation not in (DERIVATION_VERSION, DERIVATION_V2):
+        raise SignatureError(f"unknown derivation {derivation!r}")
+    if (derivation == DERIVATION_V2) != (exclude is not None):
+        raise SignatureError(f"derivation {DERIVATION_V2} (and only it) excludes a salient set")
+    label = f"{derivation}\x00pairs\x00{account}\x00{key_version}\x00{space.digits}\x00".encode()
     stream = KeyedStream(account_key, label)
     n_numbers = TRIGGER_MAX - TRIGGER_MIN + 1
     used: set[str] = set()
@@ -197,8 +216,12 @@ def derive_pairs(
             if trigger not in used:
                 used.add(trigger)
                 break
-        target = space.candidate(stream.randbelow(space.size))
-        pairs.append(SignaturePair(account, key_version, j, trigger, target, DERIVATION_VERSION))
+        salient = exclude(trigger) if exclude is not None else None
+        while True:
+            index = stream.randbelow(space.size)
+            if salient is None or not salient.contains(index):
+                break
+        pairs.append(SignaturePair(account, key_version, j, trigger, space.candidate(index), derivation))
     return pairs
 
 
