@@ -37,7 +37,7 @@ def test_default_url_and_env(monkeypatch, tmp_path):
 
 
 def test_migrated_to_head_with_wal_and_full_sync(engine, tmp_path):
-    assert current_revision(engine) == head_revision() == "0002_query_commitments"
+    assert current_revision(engine) == head_revision() == "0003_transparency_log"
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
@@ -251,7 +251,7 @@ def test_migration_0002_renames_query_digests_and_keeps_rows(ledger_url):
             )
         )
     upgrade(engine)
-    assert current_revision(engine) == "0002_query_commitments"
+    assert current_revision(engine) == head_revision()
     with session_scope(engine) as s:
         (row,) = records.list_queries(s, investigation_id="inv-old")
         assert (row.prompt_commitment, row.response_commitment) == ("aa", "bb")

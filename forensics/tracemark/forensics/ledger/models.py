@@ -101,3 +101,31 @@ class Report(SQLModel, table=True):
     verdict: str = Field(max_length=32)
     key_id: str = Field(default="", max_length=80)
     envelope_json: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class LogEntry(SQLModel, table=True):
+    """One entry of the append-only transparency log (:mod:`tracemark.forensics.tlog`), hash-chained by
+    ``seq``. ``subject`` (optional) names what the entry is about; at most one entry per subject."""
+
+    __tablename__ = "log_entry"
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    kind: str = Field(max_length=64, index=True)
+    subject: str | None = Field(default=None, max_length=300, unique=True)
+    body_json: str = Field(sa_column=Column(Text, nullable=False))
+    prev_hash: str = Field(max_length=64, unique=True)
+    entry_hash: str = Field(max_length=64, unique=True)
+    logged_at: datetime = Field(sa_column=_ts())
+
+
+class LogCheckpoint(SQLModel, table=True):
+    """A signed checkpoint of the transparency log: its size and head hash in a DSSE envelope."""
+
+    __tablename__ = "log_checkpoint"
+
+    id: int | None = Field(default=None, primary_key=True)
+    size: int = Field(index=True)
+    head_hash: str = Field(max_length=64)
+    envelope_json: str = Field(sa_column=Column(Text, nullable=False))
+    key_id: str = Field(default="", max_length=80)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
