@@ -10,6 +10,7 @@ from tracemark.forensics.ledger import records
 from tracemark.forensics.ledger.db import read_session, session_scope
 from tracemark.forensics.scheme import SignatureScheme
 from tracemark.forensics.signatures import CandidateSpace, SignaturePair
+from tracemark.forensics.tlog.accounts import ensure_key_commitment
 
 
 class SignatureIssuer:
@@ -44,6 +45,7 @@ class SignatureIssuer:
         self.pairs_per_account = scheme.pairs_per_account
         self.space = scheme.space
         self._cache: dict[tuple[str, int], list[SignaturePair]] = {}
+        self._committed: set[tuple[str, int]] = set()  # (account, version) with a key commitment logged
         self._lock = threading.Lock()
         self.sync_key_versions()
 
@@ -101,12 +103,26 @@ class SignatureIssuer:
         with session_scope(self.engine) as session:
             records.ensure_account(session, name=account)
 
+    def _ensure_key_commitment(self, account: str, version: int) -> None:
+        """Log the commitment to ``account``'s key of ``version`` once (the log makes repeats idempotent)."""
+        key = (account, version)
+        with self._lock:
+            if key in self._committed:
+                return
+        ensure_key_commitment(
+            self.engine, master=self.master, account=account, key_version=version, scheme=self.scheme_dict()
+        )
+        with self._lock:
+            self._committed.add(key)
+
     def record_issue(self, *, account: str, trace_id: str, pair: SignaturePair, rewriter: str) -> None:
-        """Durably record that ``trace_id`` carries ``pair`` (committed before returning)."""
+        """Durably record that ``trace_id`` carries ``pair`` (committed before returning). The commitment to
+        the account's key is in the transparency log before the first such record of (account, version)."""
         if pair.account != account:
             raise ValueError(f"pair {pair.pair_id} belongs to another account than {account!r}")
         if pair not in self.pairs_for_version(account, pair.key_version):
             raise ValueError(f"pair {pair.pair_id} was not derived by this issuer for {account!r}")
+        self._ensure_key_commitment(account, pair.key_version)
         with session_scope(self.engine) as session:
             records.record_issued_signature(
                 session,
