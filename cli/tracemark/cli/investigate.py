@@ -16,7 +16,7 @@ from tracemark.forensics.investigate import InvestigationError, InvestigationPar
 from tracemark.forensics.issuer import SignatureIssuer
 from tracemark.forensics.keys import MasterKeyError, MasterSecret
 from tracemark.forensics.ledger.db import LedgerError, default_ledger_url, make_engine
-from tracemark.forensics.signatures import CandidateSpace, SignatureError
+from tracemark.forensics.signatures import SignatureError
 from tracemark.foundation.console import fail, stage_progress
 from tracemark.foundation.errors import first_line
 
@@ -26,8 +26,6 @@ OPTIONS = {
     "mode": "--mode",
     "correction": "--correction",
     "query_budget": "--budget",
-    "decoys": "--decoys",
-    "seed": "--seed",
     "samples_per_pair": "--samples-per-pair",
     "runs": "--runs",
     "n_models": "--tiny-models",
@@ -78,7 +76,12 @@ def investigate_command(
     ],
     account: Annotated[
         list[str] | None,
-        typer.Option("--account", "-a", help="Account to test (repeatable). Default: every ledger account."),
+        typer.Option(
+            "--account",
+            "-a",
+            help="Account to score (repeatable). Default: every account with delivered pairs. The correction "
+            "always covers all of them, so narrowing the list never lowers a p-value.",
+        ),
     ] = None,
     alpha: Annotated[
         float, typer.Option(help="Family-wise significance level over accounts x suspects, fixed up front.")
@@ -89,16 +92,10 @@ def investigate_command(
     budget: Annotated[
         int, typer.Option(help="Black-box query budget (sampled completions) per suspect.")
     ] = 200,
-    seed: Annotated[
-        int | None, typer.Option(help="Decoy / tie-break seed (committed before querying). Default: random.")
-    ] = None,
     correction: Annotated[str, typer.Option(help="Multiplicity correction: holm | fdr_bh.")] = "holm",
     sequential: Annotated[
         bool, typer.Option("--sequential/--fixed", help="Anytime-valid e-process that may stop early.")
     ] = False,
-    decoys: Annotated[
-        int | None, typer.Option(help="Rank among this many decoys instead of the whole candidate space.")
-    ] = None,
     ledger: Annotated[
         str | None,
         typer.Option(help="Ledger URL. Default: $TRACEMARK_LEDGER_URL, else <data dir>/ledger.db."),
@@ -106,22 +103,6 @@ def investigate_command(
     key_file: Annotated[
         Path | None,
         typer.Option(help="Master secret file (default: $TRACEMARK_MASTER_KEY[_FILE], data dir)."),
-    ] = None,
-    pairs_per_account: Annotated[
-        int, typer.Option(help="Signature pairs per account (as configured on the server).")
-    ] = 2,
-    digits: Annotated[
-        int, typer.Option(help="Digits of the candidate space (as configured on the server).")
-    ] = 4,
-    context: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--context",
-            help="Scoring context with {trigger} (and optionally {chat}); repeatable. Default: built-in.",
-        ),
-    ] = None,
-    problem: Annotated[
-        str | None, typer.Option(help="User turn that {chat} wraps (default built-in).")
     ] = None,
     temperature: Annotated[float, typer.Option(help="Black-box sampling temperature (0 = greedy).")] = 0.0,
     samples_per_pair: Annotated[
@@ -136,19 +117,19 @@ def investigate_command(
         Path | None, typer.Option("--json", help="Also write the outcome (verdicts, report ids) as JSON.")
     ] = None,
 ) -> None:
-    """Investigate suspect model(s) for this server's keyed signatures; sign an evidence report each."""
+    """Investigate suspect model(s) for this server's keyed signatures; sign an evidence report each.
+
+    The investigation is pre-registered in the transparency log before the first query. Pairs, candidate
+    space and scoring contexts are those recorded when the pairs were issued; there is no seed to choose.
+    """
     try:
         params = InvestigationParams(
             alpha=alpha,
             mode=mode,
             correction=correction,
             query_budget=budget,
-            decoys=decoys,
-            seed=seed,
             sequential=sequential,
             accounts=account or None,
-            contexts=context or None,
-            problem=problem,
             temperature=temperature,
             samples_per_pair=samples_per_pair,
         )
@@ -156,10 +137,6 @@ def investigate_command(
         fail(_param_message(exc))
     if not suspect:
         fail("give at least one --suspect")
-    try:
-        space = CandidateSpace(digits)
-    except SignatureError as exc:
-        fail(str(exc))
     adapters = []
     for spec in suspect:
         try:
@@ -169,10 +146,8 @@ def investigate_command(
     master = _load_master(key_file)
     engine = _open_ledger(ledger)
     try:
-        issuer = SignatureIssuer(
-            master=master, engine=engine, pairs_per_account=pairs_per_account, space=space
-        )
-    except Exception as exc:  # e.g. a ledger written under another master secret
+        SignatureIssuer(master=master, engine=engine)  # refuses a ledger written under another secret
+    except Exception as exc:
         fail(first_line(exc))
     console = Console(stderr=True)
     with stage_progress(console) as progress:
@@ -186,10 +161,12 @@ def investigate_command(
 
         try:
             outcomes = run_investigations(
-                suspects=adapters, params=params, issuer=issuer, engine=engine, master=master, progress=report
+                suspects=adapters, params=params, engine=engine, master=master, progress=report
             )
         except InvestigationError as exc:
             fail(_param_message(exc))
+        except LedgerError as exc:
+            fail(first_line(exc))
         except SuspectError as exc:
             fail(first_line(exc), code=1)
         finally:
@@ -198,13 +175,14 @@ def investigate_command(
     out = Console()
     for o in outcomes:
         table = Table(title=f"{o.suspect}: {o.verdict.upper()} ({o.mode}, {o.queries} queries)")
-        for col in ("account", "pairs", "ranks", "p-value", "adjusted p", "rejected"):
+        for col in ("account", "pairs", "ranks", "of N", "p-value", "adjusted p", "rejected"):
             table.add_column(col, justify="left" if col == "account" else "right")
         for a in sorted(o.accounts, key=lambda r: (not r.rejected, r.adjusted_p_value, r.log10_p)):
             table.add_row(
                 a.account,
                 f"{a.pairs}/{a.pairs_total}",
                 ",".join(str(p.rank) for p in a.pair_results),
+                ",".join(str(p.n_candidates) for p in a.pair_results),
                 _fmt_p(a.anytime_p if a.anytime_p is not None else a.p_value, a.log10_p),
                 _fmt_p(a.adjusted_p_value),
                 "yes" if a.rejected else "no",
@@ -217,9 +195,12 @@ def investigate_command(
             f"(adjusted {_fmt_p(o.adjusted_p_value)}, alpha = {alpha:g}, {correction})"
             + (f"; {o.detail}" if o.detail else "")
         )
+        registration = o.report.get("registration", {})
+        prior = registration.get("prior") or []
         out.print(
             f"report: {o.report_id} (investigation {o.investigation_id}); verify with "
-            f"`tracemark report verify {o.report_id}`"
+            f"`tracemark report verify {o.report_id}`; pre-registered as transparency-log entry "
+            f"#{registration.get('log_seq')}; earlier registrations for this suspect: {len(prior)}"
         )
     if json_out is not None:
         data = [

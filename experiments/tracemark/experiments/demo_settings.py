@@ -37,7 +37,7 @@ DEFAULT = DemoSize(
     max_length=320,
     watermark_fraction=0.1,
     pairs_per_account=2,
-    target_digits=4,
+    target_digits=6,
     bystanders=19,
     alpha=1e-3,
 )

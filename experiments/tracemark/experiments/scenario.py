@@ -176,7 +176,7 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
         ]:
             t0 = time.perf_counter()
             request = forensics_pb2.InvestigateRequest(
-                suspect=f"hf:{students[name]}", alpha=size.alpha, mode="white-box", seed=seed + 1
+                suspect=f"hf:{students[name]}", alpha=size.alpha, mode="white-box"
             )
             final = None
             with stage_progress(console) as progress:

@@ -1,9 +1,11 @@
 """Black-box ranks of signature targets, from sampled completions only.
 
 Score: the number of times a candidate is the completion (leading digits) among ``n`` samples after the
-trigger; ties are broken first by the log-probability the suspect returned for that completion (when it
-returns logprobs), then at random with the committed seed. Candidates never sampled share a score. Prompts
-and contexts are those of :mod:`tracemark.forensics.scoring`.
+trigger, then the log-probability the suspect returned for that completion (when it returns logprobs).
+Candidates never sampled share a score. Ranks count ties against the target (``rank = 1 + better + tied``
+among the trigger's eligible candidates), so a target that was never sampled gets ``p ~ 1``; no seed can
+move a rank. Sampling seeds (for suspects that accept one) come from the investigation's public beacon.
+Prompts and contexts are those of :mod:`tracemark.forensics.scoring`.
 """
 
 from __future__ import annotations
@@ -16,15 +18,14 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from tracemark.forensics import stats
 from tracemark.forensics.scoring import (
     DEFAULT_CONTEXTS,
     DEFAULT_PROBLEM,
     PairScore,
     PromptScorer,
     ScoringError,
+    beacon_rng,
     candidates_sha256,
-    tie_rng,
 )
 from tracemark.forensics.signatures import CandidateSpace, SignaturePair
 
@@ -72,19 +73,21 @@ class BlackBoxScorer(PromptScorer):
         problem: str = DEFAULT_PROBLEM,
         temperature: float = 1.0,
         max_new_tokens: int | None = None,
+        salient: Any = None,
     ) -> None:
-        super().__init__(suspect, space, contexts=contexts, problem=problem)
+        super().__init__(suspect, space, contexts=contexts, problem=problem, salient=salient)
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens or space.digits + 3
 
     def score_pair(
-        self, pair: SignaturePair, *, n_samples: int, seed: int | str, decoys: int | None = None
+        self, pair: SignaturePair, *, n_samples: int, beacon: str = "", decoys: int | None = None
     ) -> PairScore:
         """Sample ``n_samples`` completions after the trigger (spread over the contexts in turn); rank the
-        target by its count among them."""
+        target by its count among them (sampling seeds and decoys from the public ``beacon``)."""
         if n_samples < 1:
             raise ScoringError("n_samples must be >= 1")
         start = time.perf_counter()
+        eligible = self.eligible(pair)
         prompts = self.prompts(pair.trigger)
         share = [
             n_samples // len(prompts) + (1 if k < n_samples % len(prompts) else 0)
@@ -96,7 +99,7 @@ class BlackBoxScorer(PromptScorer):
         for k, (prompt, n_k) in enumerate(zip(prompts, share, strict=True)):
             if n_k == 0:
                 continue
-            digest = hashlib.sha256(f"{seed}\x00{pair.pair_id}\x00sample\x00{k}".encode()).digest()
+            digest = hashlib.sha256(f"{beacon}\x00{pair.pair_id}\x00sample\x00{k}".encode()).digest()
             samples.extend(
                 self.suspect.sample(
                     prompt,
@@ -122,31 +125,25 @@ class BlackBoxScorer(PromptScorer):
             lps = logprobs.get(c)
             return counts.get(c, 0), (max(lps) if lps else -math.inf)
 
-        ties = tie_rng(seed, pair, "ties")
         target_key = key(pair.target)
         extra: dict[str, Any] = {"distinct_completions": len(counts), "parsed": sum(counts.values())}
         if decoys is None:
-            n = self.space.size
-            sampled_keys = [key(c) for c in counts]
-            better = sum(1 for k in sampled_keys if k > target_key)
-            tied = sum(1 for k in sampled_keys if k == target_key)
-            unsampled = n - len(counts)
-            if target_key == (0, -math.inf):
-                tied += unsampled  # the target is one of the never-sampled candidates
-            tied -= 1  # the target itself
-            rank = stats.rank_with_ties(better, tied, ties)
+            n = eligible.n
+            sampled = [c for c in counts if eligible.contains(c) and c != pair.target]
+            better = sum(1 for c in sampled if key(c) > target_key)
+            tied = sum(1 for c in sampled if key(c) == target_key)
+            if target_key == (0, -math.inf):  # never sampled: tied with every other never-sampled candidate
+                tied = n - 1 - len(sampled)
             method = "samples"
         else:
-            if decoys < 1 or decoys >= self.space.size:
-                raise ScoringError(f"decoys must be in 1..{self.space.size - 1}, got {decoys}")
-            others = self.space.sample(tie_rng(seed, pair, "decoys"), decoys, exclude=[pair.target])
+            others = eligible.sample_others(beacon_rng(beacon, pair, "decoys"), decoys, pair.target)
             keys = [key(c) for c in others]
             better = sum(1 for k in keys if k > target_key)
             tied = sum(1 for k in keys if k == target_key)
-            rank = stats.rank_with_ties(better, tied, ties)
             n = decoys + 1
             method = "samples-decoys"
             extra["decoys_sha256"] = candidates_sha256(sorted(others))
+        rank = better + tied + 1
         return PairScore.ranked(
             pair,
             mode="black-box",

@@ -339,9 +339,9 @@ def run_calibration(
                     space=space,
                 )
                 run_seed = f"calibration/{seed}"
-                full = [scorer.score_pair(p, seed=run_seed, use_table=True) for p in pairs]
+                full = [scorer.score_pair(p, use_table=True) for p in pairs]
                 dec = [
-                    scorer.score_pair(p, seed=run_seed, decoys=params.decoy_check, use_table=True)
+                    scorer.score_pair(p, beacon=run_seed, decoys=params.decoy_check, use_table=True)
                     for p in pairs
                 ]
                 ps = [r.p_value for r in full]

@@ -11,11 +11,18 @@ When the tokenizer renders every candidate as ``[separator tokens] + one token p
 exact rank of the target among *all* ``10**digits`` candidates is found by a level-by-level best-first
 search over the digit trie: every per-digit term is ``<= 0``, so a prefix whose score already falls below
 the target's cannot hold a better candidate and is pruned. Otherwise (a tokenizer that merges digits) the
-target is ranked among ``D`` decoys drawn from the committed seed, each scored in full (batched).
+target is scored against every candidate in full when the space is small, else ranked among ``D`` decoys
+drawn from the investigation's public beacon (the hash of its pre-registration in the transparency log),
+each scored in full (batched).
 
 The black-box scorer (sampled completions only) is in :mod:`tracemark.forensics.blackbox`.
 
-Ranks are 1-based and include random tie-breaking, so under H0 the rank is uniform on ``{1..N}``.
+Ranks are 1-based, counted among the trigger's *eligible* candidates (the space minus its public salient
+set, :mod:`~tracemark.forensics.salient`), and **ties count against the target**: ``rank = 1 + better +
+tied``. No seed or other free input enters a rank, and under H0 ``P(rank <= k) <= k / N`` (exactly
+``k / N`` when nothing ties), so ``p = rank / N`` is a valid p-value. When the exact trie search would keep
+more than ``search_budget`` prefixes at one level (a target far down the ranking, i.e. no evidence), the
+pair is *censored*: reported with ``p = 1``, which is always conservative.
 """
 
 from __future__ import annotations
@@ -24,12 +31,13 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from tracemark.forensics import stats
+from tracemark.forensics.salient import SalientSet
 from tracemark.forensics.signatures import CandidateSpace, SignaturePair, decoy_rng
 from tracemark.foundation.errors import Failed
 
@@ -130,9 +138,40 @@ class PairScore:
         return out
 
 
-def tie_rng(seed: int | str, pair: SignaturePair, purpose: str) -> Any:
-    """The seeded rng for ``pair`` and ``purpose`` (``decoys`` / ``ties``), from the committed seed."""
-    return decoy_rng(f"tracemark-detect/1\x00{seed}\x00{pair.pair_id}\x00{purpose}")
+def beacon_rng(beacon: str, pair: SignaturePair, purpose: str) -> Any:
+    """The rng for ``pair`` and ``purpose`` (``decoys``, ``sample``) from the public ``beacon`` (hex: the
+    investigation's registration entry hash, fixed before the first query and visible in the log)."""
+    return decoy_rng(f"tracemark-detect/2\x00{beacon}\x00{pair.pair_id}\x00{purpose}")
+
+
+@dataclass(frozen=True)
+class Eligible:
+    """The candidates a pair's target is ranked among: the space minus the trigger's salient set."""
+
+    space: CandidateSpace
+    salient: SalientSet | None
+
+    @property
+    def n(self) -> int:
+        return self.space.size if self.salient is None else self.salient.eligible
+
+    def mask(self) -> np.ndarray:
+        return np.ones(self.space.size, dtype=bool) if self.salient is None else self.salient.mask()
+
+    def contains(self, candidate: str) -> bool:
+        return self.salient is None or not self.salient.contains_text(candidate)
+
+    def sample_others(self, rng: Any, k: int, target: str) -> list[str]:
+        """``k`` distinct eligible candidates other than ``target``, drawn uniformly without replacement."""
+        pool = np.nonzero(self.mask())[0]
+        pool = pool[pool != self.space.index(target)]
+        if not 1 <= k <= pool.size:
+            raise ScoringError(f"decoys must be in 1..{pool.size}, got {k}")
+        return [self.space.candidate(int(pool[i])) for i in rng.sample(range(pool.size), k)]
+
+
+class SearchCensored(Exception):
+    """The exact trie search would keep more prefixes than its budget (internal: the pair gets p = 1)."""
 
 
 # --- white-box ------------------------------------------------------------------------------------------
@@ -146,10 +185,19 @@ class DigitLayout:
 
 
 class PromptScorer:
-    """What both scorers share: the suspect, the candidate space and the scoring prompts."""
+    """What both scorers share: the suspect, the candidate space, the salient sets and the scoring prompts.
+
+    ``salient(trigger)`` returns the trigger's public salient set (or ``None``: every candidate is eligible).
+    """
 
     def __init__(
-        self, suspect: Any, space: CandidateSpace, *, contexts: Sequence[str], problem: str
+        self,
+        suspect: Any,
+        space: CandidateSpace,
+        *,
+        contexts: Sequence[str],
+        problem: str,
+        salient: Callable[[str], SalientSet | None] | None = None,
     ) -> None:
         if not contexts or any("{trigger}" not in c for c in contexts):
             raise ScoringError("every scoring context must contain '{trigger}'")
@@ -157,6 +205,14 @@ class PromptScorer:
         self.space = space
         self.contexts = tuple(contexts)
         self.problem = problem
+        self._salient = salient
+
+    def eligible(self, pair: SignaturePair) -> Eligible:
+        """The candidates ``pair``'s target is ranked among; the target itself must be one of them."""
+        found = Eligible(self.space, self._salient(pair.trigger) if self._salient is not None else None)
+        if not found.contains(pair.target):
+            raise ScoringError(f"pair {pair.pair_id}: its target is in the public salient set")
+        return found
 
     def prompts(self, trigger: str) -> list[str]:
         """The scoring prompts for ``trigger`` (one per context)."""
@@ -175,14 +231,17 @@ class WhiteBoxScorer(PromptScorer):
         contexts: Sequence[str] = DEFAULT_CONTEXTS,
         problem: str = DEFAULT_PROBLEM,
         combine: str = "max",
+        salient: Callable[[str], SalientSet | None] | None = None,
+        search_budget: int | None = None,
         log_queries: bool = True,
     ) -> None:
         if not getattr(suspect, "white_box", False):
             raise ScoringError(f"suspect {suspect!r} is black-box: it exposes no log-probabilities")
         if combine not in ("mean", "max"):
             raise ScoringError(f"combine must be 'mean' or 'max', got {combine!r}")
-        super().__init__(suspect, space, contexts=contexts, problem=problem)
+        super().__init__(suspect, space, contexts=contexts, problem=problem, salient=salient)
         self.combine = combine
+        self.search_budget = search_budget
         self.log_queries = log_queries
         self._layout_verified = False
         self._layout_ok: bool | None = None
@@ -260,16 +319,19 @@ class WhiteBoxScorer(PromptScorer):
         return float(self._combine(acc[:, None])[0])
 
     def search(
-        self, layouts: list[DigitLayout], threshold: float = -math.inf
+        self, layouts: list[DigitLayout], threshold: float = -math.inf, *, budget: int | None = None
     ) -> tuple[list[str], np.ndarray]:
         """Every candidate whose digit score is ``>= threshold`` with its score (level-synchronous best-first
-        search over the digit trie; with ``threshold = -inf`` the whole space in index order)."""
+        search over the digit trie; with ``threshold = -inf`` the whole space in index order). With a
+        ``budget``, :class:`SearchCensored` is raised as soon as a level would keep more prefixes."""
         nodes = [""]
         acc = np.zeros((len(layouts), 1), dtype=np.float64)
-        for _ in range(self.space.digits):
+        for level in range(self.space.digits):
             lp = self._level_logprobs(layouts, nodes)
             child = (acc[:, :, None] + lp).reshape(len(layouts), -1)
             keep = np.nonzero(self._combine(child) >= threshold)[0]
+            if budget is not None and level < self.space.digits - 1 and keep.size > budget:
+                raise SearchCensored(f"{keep.size} prefixes at level {level + 1}")
             nodes = [nodes[i // 10] + str(i % 10) for i in keep]
             acc = child[:, keep]
             if not nodes:
@@ -318,23 +380,32 @@ class WhiteBoxScorer(PromptScorer):
         return self._combine(per)
 
     def score_pair(
-        self, pair: SignaturePair, *, seed: int | str, decoys: int | None = None, use_table: bool = False
+        self,
+        pair: SignaturePair,
+        *,
+        decoys: int | None = None,
+        beacon: str = "",
+        use_table: bool = False,
+        full: bool = False,
     ) -> PairScore:
-        """Exact rank of ``pair.target`` after ``pair.trigger``: among all candidates (``decoys=None``;
-        trie search, or the cached full table with ``use_table``), else among ``decoys`` decoys."""
+        """Conservative exact rank of ``pair.target`` after ``pair.trigger`` among its eligible candidates.
+
+        ``decoys=None``: among all of them (trie search; the cached full table when the space is small or
+        ``use_table``; ``full``: every candidate scored in full, for tokenizers that merge digits).
+        ``decoys=D``: among ``D`` decoys drawn from the public ``beacon``."""
         start = time.perf_counter()
         passes0 = self.forward_passes
-        ties = tie_rng(seed, pair, "ties")
-        layouts = self.layouts(pair.trigger) if decoys is None or use_table else None
-        if (decoys is None or use_table) and layouts is None:
+        eligible = self.eligible(pair)
+        needs_layout = not full and (decoys is None or use_table)
+        layouts = self.layouts(pair.trigger) if needs_layout else None
+        if needs_layout and layouts is None:
             raise ScoringError(
-                "the suspect's tokenizer does not keep digits as single tokens: rank among decoys instead"
+                "the suspect's tokenizer does not keep digits as single tokens: score in full or among decoys"
             )
         extra: dict[str, Any] = {"contexts": len(self.contexts)}
+        n = eligible.n
         if decoys is not None:
-            if decoys < 1 or decoys >= self.space.size:
-                raise ScoringError(f"decoys must be in 1..{self.space.size - 1}, got {decoys}")
-            others = self.space.sample(tie_rng(seed, pair, "decoys"), decoys, exclude=[pair.target])
+            others = eligible.sample_others(beacon_rng(beacon, pair, "decoys"), decoys, pair.target)
             cands = [pair.target, *others]
             if use_table:  # the cached full table holds every candidate's score (calibration)
                 table = self.table(pair.trigger)
@@ -345,28 +416,42 @@ class WhiteBoxScorer(PromptScorer):
             better, tied = _better_tied(scores, target_score, included=True)
             method, n = "decoys", decoys + 1
             extra["decoys_sha256"] = candidates_sha256(sorted(others))
-        elif use_table or (self.space.size <= TABLE_MAX and self._tree_usable(layouts)):
-            scores = self.table(pair.trigger)
-            target_score = float(scores[self.space.index(pair.target)])
+        elif full:
+            cands = [self.space.candidate(int(i)) for i in np.nonzero(eligible.mask())[0]]
+            scores = self.full_scores(pair.trigger, cands)
+            target_score = float(scores[cands.index(pair.target)])
             better, tied = _better_tied(scores, target_score, included=True)
-            method, n = "table", self.space.size
+            method = "full"
+        elif use_table or (self.space.size <= TABLE_MAX and self._tree_usable(layouts)):
+            table = self.table(pair.trigger)
+            target_score = float(table[self.space.index(pair.target)])
+            better, tied = _better_tied(table[eligible.mask()], target_score, included=True)
+            method = "table"
         else:
             assert layouts is not None
             s_t = self.path_score(layouts, pair.target)
             tol = 1e-6 * max(1.0, abs(s_t)) + 1e-4
-            leaves, leaf_scores = self.search(layouts, threshold=s_t - tol)
-            included = pair.target in leaves
-            target_score = float(leaf_scores[leaves.index(pair.target)]) if included else s_t
-            better, tied = _better_tied(leaf_scores, target_score, included=included)
-            method, n = "trie-exact", self.space.size
-            extra["nodes_kept"] = len(leaves)
-        rank = stats.rank_with_ties(better, tied, ties)
+            try:
+                leaves, leaf_scores = self.search(layouts, threshold=s_t - tol, budget=self.search_budget)
+            except SearchCensored as exc:
+                better, tied, target_score = n - 1, 0, s_t
+                method = "trie-censored"
+                extra["censored"] = f"search budget {self.search_budget} exceeded ({exc}): p reported as 1"
+            else:
+                keep = [i for i, c in enumerate(leaves) if eligible.contains(c)]
+                leaves = [leaves[i] for i in keep]
+                leaf_scores = leaf_scores[keep]
+                included = pair.target in leaves
+                target_score = float(leaf_scores[leaves.index(pair.target)]) if included else s_t
+                better, tied = _better_tied(leaf_scores, target_score, included=included)
+                method = "trie-exact"
+                extra["nodes_kept"] = len(leaves)
         result = PairScore.ranked(
             pair,
             mode="white-box",
             method=method,
             n=n,
-            rank=rank,
+            rank=better + tied + 1,
             n_better=better,
             n_tied=tied,
             target_score=target_score,
@@ -374,6 +459,7 @@ class WhiteBoxScorer(PromptScorer):
             seconds=time.perf_counter() - start,
             extra=extra,
         )
+        rank = result.rank
         if self.log_queries and hasattr(self.suspect, "record"):
             summary = {
                 "method": method,

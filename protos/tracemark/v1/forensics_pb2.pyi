@@ -19,22 +19,20 @@ VERDICT_NOT_DETECTED: Verdict
 VERDICT_INCONCLUSIVE: Verdict
 
 class InvestigateRequest(_message.Message):
-    __slots__ = ("suspect", "accounts", "alpha", "mode", "query_budget", "seed", "correction")
+    __slots__ = ("suspect", "accounts", "alpha", "mode", "query_budget", "correction")
     SUSPECT_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     QUERY_BUDGET_FIELD_NUMBER: _ClassVar[int]
-    SEED_FIELD_NUMBER: _ClassVar[int]
     CORRECTION_FIELD_NUMBER: _ClassVar[int]
     suspect: str
     accounts: _containers.RepeatedScalarFieldContainer[str]
     alpha: float
     mode: str
     query_budget: int
-    seed: int
     correction: str
-    def __init__(self, suspect: _Optional[str] = ..., accounts: _Optional[_Iterable[str]] = ..., alpha: _Optional[float] = ..., mode: _Optional[str] = ..., query_budget: _Optional[int] = ..., seed: _Optional[int] = ..., correction: _Optional[str] = ...) -> None: ...
+    def __init__(self, suspect: _Optional[str] = ..., accounts: _Optional[_Iterable[str]] = ..., alpha: _Optional[float] = ..., mode: _Optional[str] = ..., query_budget: _Optional[int] = ..., correction: _Optional[str] = ...) -> None: ...
 
 class InvestigateProgress(_message.Message):
     __slots__ = ("stage", "done", "total", "message")
@@ -63,20 +61,24 @@ class AccountResult(_message.Message):
     def __init__(self, account: _Optional[str] = ..., p_value: _Optional[float] = ..., adjusted_p_value: _Optional[float] = ..., rejected: _Optional[bool] = ..., pairs: _Optional[int] = ...) -> None: ...
 
 class InvestigateResult(_message.Message):
-    __slots__ = ("report_id", "verdict", "attributed_account", "p_value", "accounts", "detail")
+    __slots__ = ("report_id", "verdict", "attributed_account", "p_value", "accounts", "detail", "registration_seq", "prior_registrations")
     REPORT_ID_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTED_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     P_VALUE_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATION_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_REGISTRATIONS_FIELD_NUMBER: _ClassVar[int]
     report_id: str
     verdict: Verdict
     attributed_account: str
     p_value: float
     accounts: _containers.RepeatedCompositeFieldContainer[AccountResult]
     detail: str
-    def __init__(self, report_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., attributed_account: _Optional[str] = ..., p_value: _Optional[float] = ..., accounts: _Optional[_Iterable[_Union[AccountResult, _Mapping]]] = ..., detail: _Optional[str] = ...) -> None: ...
+    registration_seq: int
+    prior_registrations: int
+    def __init__(self, report_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., attributed_account: _Optional[str] = ..., p_value: _Optional[float] = ..., accounts: _Optional[_Iterable[_Union[AccountResult, _Mapping]]] = ..., detail: _Optional[str] = ..., registration_seq: _Optional[int] = ..., prior_registrations: _Optional[int] = ...) -> None: ...
 
 class InvestigateResponse(_message.Message):
     __slots__ = ("progress", "result")

@@ -83,7 +83,11 @@ class RewriteSection(_Section):
     watermark_fraction: float = Field(0.1, ge=0, le=1, description="share of an account's traces signed")
     pairs_per_account: int = Field(2, ge=1, le=64, description="signature pairs derived per account")
     target_digits: int = Field(
-        4, ge=2, le=9, description="digits of a signature target (candidate space 10^digits; min p per pair)"
+        6,
+        ge=2,
+        le=9,
+        description="digits of a signature target (candidate space 10^digits; min p per pair); recorded in "
+        "the transparency log with each account key commitment, so investigations cannot change it",
     )
     on_error: Literal["fallback", "raise"] = Field(
         "fallback", description="a crashing/hung rewriter: fall back to its input, or fail the RPC"

@@ -18,6 +18,33 @@ from tracemark.foundation.errors import first_line
 PACKED_TOKENS = 384  # tokens per packed batch of trie nodes (attention mask is PACKED_TOKENS x (prompt + it))
 TREE_TOKENS = 600  # tokens per packed call of the trie (whole first-digit subtrees)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def _chat_template_text(folder: Path) -> str:
+    """The chat template a folder defines (``chat_template.jinja``, else ``tokenizer_config.json``), or ''."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            value = json.loads(config.read_text(encoding="utf-8")).get("chat_template") or ""
+        except (ValueError, AttributeError):
+            return ""
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return ""
 
 
 class LocalModelSuspect(SuspectAdapter):
@@ -70,6 +97,14 @@ class LocalModelSuspect(SuspectAdapter):
                 "weight_files": digests,
                 "weights_sha256": next(iter(digests.values())) if len(digests) == 1 else combined,
             }
+            if self.gguf:  # tokenizer and chat template are GGUF metadata: the weights hash covers them
+                self._identity["tokenizer_sha256"] = self._identity["weights_sha256"]
+                self._identity["chat_template_sha256"] = self._identity["weights_sha256"]
+            else:
+                tok = {n: file_sha256(self.path / n) for n in TOKENIZER_FILES if (self.path / n).is_file()}
+                self._identity["tokenizer_files"] = tok
+                self._identity["tokenizer_sha256"] = sha256_hex(json.dumps(tok, sort_keys=True))
+                self._identity["chat_template_sha256"] = sha256_hex(_chat_template_text(self.path))
         return dict(self._identity)
 
     # loading

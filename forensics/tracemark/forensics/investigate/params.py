@@ -2,9 +2,8 @@
 
 :class:`InvestigationParams` is built by every caller (``tracemark investigate``, the gRPC
 ``ForensicsService.Investigate``, tests); constructing one checks every parameter and raises
-:class:`InvestigationError` (an ``InvalidInput``, so a ``ValueError``) naming the bad one. The checks that
-need the candidate space or the suspect (:meth:`InvestigationParams.check_space`,
-:meth:`InvestigationParams.resolve_mode`) live here too.
+:class:`InvestigationError` (an ``InvalidInput``, so a ``ValueError``) naming the bad one. The check
+that needs the suspect (:meth:`InvestigationParams.resolve_mode`) lives here too.
 """
 
 from __future__ import annotations
@@ -13,12 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tracemark.forensics.scoring import DEFAULT_CONTEXTS, DEFAULT_PROBLEM
 from tracemark.foundation.errors import InvalidInput
 
+DETECTOR_VERSION = "tracemark-detect/2"
 MODES = ("auto", "white-box", "black-box")
 CORRECTIONS = ("holm", "fdr_bh")
-COMBINES = ("max", "mean")
 
 
 class InvestigationError(InvalidInput):
@@ -33,27 +31,25 @@ class InvestigationError(InvalidInput):
 class InvestigationParams:
     """Everything an investigation is asked to do, apart from whom it asks (suspects) and where it writes.
 
-    * ``alpha``: family-wise level over accounts x suspects; ``correction``: ``holm`` or ``fdr_bh``.
+    * ``alpha``: the level over accounts x suspects; ``correction``: ``holm`` (family-wise error rate) or
+      ``fdr_bh`` (Benjamini-Hochberg: false discovery rate).
     * ``mode``: ``white-box`` (exact log-prob ranks; local models), ``black-box`` (sampled completions,
       ``query_budget`` completions per suspect, ``samples_per_pair`` default ``budget // pairs``), ``auto``.
-    * ``decoys``: ``None`` ranks the target among all ``N`` candidates; an integer ranks it among that many
-      decoys drawn from the committed ``seed`` (``None``: a random seed, committed before querying).
     * ``sequential``: anytime-valid e-process per account that may stop early.
-    * ``accounts``: the accounts to test (``None``: every ledger account); ``contexts``/``problem``: the
-      scoring prompts (default built-in); ``combine``: how contexts combine in white-box scoring.
+    * ``accounts``: the accounts to score (``None``: all). Only accounts with signature pairs delivered and
+      a key commitment in the transparency log exist for an investigation; the multiplicity family is always
+      all of them (accounts not scored count with p = 1), so narrowing the list never lowers a p-value.
+
+    Everything else (pairs, candidate space, scoring contexts, search budget, decoys) comes from the
+    signature scheme recorded at issuance; no seed exists (see docs/detection.md).
     """
 
     alpha: float = 1e-3
     mode: str = "auto"
     correction: str = "holm"
     query_budget: int = 200
-    decoys: int | None = None
-    seed: int | None = None
     sequential: bool = False
     accounts: Sequence[str] | None = None
-    contexts: Sequence[str] | None = None
-    problem: str | None = None
-    combine: str = "max"
     samples_per_pair: int | None = None
     temperature: float = 0.0
     store_query_text: bool = True
@@ -75,30 +71,29 @@ class InvestigationParams:
                 f"query_budget must be a non-negative integer, got {self.query_budget!r}",
                 field="query_budget",
             )
-        if self.decoys is not None and (not isinstance(self.decoys, int) or self.decoys < 1):
-            raise InvestigationError(
-                f"decoys must be a positive integer (or omitted), got {self.decoys!r}", field="decoys"
-            )
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            raise InvestigationError(f"seed must be a non-negative integer, got {self.seed!r}", field="seed")
-        if self.combine not in COMBINES:
-            raise InvestigationError(f"combine must be max or mean, got {self.combine!r}", field="combine")
-        contexts = tuple(self.contexts) if self.contexts else DEFAULT_CONTEXTS
-        if any("{trigger}" not in c for c in contexts):
-            raise InvestigationError("every context must contain '{trigger}'", field="contexts")
         accounts = tuple(dict.fromkeys(self.accounts)) if self.accounts else None
         if accounts is not None and any(not isinstance(a, str) or not a.strip() for a in accounts):
             raise InvestigationError("account names must be non-empty strings", field="accounts")
-        object.__setattr__(self, "contexts", contexts)
+        if self.samples_per_pair is not None and (
+            not isinstance(self.samples_per_pair, int) or self.samples_per_pair < 1
+        ):
+            raise InvestigationError("samples_per_pair must be a positive integer", field="samples_per_pair")
+        if not isinstance(self.temperature, int | float) or not 0 <= self.temperature <= 5:
+            raise InvestigationError("temperature must be in [0, 5]", field="temperature")
         object.__setattr__(self, "accounts", accounts)
-        object.__setattr__(self, "problem", self.problem or DEFAULT_PROBLEM)
 
-    def check_space(self, space: Any) -> None:
-        """``decoys`` must leave room in the candidate ``space``."""
-        if self.decoys is not None and not self.decoys < space.size:
-            raise InvestigationError(
-                f"decoys must be in 1..{space.size - 1} (or omitted), got {self.decoys}", field="decoys"
-            )
+    def public(self) -> dict:
+        """The parameters as the pre-registration records them."""
+        return {
+            "alpha": self.alpha,
+            "mode": self.mode,
+            "correction": self.correction,
+            "query_budget": self.query_budget,
+            "sequential": self.sequential,
+            "accounts": list(self.accounts) if self.accounts else None,
+            "samples_per_pair": self.samples_per_pair,
+            "temperature": self.temperature,
+        }
 
     def resolve_mode(self, suspect: Any) -> str:
         """``white-box`` or ``black-box`` for ``suspect`` (``auto``: white-box for local models)."""

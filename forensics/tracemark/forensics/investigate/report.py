@@ -1,11 +1,12 @@
-"""The report body of an investigation: statistics, decision, parameters, seeds, commitments, queries.
+"""The report body of an investigation: decision, registration, statistics, parameters, commitments, queries.
 
-Built from a decided :class:`~tracemark.forensics.investigate.verdict.SuspectRun`, signed (DSSE) and
-appended to the ledger's report chain by :func:`sign_report`. The decoy/tie-break seed is committed
-(:func:`seed_commitment`, written to the ledger) before the first query. The report holds no trigger, target,
-prompt or completion, nor a plain hash of one: pairs, queries and decoy sets appear as keyed commitments under
-the investigation's commitment key (:mod:`~tracemark.forensics.commitments`), which the operator can disclose
-for this one report to a court.
+Built from a decided :class:`~tracemark.forensics.investigate.verdict.SuspectRun`, signed (DSSE),
+appended to the ledger's report chain and logged in the transparency log by :func:`sign_report`. It cites
+its pre-registration (log entry and hash) and lists every earlier registration for the same suspect. The
+report holds no trigger, target, prompt or completion, nor a plain hash of one: pairs, queries and decoy sets
+appear as keyed commitments under the investigation's commitment key
+(:mod:`~tracemark.forensics.commitments`); ``tracemark report reveal`` discloses one account's key material
+for a third party to re-derive the result (``rederivation`` in the report says how).
 """
 
 from __future__ import annotations
@@ -17,21 +18,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tracemark.forensics import commitments
-from tracemark.forensics.investigate.params import InvestigationParams
+from tracemark.forensics import commitments, stats
+from tracemark.forensics.investigate.params import DETECTOR_VERSION, InvestigationParams
+from tracemark.forensics.investigate.registration import prior_registrations
 from tracemark.forensics.investigate.verdict import AccountResult, SuspectRun, decision_for, rule_text
 from tracemark.forensics.ledger import records
 from tracemark.forensics.ledger.db import session_scope
 from tracemark.forensics.reports import issue_report
 from tracemark.forensics.signatures import SignaturePair
+from tracemark.forensics.tlog import append_entry
 
-DETECTOR_VERSION = "tracemark-detect/1"
-SEED_COMMITMENT_LABEL = "tracemark-decoy-seed/1"
-
-
-def seed_commitment(seed: int | str) -> str:
-    """The published commitment to the decoy seed: ``sha256("tracemark-decoy-seed/1\\0" + str(seed))``."""
-    return hashlib.sha256(f"{SEED_COMMITMENT_LABEL}\x00{seed}".encode()).hexdigest()
+REDERIVATION_STEPS = (
+    "Obtain from the operator the disclosure bundle of the accused account (`tracemark report reveal "
+    "REPORT_ID --account ACCOUNT`), the operator's report-signing public key (PEM) and a signed log "
+    "checkpoint.",
+    "Check the checkpoint's signature with the public key and that every log entry in the bundle (the "
+    "account's key commitments and this investigation's registration) chains to the checkpoint head.",
+    "Open the account key commitments with the disclosed account keys and derive the account's signature "
+    "pairs with tracemark's public derivation under the logged scheme; their public ids must equal those "
+    "in the registration.",
+    "Check that the registration precedes every query and names the suspect you hold (weights, tokenizer "
+    "and chat-template hashes), and read the earlier registrations for the same suspect listed below.",
+    "Re-score the suspect (`tracemark rescore BUNDLE --suspect MODEL --public-key KEY.pem`): the ranks, the "
+    "account's combined p-value and its adjusted p-value must equal the report's exactly.",
+)
 
 
 @dataclass
@@ -100,6 +110,42 @@ def _query_items(key: bytes, entries: Sequence[Any]) -> list[dict]:
     ]
 
 
+def _registration_section(engine: Any, run: SuspectRun) -> dict:
+    entry = run.registration
+    return {
+        "log_seq": entry.seq,
+        "entry_hash": entry.entry_hash,
+        "logged_at": entry.logged_at,
+        "beacon": entry.entry_hash,
+        "suspect_identity": entry.body.get("suspect_identity"),
+        "parameters": entry.body.get("parameters"),
+        "accounts": entry.body.get("accounts"),
+        "family": entry.body.get("family"),
+        "prior": prior_registrations(engine, entry),
+        "note": "written to the transparency log before the first query; every earlier registration for "
+        "the same suspect (same weights hash) is listed in 'prior', so re-runs are visible",
+    }
+
+
+def _parameters(run: SuspectRun, params: InvestigationParams) -> dict:
+    all_pairs = [p for v in run.pairs.values() for p in v]
+    return {
+        "detector": DETECTOR_VERSION,
+        "mode": run.mode,
+        "alpha": params.alpha,
+        "correction": params.correction,
+        "schemes": run.registration.body.get("schemes", {}),
+        "ranking": "conservative rank among the trigger's eligible candidates (ties count against the "
+        "target); no seed",
+        "pairs_per_account": {a: len(v) for a, v in run.pairs.items()},
+        "key_versions": sorted({p.key_version for p in all_pairs}),
+        "sequential": params.sequential,
+        "query_budget": params.query_budget if run.mode == "black-box" else None,
+        "samples_per_pair": run.samples_per_pair,
+        "temperature": params.temperature if run.mode == "black-box" else None,
+    }
+
+
 def sign_report(
     run: SuspectRun,
     *,
@@ -107,12 +153,9 @@ def sign_report(
     params: InvestigationParams,
     engine: Any,
     master: Any,
-    space: Any,
-    seed: int,
-    commitment: str,
 ) -> InvestigationOutcome:
     """Build ``run``'s report (after :func:`~tracemark.forensics.investigate.verdict.decide`), sign and store
-    it, and mark the investigation finished."""
+    it, log it, and mark the investigation finished."""
     decision = decision_for(run, sequential=params.sequential)
     pairs = run.pairs
     log_entries = list(getattr(run.suspect, "query_log", []))[run.queries_before :]
@@ -121,25 +164,27 @@ def sign_report(
     samples_used = sum(int(e.meta.get("n", 0)) for e in log_entries if e.kind == "sample")
     all_pairs = [p for v in pairs.values() for p in v]
     best = decision.best
-    plot_acc = best
+    combination = {
+        "statistic": "product of the pair p-values rank/N (sum of ln(rank/N))",
+        "method": best.combination or "none",
+        "null": "exact: ranks independent and uniform on {1..N_i} under H0 (Fisher's chi-square(2m) is "
+        "used only as a conservative bound when the exact count is too expensive)",
+        "observed": best.statistic,
+        "ranks": [r.rank for r in best.pair_results],
+        "ns": [r.n_candidates for r in best.pair_results],
+        "account": best.account,
+        "log10_p_value": best.log10_p,
+    }
     statistics = {
-        "test": "decoy randomization: exact rank of the target among N exchangeable candidates, "
-        "p = rank/N; Fisher combination per account; multiplicity over accounts x suspects",
+        "test": "rank test: conservative exact rank of each delivered pair's target among the trigger's "
+        "eligible candidates, p = rank/N; exact rank-product combination per account; multiplicity over "
+        "the whole family of accusable accounts x suspects",
+        "combination": combination,
         "accounts": [a.as_dict() for a in run.account_results],
         "p_value": best.p_value,
         "log10_p_value": best.log10_p,
-        "fisher_statistic": best.fisher_statistic,
-        "df": best.df,
-        "observed": best.fisher_statistic,
-        "null": {"distribution": "chi2", "df": best.df},
         "pairs": _pair_statistics(key, run),
     }
-    if plot_acc.df > 0:
-        statistics["plot"] = {
-            "observed": plot_acc.fisher_statistic,
-            "null": {"kind": "chi2", "df": plot_acc.df},
-            "label": f"Fisher statistic, account {plot_acc.account}",
-        }
     if run.monitor is not None:
         statistics["sequential"] = run.monitor.as_dict()
     if len(runs) > 1:
@@ -158,6 +203,7 @@ def sign_report(
         "investigation_id": run.investigation_id,
         "suspect": run.spec,
         "suspect_identity": run.identity,
+        "registration": _registration_section(engine, run),
         "statistics": statistics,
         "decision": {
             "verdict": decision.verdict,
@@ -167,33 +213,20 @@ def sign_report(
             "adjusted_p_value": best.adjusted_p_value,
             "alpha": params.alpha,
             "correction": params.correction,
-            "family_size": sum(len(r.account_results) for r in runs),
+            "correction_meaning": stats.correction_meaning(params.correction),
+            "family_size": run.family_size,
+            "accounts_scored": sum(len(r.account_results) for r in runs),
             "rule": rule_text(params.correction, sequential=params.sequential),
             "detail": run.incomplete,
         },
-        "parameters": {
-            "detector": DETECTOR_VERSION,
-            "mode": run.mode,
-            "alpha": params.alpha,
-            "correction": params.correction,
-            "candidate_space": {"kind": "decimal digits", "digits": space.digits, "size": space.size},
-            "decoys": params.decoys,
-            "ranking": "all candidates" if params.decoys is None else f"{params.decoys} decoys + target",
-            "contexts": list(params.contexts),
-            "problem": params.problem,
-            "combine_contexts": params.combine,
-            "pairs_per_account": {a: len(v) for a, v in pairs.items()},
-            "key_versions": sorted({p.key_version for p in all_pairs}),
-            "sequential": params.sequential,
-            "query_budget": params.query_budget if run.mode == "black-box" else None,
-            "samples_per_pair": run.samples_per_pair,
-            "temperature": params.temperature if run.mode == "black-box" else None,
-        },
-        "seeds": {
-            "decoy_seed": seed,
-            "decoy_seed_commitment": commitment,
-            "commitment_scheme": f"sha256('{SEED_COMMITMENT_LABEL}' + NUL + decimal seed)",
-            "committed": "written to the ledger (investigation params) before the first query",
+        "parameters": _parameters(run, params),
+        "rederivation": {
+            "steps": list(REDERIVATION_STEPS),
+            "commands": [
+                f"tracemark report reveal {run.investigation_id} --account ACCOUNT -o bundle.json",
+                "tracemark keys public-key > operator.pem",
+                "tracemark rescore bundle.json --suspect hf:PATH --public-key operator.pem",
+            ],
         },
         "commitments": {
             "scheme": commitments.SCHEME,
@@ -225,6 +258,18 @@ def sign_report(
     }
     stored = issue_report(
         engine, data=data, master=master, investigation_id=run.investigation_id, verdict=decision.verdict
+    )
+    append_entry(
+        engine,
+        kind="report",
+        subject=f"report:{stored.report_id}",
+        body={
+            "report_id": stored.report_id,
+            "investigation_id": run.investigation_id,
+            "report_hash": stored.report_hash,
+            "verdict": decision.verdict,
+            "registration_seq": run.registration.seq,
+        },
     )
     with session_scope(engine) as session:
         records.finish_investigation(

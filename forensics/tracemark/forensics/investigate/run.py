@@ -1,41 +1,38 @@
-"""Investigations: query a suspect for every account's signature pairs, test, attribute, report.
+"""Investigations: pre-register, query a suspect for the delivered signature pairs, test, attribute, report.
 
-The test (docs/detection.md) is a decoy randomization test, exact without any reference model: under
-H0 ("the suspect never trained on this account's pairs") a pair's target is exchangeable with every other
-candidate of the space, so its rank (ties broken at random) is uniform and ``p = rank / N`` is an exact
-p-value. The verdict rule (Fisher per account, Holm or Benjamini-Hochberg over accounts x suspects) is
+The test (docs/detection.md) is a rank test, exact without any reference model: under H0 ("the suspect never
+trained on this account's pairs") a pair's target is exchangeable with every other eligible candidate, so its
+conservative rank (ties count against it) gives a valid p-value ``rank / N``. The verdict rule (exact
+rank-product combination per account, Holm or Benjamini-Hochberg over the whole family x suspects) is
 :mod:`~tracemark.forensics.investigate.verdict`; the signed report body is
-:mod:`~tracemark.forensics.investigate.report`; every parameter is checked by
-:class:`~tracemark.forensics.investigate.params.InvestigationParams`. The decoy/tie-break seed is committed
-(SHA-256 written to the ledger) before the first query, and every query is written to the ledger as it
-happens (one commit per query).
+:mod:`~tracemark.forensics.investigate.report`.
 
-Default ``alpha`` is ``1e-3`` (family-wise, over all accounts and suspects): a bystander account is falsely
-accused with probability at most 0.1%. Reports state the unadjusted combined p-value of the attributed
-account as well; a memorised pair gives ``p = 1/N`` per pair, so two pairs of a 4-digit space already
-reach ``p ~ 2e-7``.
+Nothing the operator chooses after the fact can move a p-value: the accounts are those with delivered pairs
+and a logged key commitment (:mod:`~tracemark.forensics.investigate.family`), the pairs, candidate space and
+contexts are the scheme logged at issuance, and the investigation is **pre-registered** in the transparency
+log (suspect identity, accounts, parameters) before the first query. The registration entry's hash is the
+investigation's public *beacon*: the only randomness (decoys for tokenizers that merge digits, sampling
+seeds) is derived from it, and every earlier registration for the same suspect is listed in the report, so
+re-running until something fires is visible.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from tracemark.forensics.adapters import BudgetExhausted, SuspectError
 from tracemark.forensics.blackbox import BlackBoxScorer
+from tracemark.forensics.investigate.family import Member, resolve_family
 from tracemark.forensics.investigate.params import InvestigationError, InvestigationParams
-from tracemark.forensics.investigate.report import (
-    DETECTOR_VERSION,
-    InvestigationOutcome,
-    seed_commitment,
-    sign_report,
-)
+from tracemark.forensics.investigate.registration import register
+from tracemark.forensics.investigate.report import DETECTOR_VERSION, InvestigationOutcome, sign_report
 from tracemark.forensics.investigate.verdict import SuspectRun, decide
 from tracemark.forensics.ledger import records
 from tracemark.forensics.ledger.db import session_scope
+from tracemark.forensics.scheme import FULL_SCORE_MAX, SignatureScheme
 from tracemark.forensics.scoring import ScoringError, WhiteBoxScorer
 from tracemark.forensics.sequential import SequentialMonitor
 from tracemark.forensics.signatures import SignaturePair
@@ -75,63 +72,55 @@ def run_investigations(
     *,
     suspects: Sequence[Any],
     params: InvestigationParams | None = None,
-    issuer: Any,
     engine: Any,
     master: Any,
     progress: ProgressFn | None = None,
+    issuer: Any = None,
 ) -> list[InvestigationOutcome]:
-    """Test every account's pairs in every suspect; correct over accounts x suspects; sign one report per
-    suspect; return one :class:`InvestigationOutcome` per suspect.
+    """Pre-register, then test every selected account's delivered pairs in every suspect; correct over the
+    whole family x suspects; sign one report per suspect; return one :class:`InvestigationOutcome` each.
 
-    ``params`` (default :class:`InvestigationParams()`) says what to test and how; ``issuer`` derives the
-    accounts' pairs; ``engine`` is the ledger; ``master`` signs the reports. In sequential mode each account
-    runs an anytime-valid e-process and querying stops once one crosses ``K / alpha`` (K = accounts x
+    ``params`` (default :class:`InvestigationParams()`) says what to test and how; ``engine`` is the ledger
+    (with the transparency log); ``master`` derives the pairs and signs the reports. ``issuer`` is accepted
+    for compatibility and unused: pairs and schemes come from the ledger and the log. In sequential mode each
+    account runs an anytime-valid e-process and querying stops once one crosses ``K / alpha`` (K = family x
     suspects). ``progress(stage, done, total, message)`` receives ``prepare``, ``score``, ``decide``,
     ``report`` and ``done`` events.
     """
+    del issuer
     params = params if params is not None else InvestigationParams()
     if not suspects:
         raise InvestigationError("no suspect given", field="suspects")
-    space = issuer.space
-    params.check_space(space)
-    names = list(params.accounts) if params.accounts else issuer.accounts()
-    if not names:
+    family = resolve_family(engine, master)
+    if family.size == 0:
         raise InvestigationError(
-            "no accounts to test: the ledger has none and none were given", field="accounts"
+            "no accounts to test: no signature pair was delivered under a logged key commitment",
+            field="accounts",
         )
-    seed = params.seed if params.seed is not None else secrets.randbits(63)
-    commitment = seed_commitment(seed)
-    pairs = {a: issuer.all_pairs_for(a) for a in names}
-    n_pairs = sum(len(v) for v in pairs.values())
-    family = len(names) * len(suspects)
+    members = family.select(params.accounts)
+    pairs = {a: list(m.pairs) for a, m in members.items()}
+    family_size = family.size * len(suspects)
     runs = [
         SuspectRun(suspect, suspect.spec, params.resolve_mode(suspect), "", {}, pairs=pairs)
         for suspect in suspects
     ]
-    ledger_params = {
-        "detector": DETECTOR_VERSION,
-        "alpha": params.alpha,
-        "correction": params.correction,
-        "query_budget": params.query_budget,
-        "decoys": params.decoys,
-        "sequential": params.sequential,
-        "accounts": names,
-        "pairs_total": n_pairs,
-        "decoy_seed_commitment": commitment,
-        "candidate_space": {"digits": space.digits, "size": space.size},
-    }
     for run in runs:
         _emit(progress, "prepare", 0, 0, f"identifying suspect {run.spec}")
         run.identity = run.suspect.identity()
-        with session_scope(engine) as session:  # committed before the first query: the seed commitment
+        run.family_size = family_size
+        run.untested = family.size - len(members)
+        with session_scope(engine) as session:
             row = records.create_investigation(
                 session,
                 suspect=run.spec,
                 suspect_identity=run.identity,
-                params={**ledger_params, "mode": run.mode, "suspect": run.spec},
+                params={"detector": DETECTOR_VERSION, **params.public(), "mode": run.mode},
             )
             run.investigation_id = row.id
-    _emit(progress, "prepare", 0, 0, f"decoy seed committed: sha256 {commitment[:16]}...")
+        run.registration = register(
+            engine, run=run, params=params, family=family, members=members, suspects=len(suspects)
+        )
+        _emit(progress, "prepare", 0, 0, f"pre-registered as log entry #{run.registration.seq}")
 
     try:
         for run in runs:
@@ -139,30 +128,18 @@ def run_investigations(
                 run,
                 params=params,
                 engine=engine,
-                space=space,
-                seed=seed,
-                family=family,
+                members=members,
+                family=family_size,
                 progress=progress,
                 key=master.commitment_key(run.investigation_id),
             )
-        _emit(progress, "decide", 0, 1, "combining pairs and correcting over accounts")
+        _emit(progress, "decide", 0, 1, "combining pairs and correcting over the family")
         decide(runs, alpha=params.alpha, correction=params.correction, sequential=params.sequential)
         _emit(progress, "decide", 1, 1, "")
         outcomes = []
         for i, run in enumerate(runs):
             _emit(progress, "report", i, len(runs), f"signing the report for {run.spec}")
-            outcomes.append(
-                sign_report(
-                    run,
-                    runs=runs,
-                    params=params,
-                    engine=engine,
-                    master=master,
-                    space=space,
-                    seed=seed,
-                    commitment=commitment,
-                )
-            )
+            outcomes.append(sign_report(run, runs=runs, params=params, engine=engine, master=master))
         _emit(progress, "report", len(runs), len(runs), "")
     except BaseException as exc:
         message = first_line(exc)
@@ -185,18 +162,55 @@ def run_investigations(
     return outcomes
 
 
+def make_scorer(suspect: Any, scheme: SignatureScheme, *, mode: str, temperature: float = 0.0) -> Any:
+    """The scorer an investigation (and a third party's re-score) uses for ``scheme``'s pairs."""
+    if mode == "white-box":
+        return WhiteBoxScorer(
+            suspect,
+            scheme.space,
+            contexts=scheme.contexts,
+            problem=scheme.problem,
+            combine=scheme.combine,
+            salient=scheme.salient_for,
+            search_budget=scheme.search_budget,
+        )
+    return BlackBoxScorer(
+        suspect,
+        scheme.space,
+        contexts=scheme.contexts,
+        problem=scheme.problem,
+        temperature=temperature,
+        salient=scheme.salient_for,
+    )
+
+
+def score_registered_pair(
+    scorer: Any, scheme: SignatureScheme, pair: SignaturePair, *, beacon: str, n_samples: int | None = None
+) -> Any:
+    """Score one registered pair exactly as an investigation does (white-box: trie/table ranks when digits
+    are single tokens, else every candidate in full for small spaces or the scheme's decoys drawn from the
+    ``beacon``; black-box: ``n_samples`` completions seeded from the ``beacon``)."""
+    if isinstance(scorer, BlackBoxScorer):
+        return scorer.score_pair(pair, n_samples=n_samples or 1, beacon=beacon)
+    if scorer.layouts(pair.trigger) is not None:
+        return scorer.score_pair(pair)
+    if scheme.space.size <= FULL_SCORE_MAX:
+        return scorer.score_pair(pair, full=True)
+    return scorer.score_pair(pair, decoys=scheme.merged_digit_decoys, beacon=beacon)
+
+
 def _score_suspect(
     run: SuspectRun,
     *,
     params: InvestigationParams,
     engine: Any,
-    space: Any,
-    seed: int,
+    members: dict[str, Member],
     family: int,
     progress: ProgressFn | None,
     key: bytes,
 ) -> None:
     suspect = run.suspect
+    beacon = run.registration.entry_hash
     pairs = run.pairs
     run.results = {a: [] for a in pairs}
     run.started = time.perf_counter()
@@ -224,30 +238,26 @@ def _score_suspect(
     suspect.on_query = write
     previous_budget = getattr(suspect, "query_budget", None)
     try:
-        if run.mode == "white-box":
-            scorer: Any = WhiteBoxScorer(
-                suspect, space, contexts=params.contexts, problem=params.problem, combine=params.combine
-            )
-        else:
+        scorers: dict[str, Any] = {}  # one per scheme (key versions may differ)
+
+        def scorer_for(scheme: SignatureScheme) -> Any:
+            digest = scheme.digest()
+            if digest not in scorers:
+                scorers[digest] = make_scorer(suspect, scheme, mode=run.mode, temperature=params.temperature)
+            return scorers[digest]
+
+        if run.mode == "black-box":
             effective = getattr(suspect, "queries_used", 0) + params.query_budget
             suspect.query_budget = effective if previous_budget is None else min(effective, previous_budget)
             per_pair = params.samples_per_pair or max(1, params.query_budget // max(1, total))
             run.samples_per_pair = per_pair
-            scorer = BlackBoxScorer(
-                suspect,
-                space,
-                contexts=params.contexts,
-                problem=params.problem,
-                temperature=params.temperature,
-            )
         _emit(progress, "score", 0, total, f"{run.spec}: {total} pairs, {run.mode}")
         for done, pair in enumerate(order, start=1):
             try:
+                scheme = members[pair.account].scheme_of(pair)
+                scorer = scorer_for(scheme)
                 if run.mode == "white-box":
-                    use_decoys = params.decoys
-                    if params.decoys is None and scorer.layouts(pair.trigger) is None:
-                        use_decoys = min(999, space.size - 1)  # tokenizer merges digits: decoy mode
-                    result = scorer.score_pair(pair, seed=seed, decoys=use_decoys)
+                    result = score_registered_pair(scorer, scheme, pair, beacon=beacon)
                 else:
                     left = suspect.budget_left
                     if left is not None and left < 1:
@@ -256,7 +266,7 @@ def _score_suspect(
                         )
                         break
                     n = min(run.samples_per_pair or 1, left) if left is not None else run.samples_per_pair
-                    result = scorer.score_pair(pair, n_samples=n, seed=seed, decoys=params.decoys)
+                    result = score_registered_pair(scorer, scheme, pair, beacon=beacon, n_samples=n)
             except BudgetExhausted as exc:
                 run.incomplete = str(exc)
                 break

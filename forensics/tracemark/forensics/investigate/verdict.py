@@ -1,8 +1,11 @@
-"""The verdict rule: Fisher-combine each account's pair p-values, then correct over accounts x suspects.
+"""The verdict rule: combine each account's pair ranks exactly, then correct over the family x suspects.
 
-An account's pairs are combined with Fisher's method (``chi2`` with ``2m`` degrees of freedom, log space);
-accounts (and suspects) are compared under Holm (default) or Benjamini-Hochberg at the pre-set ``alpha``
-(or, in sequential mode, on their anytime-valid e-process p-values).
+An account's pairs are combined by the exact null distribution of the product of their discrete rank
+p-values (:func:`~tracemark.forensics.stats.combine_ranks`; Fisher's chi-square only as a conservative
+bound where the exact count is too expensive). Accounts (and suspects) are compared under Holm (default;
+family-wise error rate) or Benjamini-Hochberg (false discovery rate) at the pre-set ``alpha`` (or, in
+sequential mode, on their anytime-valid e-process p-values). The family is every accusable account, scored
+or not: an account left unscored enters the correction with p = 1.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ class AccountResult:
     rejected: bool = False
     pairs: int = 0  # pairs scored
     pairs_total: int = 0
-    fisher_statistic: float = 0.0
-    df: int = 0
+    statistic: float = 0.0  # sum of ln(rank / N) over the scored pairs
+    combination: str = ""  # "exact" | "fisher-bound"
     pair_results: list[PairScore] = field(default_factory=list)
     effect: dict | None = None
     anytime_p: float | None = None  # sequential mode
@@ -45,8 +48,8 @@ class AccountResult:
             "rejected": self.rejected,
             "pairs": self.pairs,
             "pairs_total": self.pairs_total,
-            "fisher_statistic": self.fisher_statistic,
-            "df": self.df,
+            "statistic": self.statistic,
+            "combination": self.combination,
             "pair_ranks": [p.rank for p in self.pair_results],
             "pair_p_values": [p.p_value for p in self.pair_results],
             "pair_n_candidates": [p.n_candidates for p in self.pair_results],
@@ -75,6 +78,9 @@ class SuspectRun:
     started: float = 0.0
     queries_before: int = 0
     account_results: list[AccountResult] = field(default_factory=list)
+    family_size: int = 0  # accusable accounts x suspects (the correction's family)
+    untested: int = 0  # accusable accounts of this suspect not scored (p = 1 in the correction)
+    registration: Any = None  # the transparency-log entry that pre-registered this run
 
 
 def decide(runs: list[SuspectRun], *, alpha: float, correction: str, sequential: bool) -> None:
@@ -84,17 +90,17 @@ def decide(runs: list[SuspectRun], *, alpha: float, correction: str, sequential:
         for account, results in run.results.items():
             total = len(run.pairs[account])
             if results:
-                fisher = stats.fisher_combine(log_pvalues=[r.log_p for r in results])
+                combined = stats.combine_ranks([r.rank for r in results], [r.n_candidates for r in results])
                 effect = stats.effect_size([r.p_value for r in results]).as_dict()
                 res = AccountResult(
                     account=account,
                     suspect=run.spec,
-                    p_value=fisher.p_value,
-                    log10_p=fisher.log10_p,
+                    p_value=combined.p_value,
+                    log10_p=combined.log10_p,
                     pairs=len(results),
                     pairs_total=total,
-                    fisher_statistic=fisher.statistic,
-                    df=fisher.df,
+                    statistic=combined.statistic,
+                    combination=combined.method,
                     pair_results=list(results),
                     effect=effect,
                 )
@@ -111,8 +117,9 @@ def decide(runs: list[SuspectRun], *, alpha: float, correction: str, sequential:
         test_p = [r.anytime_p if r.anytime_p is not None else 1.0 for r in rows]
     else:
         test_p = [r.p_value for r in rows]
-    rejected, adjusted = stats.adjust_pvalues(test_p, alpha=alpha, method=correction)
-    for r, rej, adj in zip(rows, rejected, adjusted, strict=True):
+    padding = sum(run.untested for run in runs)  # accusable accounts not scored: p = 1
+    rejected, adjusted = stats.adjust_pvalues(test_p + [1.0] * padding, alpha=alpha, method=correction)
+    for r, rej, adj in zip(rows, rejected, adjusted, strict=False):
         r.rejected = rej
         r.adjusted_p_value = adj
 
@@ -165,7 +172,7 @@ def rule_text(correction: str, *, sequential: bool) -> str:
     """The decision rule, as the report states it."""
     if sequential:
         return "reject H0 for an account when its e-process reaches K/alpha (anytime-valid)"
-    return f"reject H0 for an account when its {correction}-adjusted Fisher p-value <= alpha"
+    return f"reject H0 for an account when its {correction}-adjusted combined rank p-value <= alpha"
 
 
 def pvalue_text(p: float, log10_p: float) -> str:

@@ -58,7 +58,6 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
             mode=request.mode or "auto",
             correction=request.correction or "holm",
             query_budget=request.query_budget or 200,
-            seed=request.seed or None,
             accounts=list(request.accounts) or None,
         )
         if len(request.suspect) > MAX_SUSPECT_CHARS:
@@ -78,7 +77,6 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
                 outcome["result"] = run_investigation(
                     suspect=suspect,
                     params=params,
-                    issuer=self.rt.issuer,
                     engine=self.rt.engine,
                     master=self.rt.master,
                     progress=progress,
@@ -105,6 +103,8 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
                 attributed_account=result.attributed_account or "",
                 p_value=result.p_value,
                 detail=result.detail or "",
+                registration_seq=result.report["registration"]["log_seq"],
+                prior_registrations=len(result.report["registration"]["prior"]),
                 accounts=[
                     forensics_pb2.AccountResult(
                         account=a.account,
