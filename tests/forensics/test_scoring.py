@@ -1,11 +1,11 @@
-"""Scores and exact ranks: trie search, packed tables and brute force agree; ties; tokenizers that merge
-digits fall back to decoys; black-box ranks from sampled completions."""
+"""Scores and exact ranks: trie search, packed tables and brute force agree; ties count against the target
+(no seed exists); salient candidates are excluded; the search budget censors to p = 1; tokenizers that
+merge digits are scored in full or among beacon decoys; black-box ranks from sampled completions."""
 
 from __future__ import annotations
 
 import math
 import random
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -76,13 +76,14 @@ def test_trie_search_table_and_brute_force_agree(suspect, combine):
         p = pair("k52 =", target)
         sc_t = WhiteBoxScorer(suspect, space, contexts=CTX, combine=combine, log_queries=False)
         sc_t._tree_ok = False  # force the best-first trie search with pruning
-        exact = sc_t.score_pair(p, seed=3)
-        tab = sc.score_pair(p, seed=3, use_table=True)
+        exact = sc_t.score_pair(p)
+        tab = sc.score_pair(p, use_table=True)
         assert exact.method == "trie-exact" and tab.method == "table"
-        assert exact.rank == tab.rank == 1 + int(np.count_nonzero(table > table[int(target)] + 1e-9))
+        want = int(np.count_nonzero(table >= table[int(target)] - 1e-9))  # ties count against the target
+        assert exact.rank == tab.rank == want
         assert exact.p_value == pytest.approx(exact.rank / 100)
     best = space.candidate(int(np.argmax(table)))
-    assert sc.score_pair(pair("k52 =", best), seed=0, use_table=True).rank == 1
+    assert sc.score_pair(pair("k52 =", best), use_table=True).rank == 1
 
 
 class PeakedLM:
@@ -113,15 +114,42 @@ class PeakedLM:
 def test_best_first_search_prunes_the_trie_for_a_memorised_target():
     lm = PeakedLM()
     sc = WhiteBoxScorer(lm, CandidateSpace(4), contexts=("{trigger}", "\nx {trigger}"), log_queries=False)
-    res = sc.score_pair(pair("q9 =", "4821"), seed=1)
+    res = sc.score_pair(pair("q9 =", "4821"))
     assert res.method == "trie-exact" and res.rank == 1 and res.p_value == 1e-4
     assert res.extra["nodes_kept"] == 1 and lm.evaluated < 30  # vs 2 x 1,111 nodes for the whole trie
-    other = sc.score_pair(pair("q9 =", "4822"), seed=1)
-    assert other.n_better == 1 and other.n_tied == 8 and 2 <= other.rank <= 10  # 9-way tie after "482"
+    other = sc.score_pair(pair("q9 =", "4822"))
+    assert other.n_better == 1 and other.n_tied == 8 and other.rank == 10  # 9-way tie after "482": worst
 
 
-def test_ties_are_broken_at_random_and_uniformly(tmp_path):
-    """A model with all-zero weights gives every candidate the same score: the rank must be uniform."""
+def test_search_budget_censors_to_p_one():
+    """A flat model keeps every prefix: past the budget the pair is reported with p = 1 (conservative)."""
+    lm = PeakedLM()
+    sc = WhiteBoxScorer(lm, CandidateSpace(4), contexts=("{trigger}",), search_budget=50, log_queries=False)
+    res = sc.score_pair(pair("q9 =", "1234"))
+    assert res.method == "trie-censored" and res.p_value == 1.0 and "budget" in res.extra["censored"]
+    assert sc.score_pair(pair("q9 =", "4821")).rank == 1  # the memorised target is still found
+
+
+def test_salient_candidates_are_excluded_from_the_ranking():
+    from tracemark.forensics.scheme import SignatureScheme
+
+    scheme = SignatureScheme(digits=4)
+    lm = PeakedLM()
+    sc = WhiteBoxScorer(
+        lm, scheme.space, contexts=("{trigger}",), salient=scheme.salient_for, log_queries=False
+    )
+    res = sc.score_pair(pair("q9 =", "4821"))
+    assert res.n_candidates == scheme.salient_for("q9 =").eligible < 10_000
+    assert res.p_value == 1 / res.n_candidates
+    with pytest.raises(ScoringError, match="salient"):
+        sc.score_pair(pair("q9 =", "2400"))
+
+
+def test_ties_count_against_the_target_and_no_seed_exists(tmp_path):
+    """A model with all-zero weights gives every candidate the same score: the target gets the worst rank,
+    whatever anyone chooses (the seed-grinding attack of issue 12 has nothing to grind)."""
+    import inspect
+
     import torch
     from tracemark.foundation.models.tiny import build_tiny_model
     from transformers import AutoModelForCausalLM
@@ -135,10 +163,9 @@ def test_ties_are_broken_at_random_and_uniformly(tmp_path):
     s = parse_suspect(f"hf:{folder}")
     space = CandidateSpace(1)
     sc = WhiteBoxScorer(s, space, contexts=("{trigger}",), log_queries=False)
-    ranks = Counter(sc.score_pair(pair("x1 =", "3"), seed=i).rank for i in range(400))
-    assert set(ranks) == set(range(1, 11)) and min(ranks.values()) > 15
-    res = sc.score_pair(pair("x1 =", "3"), seed=0)
-    assert res.n_tied == 9 and res.n_better == 0
+    res = sc.score_pair(pair("x1 =", "3"))
+    assert res.n_tied == 9 and res.n_better == 0 and res.rank == 10 and res.p_value == 1.0
+    assert "seed" not in inspect.signature(sc.score_pair).parameters
 
 
 class MergingTokenizerLM:
@@ -168,17 +195,19 @@ class MergingTokenizerLM:
         )
 
 
-def test_tokenizer_that_merges_digits_falls_back_to_decoys():
+def test_tokenizer_that_merges_digits_is_scored_in_full_or_among_beacon_decoys():
     lm = MergingTokenizerLM()
     sc = WhiteBoxScorer(lm, CandidateSpace(4), contexts=("{trigger}",), log_queries=False)
     assert sc.layouts("x137 =") is None
-    with pytest.raises(ScoringError, match="rank among decoys"):
-        sc.score_pair(pair(), seed=0)
-    res = sc.score_pair(pair(), seed=0, decoys=99)
+    with pytest.raises(ScoringError, match="in full or among decoys"):
+        sc.score_pair(pair())
+    full = sc.score_pair(pair(), full=True)
+    assert full.method == "full" and full.n_candidates == 10_000 and full.rank == 1
+    res = sc.score_pair(pair(), beacon="ab" * 32, decoys=99)
     assert res.method == "decoys" and res.n_candidates == 100 and res.rank == 1 and res.p_value == 0.01
-    # decoys come from the committed seed: same seed, same decoys
-    again = sc.score_pair(pair(), seed=0, decoys=99)
-    other = sc.score_pair(pair(), seed=1, decoys=99)
+    # decoys come from the public beacon (the registration's log entry hash): same beacon, same decoys
+    again = sc.score_pair(pair(), beacon="ab" * 32, decoys=99)
+    other = sc.score_pair(pair(), beacon="cd" * 32, decoys=99)
     assert again.extra["decoys_sha256"] == res.extra["decoys_sha256"] != other.extra["decoys_sha256"]
 
 
@@ -217,19 +246,18 @@ class CannedSuspect:
         return [Sample(text=self.texts[i % len(self.texts)]) for i in range(n)]
 
 
-def test_black_box_rank_by_counts_with_random_ties():
+def test_black_box_rank_by_counts_ties_against_the_target():
     space = CandidateSpace(4)
     s = CannedSuspect([" 4821", " 4821", " 1111", " 2222"])
     bb = BlackBoxScorer(s, space, contexts=("{trigger}",), temperature=1.0)
-    res = bb.score_pair(pair(target="4821"), n_samples=4, seed=0)
+    res = bb.score_pair(pair(target="4821"), n_samples=4)
     assert res.rank == 1 and res.p_value == 1e-4 and res.target_count == 2
-    tied = bb.score_pair(pair(target="1111"), n_samples=4, seed=0)
-    assert tied.n_better == 1 and tied.n_tied == 1 and tied.rank in (2, 3)
-    ranks = [bb.score_pair(pair(target="7777"), n_samples=4, seed=i).rank for i in range(300)]
-    assert min(ranks) >= 4  # three sampled candidates beat a never-sampled one
-    # a never-sampled target is tied with the 9,996 other never-sampled candidates: uniform on 4..10000
-    assert 3000 < np.mean(ranks) < 7000
-    dec = bb.score_pair(pair(target="4821"), n_samples=4, seed=0, decoys=9)
+    tied = bb.score_pair(pair(target="1111"), n_samples=4)
+    assert tied.n_better == 1 and tied.n_tied == 1 and tied.rank == 3
+    # a never-sampled target ties with every other never-sampled candidate: the worst rank, p = 1
+    never = bb.score_pair(pair(target="7777"), n_samples=4)
+    assert never.rank == 10_000 and never.p_value == 1.0
+    dec = bb.score_pair(pair(target="4821"), n_samples=4, beacon="00" * 32, decoys=9)
     assert dec.n_candidates == 10 and dec.rank == 1
 
 
@@ -238,16 +266,16 @@ def test_black_box_spreads_samples_over_contexts_and_greedy_uses_one_each():
     bb = BlackBoxScorer(
         s, CandidateSpace(4), contexts=("{trigger}", "Let {trigger}", "(aux) {trigger}"), temperature=0.7
     )
-    bb.score_pair(pair(), n_samples=7, seed=0)
+    bb.score_pair(pair(), n_samples=7)
     assert [c[1] for c in s.calls] == [3, 2, 2]
     s.calls.clear()
     greedy = BlackBoxScorer(s, CandidateSpace(4), contexts=("{trigger}", "Let {trigger}"), temperature=0.0)
-    res = greedy.score_pair(pair(), n_samples=10, seed=0)
+    res = greedy.score_pair(pair(), n_samples=10)
     assert [c[1] for c in s.calls] == [1, 1] and res.target_count == 2
 
 
-def test_black_box_null_ranks_are_uniform():
-    """Targets independent of the suspect: p-values of black-box ranks are uniform (exact test)."""
+def test_black_box_null_p_values_are_valid():
+    """Targets independent of the suspect: P(p <= x) <= x for every x (conservative ranks)."""
     from tracemark.forensics import stats
 
     rng = random.Random(0)
@@ -255,6 +283,8 @@ def test_black_box_null_ranks_are_uniform():
     space = CandidateSpace(1)
     bb = BlackBoxScorer(s, space, contexts=("{trigger}",), temperature=1.0)
     s.texts = [" 4", " 1", " 4", " 0", " 9", " 4"]
-    ps = [bb.score_pair(pair(target=str(rng.randrange(10))), n_samples=6, seed=i).p_value for i in range(600)]
-    assert stats.discrete_uniformity(ps, 10).uniform
-    assert math.isclose(np.mean(ps), 0.55, abs_tol=0.05)
+    ps = np.array([bb.score_pair(pair(target=str(rng.randrange(10))), n_samples=6).p_value for _ in range(600)])
+    for x in (0.1, 0.2, 0.5, 0.9):
+        k = int(np.count_nonzero(ps <= x + 1e-12))
+        assert stats.clopper_pearson(k, ps.size)[0] <= x  # never significantly above x
+    assert np.mean(ps) >= 0.55 - 0.05
