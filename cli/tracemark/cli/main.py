@@ -7,6 +7,7 @@ from tracemark.cli.bench import bench_app
 from tracemark.cli.demo import demo_command
 from tracemark.cli.investigate import calibrate_command, investigate_command
 from tracemark.cli.keys import keys_app
+from tracemark.cli.log import log_app
 from tracemark.cli.optimize import optimize_app
 from tracemark.cli.plugins import plugins_app, rewrite_command
 from tracemark.cli.report import report_app
@@ -30,6 +31,7 @@ app.add_typer(accounts_app, name="accounts")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
 app.add_typer(report_app, name="report")
+app.add_typer(log_app, name="log")
 app.add_typer(optimize_app, name="optimize")
 
 if __name__ == "__main__":
