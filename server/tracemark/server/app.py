@@ -14,12 +14,15 @@ from tracemark.server.auth import AuthInterceptor, TokenStore
 from tracemark.server.config import Settings
 from tracemark.server.decoding import DecodeGuardInterceptor
 from tracemark.server.runtime import Runtime
+from tracemark.server.servicers.account import AccountServicer
 from tracemark.server.servicers.forensics import ForensicsServicer
 from tracemark.server.servicers.rewrite import RewriteServicer
 from tracemark.server.servicers.teacher import TeacherServicer
 from tracemark.server.teacher.base import GenerationParams, TeacherBackend
 from tracemark.server.teacher.factory import build_teacher
 from tracemark.v1 import (
+    account_pb2,
+    account_pb2_grpc,
     forensics_pb2,
     forensics_pb2_grpc,
     rewrite_pb2,
@@ -34,6 +37,7 @@ SERVICE_NAMES = [
     teacher_pb2.DESCRIPTOR.services_by_name["TeacherService"].full_name,
     rewrite_pb2.DESCRIPTOR.services_by_name["RewriteService"].full_name,
     forensics_pb2.DESCRIPTOR.services_by_name["ForensicsService"].full_name,
+    account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
 ]
 
 
@@ -83,6 +87,7 @@ class TracemarkServer:
         forensics_pb2_grpc.add_ForensicsServiceServicer_to_server(
             ForensicsServicer(self.runtime), self.grpc_server
         )
+        account_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(self.runtime), self.grpc_server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(

@@ -9,9 +9,10 @@ The tokens file is TOML and stores only SHA-256 hashes of tokens, and each accou
 Roles are least privilege, decided by the RPC's service before any handler work
 (:data:`SERVICE_ROLES`): ``customer`` calls TeacherService and RewriteService, ``compliance`` calls
 ForensicsService (investigations, reports), ``admin`` is reserved for administrative RPCs (none are served
-today: accounts and keys are managed with the CLI on the server host) and calls nothing else. Anonymous
-callers (``[auth] allow_anonymous``) are customers. A wrong role gets ``PERMISSION_DENIED`` naming the
-role required.
+today: accounts and keys are managed with the CLI on the server host). AccountService (the caller's own
+key receipt) is open to every role (:data:`ANY_ROLE`) but needs a token, even with anonymous callers
+allowed. Anonymous callers (``[auth] allow_anonymous``) are customers. A wrong role gets
+``PERMISSION_DENIED`` naming the role required.
 
 The interceptor resolves the caller's account once per RPC and makes it available to handlers through
 :func:`current_account` and :func:`current_role`; no request field can choose either.
@@ -42,11 +43,13 @@ PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 CUSTOMER, COMPLIANCE, ADMIN = "customer", "compliance", "admin"
 ROLES = (CUSTOMER, COMPLIANCE, ADMIN)
+ANY_ROLE = "any"  # a service every authenticated account may call (about its own account only)
 #: The role each service requires. A method of a service not listed here is refused for every role.
 SERVICE_ROLES: dict[str, str] = {
     "tracemark.v1.TeacherService": CUSTOMER,
     "tracemark.v1.RewriteService": CUSTOMER,
     "tracemark.v1.ForensicsService": COMPLIANCE,
+    "tracemark.v1.AccountService": ANY_ROLE,
 }
 
 
@@ -68,7 +71,8 @@ def new_token() -> str:
 
 
 def required_role(method: str) -> str | None:
-    """The role ``method`` (``/package.Service/Method``) requires; None when no role may call it."""
+    """The role ``method`` (``/package.Service/Method``) requires (:data:`ANY_ROLE`: any authenticated
+    account); None when no role may call it."""
     service = method.lstrip("/").partition("/")[0]
     return SERVICE_ROLES.get(service)
 
@@ -255,7 +259,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 return _rejecting(handler, grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
             role = self.store.role_of(account)
         needed = required_role(method)
-        if role != needed:
+        if needed == ANY_ROLE and account is None:
+            return _rejecting(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this method is about the caller's own account: it needs a bearer token",
+            )
+        if role != needed and needed != ANY_ROLE:
             service = method.lstrip("/").partition("/")[0].rpartition(".")[2] or "this method"
             message = (
                 f"{service} requires the {needed} role" if needed else f"{service} is not served to any role"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-from tracemark.v1 import forensics_pb2_grpc, rewrite_pb2_grpc, teacher_pb2_grpc
+from tracemark.v1 import account_pb2_grpc, forensics_pb2_grpc, rewrite_pb2_grpc, teacher_pb2_grpc
 
 
 class _BearerToken(grpc.AuthMetadataPlugin):
@@ -65,13 +65,14 @@ class _Details(grpc.ClientCallDetails):
 
 
 class Stubs:
-    """The three tracemark.v1 stubs over one channel."""
+    """The tracemark.v1 stubs over one channel."""
 
     def __init__(self, channel: grpc.Channel) -> None:
         self.channel = channel
         self.teacher = teacher_pb2_grpc.TeacherServiceStub(channel)
         self.rewrite = rewrite_pb2_grpc.RewriteServiceStub(channel)
         self.forensics = forensics_pb2_grpc.ForensicsServiceStub(channel)
+        self.account = account_pb2_grpc.AccountServiceStub(channel)
 
     def close(self) -> None:
         self.channel.close()
