@@ -7,6 +7,7 @@ import base64
 import copy
 import hashlib
 import json
+import os
 import threading
 
 import pytest
@@ -23,6 +24,7 @@ from tracemark.forensics.ledger.db import (
 )
 from tracemark.forensics.reports.canonical import canonical_json
 from tracemark.forensics.reports.dsse import sign_envelope
+from tracemark.forensics.tlog import store
 from tracemark.foundation.errors import InvalidInput, NotFound
 
 
@@ -367,4 +369,52 @@ def test_migration_0003_upgrades_a_0002_ledger_and_downgrades(ledger_url):
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0002_query_commitments")
     assert "log_entry" not in inspect(engine).get_table_names()
+    engine.dispose()
+
+
+# --- PostgreSQL (optional) ------------------------------------------------------------------------
+@pytest.fixture
+def pg_url():
+    """A THROWAWAY PostgreSQL database (its public schema is dropped): $TRACEMARK_TEST_POSTGRES_URL."""
+    url = os.environ.get("TRACEMARK_TEST_POSTGRES_URL", "").strip()
+    if not url:
+        pytest.skip("set TRACEMARK_TEST_POSTGRES_URL to a throwaway PostgreSQL database to run this test")
+    eng = make_engine(url, migrate=False)
+    with eng.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    eng.dispose()
+    return url
+
+
+@pytest.mark.parametrize("locked", [True, False], ids=["advisory-lock", "constraints-and-retry-only"])
+def test_postgresql_concurrent_appenders_keep_one_chain(pg_url, master, pem, monkeypatch, locked):
+    if not locked:  # without the advisory lock, the unique constraints and the retry loop must hold
+        monkeypatch.setattr(store, "lock_log", lambda session: None)
+    engine = make_engine(pg_url)
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        own = make_engine(pg_url)
+        try:
+            for i in range(6):
+                tlog.append_entry(own, kind="note", body={"t": t, "i": i})
+                tlog.append_entry(own, kind="note", subject=f"shared:{i}", body={"i": i})
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            own.dispose()
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert tlog.log_size(engine) == 4 * 6 + 6
+    tlog.sign_checkpoint(engine, master)
+    result = tlog.verify_stored_log(engine, pem)
+    assert result.valid and result.signed_size == 30, result.problems
+    proof = tlog.inclusion_proof(engine, seqs=[3, 17])
+    assert tlog.verify_inclusion(proof, pem).valid
     engine.dispose()
