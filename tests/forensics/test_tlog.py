@@ -120,6 +120,7 @@ def test_lookups(engine):
     assert [e.seq for e in tlog.find_entries(engine, kind="note")] == [1, 2]
     assert [e.seq for e in tlog.find_entries(engine, subject_prefix="note:")] == [1, 2]
     assert [e.seq for e in tlog.find_entries(engine, subject_prefix="note_%")] == [3]  # no LIKE wildcards
+    assert tlog.find_entries(engine, subject_prefix="NOTE:") == []  # case-sensitive on SQLite too
     assert [e.seq for e in tlog.find_entries(engine, start=2, stop=3)] == [2, 3]
     with pytest.raises(tlog.LogEntryNotFound):
         tlog.get_entry(engine, seq=9)

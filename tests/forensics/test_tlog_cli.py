@@ -140,6 +140,9 @@ def test_verify_bad_input_exits_2(app, logged, tmp_path):
     (tmp_path / "junk.json").write_text("{not json")
     junk = ["log", "verify", "--export", str(tmp_path / "junk.json"), "--public-key", logged["pem"]]
     one_line_error(runner.invoke(app, junk), "not a JSON file")
+    (tmp_path / "huge.json").write_text('{"format": ' + "9" * 5000 + "}")
+    huge = ["log", "verify", "--export", str(tmp_path / "huge.json"), "--public-key", logged["pem"]]
+    one_line_error(runner.invoke(app, huge), "not a JSON file")
     (tmp_path / "other.json").write_text('{"format": "something else"}')
     other = ["log", "verify", "--export", str(tmp_path / "other.json"), "--public-key", logged["pem"]]
     one_line_error(runner.invoke(app, other), "not a log export")

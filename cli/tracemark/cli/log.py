@@ -76,7 +76,7 @@ def _read_json(path: Path) -> Any:
         return json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror}")
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or an integer too long to parse
         fail(f"{path} is not a JSON file")
 
 

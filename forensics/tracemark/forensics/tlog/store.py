@@ -147,7 +147,9 @@ def find_entries(
     if subject_prefix is not None:
         query = query.where(LogEntry.subject.startswith(subject_prefix, autoescape=True))
     with read_session(engine) as session:
-        return [view_of(r) for r in session.exec(query.order_by(LogEntry.seq)).all()]
+        rows = session.exec(query.order_by(LogEntry.seq)).all()
+    # SQLite's LIKE ignores ASCII case: the prefix is checked again, case-sensitively as on PostgreSQL
+    return [view_of(r) for r in rows if subject_prefix is None or r.subject.startswith(subject_prefix)]
 
 
 def log_size(engine: Engine) -> int:
