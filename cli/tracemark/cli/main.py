@@ -11,6 +11,7 @@ from tracemark.cli.log import log_app
 from tracemark.cli.optimize import optimize_app
 from tracemark.cli.plugins import plugins_app, rewrite_command
 from tracemark.cli.report import report_app
+from tracemark.cli.rescore import rescore_command
 from tracemark.cli.serve import accounts_app, generate_command, serve_command
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.command("demo")(demo_command)
 app.command("rewrite")(rewrite_command)
 app.command("investigate")(investigate_command)
 app.command("calibrate")(calibrate_command)
+app.command("rescore")(rescore_command)
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(bench_app, name="bench")

@@ -1,8 +1,9 @@
-"""`tracemark report`: list, show, verify and export signed evidence reports."""
+"""`tracemark report`: list, show, verify, export signed evidence reports, and reveal one account's keys."""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,8 +13,10 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+from tracemark.cli.rescore import unwrap_help
 from tracemark.forensics.keys import MasterKeyError, MasterSecret, load_public_key, public_key_id
 from tracemark.forensics.ledger.db import LedgerError, ReportNotFound, default_ledger_url, make_engine
+from tracemark.forensics.rederive import DisclosureError, DisclosureInconsistent, build_disclosure
 from tracemark.forensics.reports import (
     ExportError,
     export_html,
@@ -25,6 +28,7 @@ from tracemark.forensics.reports import (
     verify_stored_report,
 )
 from tracemark.forensics.reports.export import account_rows, format_value, summary_rows
+from tracemark.forensics.tlog import LogCorrupted, LogError
 from tracemark.foundation.console import fail
 
 report_app = typer.Typer(
@@ -332,3 +336,73 @@ def commitment_key_command(
         err=True,
     )
     typer.echo(key.hex())
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (the bundle holds key material)."""
+    target = Path(path).expanduser()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(target, 0o600)
+
+
+@report_app.command("reveal")
+def reveal_command(
+    report_id: ReportId,
+    account: Annotated[
+        str,
+        typer.Option(
+            "--account",
+            help="The account whose keys to disclose (the accused one); it must be in the report's "
+            "registration.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write the bundle here (mode 0600); default: standard output.",
+            show_default=False,
+        ),
+    ] = None,
+    ledger: Ledger = None,
+    key_file: KeyFile = None,
+) -> None:
+    """Write the disclosure bundle of ONE account of a report, for a third party to re-derive its result.
+
+    The bundle holds the signed report, the account's keys for the key versions its registered pairs use,
+    and an inclusion proof (with a signed checkpoint) of the account's key commitments, the investigation's
+    pre-registration and the report's log entry. It discloses that account's signature pairs and nothing
+    else: never the master secret, never another account's key. The recipient runs
+    `tracemark rescore BUNDLE --suspect MODEL --public-key KEY.pem`. Needs the master secret and the ledger.
+    """
+    engine = _open_ledger(ledger)
+    try:
+        master = MasterSecret.load(path=key_file, create=False)
+        bundle = build_disclosure(engine, master, report_id=report_id, account=account)
+    except (DisclosureError, LogError, MasterKeyError) as exc:
+        fail(str(exc))
+    except (DisclosureInconsistent, LogCorrupted) as exc:
+        fail(str(exc), code=1)
+    versions = ", ".join(str(k["key_version"]) for k in bundle["keys"])
+    typer.echo(
+        f"warning: this bundle discloses account {account!r}'s key material (key version(s) {versions}): "
+        "whoever holds it can derive that account's signature pairs; give it only to the party re-deriving "
+        f"report {bundle['report_id']}",
+        err=True,
+    )
+    text = json.dumps(bundle, indent=2, sort_keys=True)
+    if out is None:
+        typer.echo(text)
+        return
+    try:
+        _write_private(out, text + "\n")
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror}")
+    typer.echo(f"wrote {out} (disclosure of {account!r} for report {bundle['report_id']})", err=True)
+
+
+reveal_command.__doc__ = unwrap_help(reveal_command.__doc__)
