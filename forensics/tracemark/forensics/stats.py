@@ -1,14 +1,22 @@
-"""Exact statistics of the decoy randomization test: rank p-values, Fisher combination in log space,
-multiplicity control across accounts, effect sizes with confidence intervals and uniformity checks.
+"""Exact statistics of the rank test: rank p-values, the exact rank-product combination (Fisher's
+chi-square as its bound), multiplicity control across accounts, effect sizes with confidence intervals and
+uniformity checks.
 
 Conventions
 -----------
-* Ranks are 1-based, rank 1 = the best score. Ties are broken uniformly at random (with a seeded rng),
-  so under H0 (the target is exchangeable with the other ``n`` candidates) the rank is exactly uniform on
-  ``{1, ..., n}`` and ``p = rank / n`` is exactly uniform on ``{1/n, ..., 1}`` (``P(p <= x) <= x``).
+* Ranks are 1-based, rank 1 = the best score. Investigations use deterministic, conservative ranks
+  (:func:`conservative_rank`: ``1 + #better + #tied``, ties count against the target), so under H0 (the
+  target is exchangeable with the other candidates) ``P(rank <= k) <= k / n``: super-uniform, exactly
+  uniform when there are no ties. :func:`rank_with_ties` (random tie-breaking) is kept for old reports.
+* Per account, the ranks are combined exactly (:func:`combine_ranks`): the p-value of the rank product under
+  independent uniform ranks, counted with integers (:mod:`tracemark.forensics.lattice`). Fisher's
+  chi-square(2m) of the ``rank / n`` is an upper bound on it, used only when the count is too expensive.
 * Tail probabilities are computed in log space: ``scipy.stats.chi2.logsf`` where it is finite, else the
   closed form of the chi-square survival function for even degrees of freedom (Fisher's statistic always
   has ``2m``), so combined p-values like ``1e-3000`` keep an exact ``log10``. ``1 - cdf`` is never used.
+* Multiplicity: Holm and Bonferroni control the family-wise error rate (the chance of accusing any
+  innocent account); Benjamini-Hochberg (``fdr_bh``) controls the false discovery rate (the expected share
+  of innocent accounts among those accused), which is weaker and is *not* family-wise.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from scipy.special import gammaln, logsumexp
+from tracemark.forensics import lattice
 from tracemark.foundation.errors import InvalidInput
 
 
@@ -32,6 +41,14 @@ def _scipy_stats() -> Any:
 
 LN10 = math.log(10.0)
 CORRECTIONS = ("holm", "fdr_bh", "bonferroni")
+_CORRECTION_MEANINGS = {
+    "holm": "Holm step-down: controls the family-wise error rate (the chance of accusing any innocent "
+    "account) at alpha",
+    "bonferroni": "Bonferroni: controls the family-wise error rate (the chance of accusing any innocent "
+    "account) at alpha",
+    "fdr_bh": "Benjamini-Hochberg: controls the false discovery rate (the expected share of innocent "
+    "accounts among those accused) at alpha; it does not control the family-wise error rate",
+}
 
 
 class StatsError(InvalidInput):
@@ -39,6 +56,14 @@ class StatsError(InvalidInput):
 
 
 # --- ranks and per-pair p-values --------------------------------------------------------------
+def conservative_rank(n_better: int, n_tied: int) -> int:
+    """Deterministic conservative rank ``1 + n_better + n_tied`` (ties count against the target): under H0
+    ``P(rank <= k) <= k / n``, with equality when nothing ties."""
+    if n_better < 0 or n_tied < 0:
+        raise StatsError("n_better and n_tied must be non-negative")
+    return 1 + int(n_better) + int(n_tied)
+
+
 def rank_with_ties(n_better: int, n_tied: int, rng: Any) -> int:
     """1-based rank of a candidate with ``n_better`` strictly better competitors and ``n_tied`` others with
     exactly its score: ``n_better + 1 + U``, ``U`` uniform on ``{0..n_tied}`` (random tie-breaking)."""
@@ -137,11 +162,139 @@ def fisher_combine(
     return FisherResult(statistic=statistic, df=df, log_p=min(0.0, chi2_logsf(statistic, df)))
 
 
+# --- exact combination of discrete ranks ---------------------------------------------------------
+COMBINATION_METHODS = ("exact", "fisher-bound")
+
+
+@dataclass(frozen=True)
+class RankCombination:
+    """One account's combined evidence: ``statistic = sum ln(r_i / n_i)`` and its p-value (natural log)."""
+
+    m: int
+    statistic: float
+    log_p: float
+    method: str  # "exact" (integer count) or "fisher-bound" (chi-square(2m), an upper bound on the exact p)
+
+    @property
+    def p_value(self) -> float:
+        """The combined p-value (``0.0`` only below the smallest float; see ``log10_p``)."""
+        return math.exp(self.log_p)
+
+    @property
+    def log10_p(self) -> float:
+        return self.log_p / LN10
+
+    def as_dict(self) -> dict:
+        return {
+            "m": self.m,
+            "statistic": self.statistic,
+            "log_p": self.log_p,
+            "log10_p": self.log10_p,
+            "p_value": self.p_value,
+            "method": self.method,
+        }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _checked_ranks(ranks: Sequence[int], ns: Sequence[int]) -> tuple[list[int], list[int]]:
+    rs, nn = list(ranks), list(ns)
+    if not rs:
+        raise StatsError("no ranks to combine")
+    if len(rs) != len(nn):
+        raise StatsError(f"{len(rs)} ranks but {len(nn)} candidate counts")
+    out_r, out_n = [], []
+    for r, n in zip(rs, nn, strict=True):
+        if not (_is_int(r) and _is_int(n)):
+            raise StatsError("ranks and candidate counts must be integers")
+        if n < 1 or not 1 <= r <= n:
+            raise StatsError(f"rank {int(r)} outside 1..{int(n)}")
+        out_r.append(int(r))
+        out_n.append(int(n))
+    return out_r, out_n
+
+
+def combine_ranks(ranks: Sequence[int], ns: Sequence[int], *, max_work: int = 20_000_000) -> RankCombination:
+    """Exact p-value of the rank product of independent pairs: ``P0(prod R_i / n_i <= prod r_i / n_i)``.
+
+    Under H0 ``R_i`` is uniform on ``{1..n_i}``, independently. The ``n_i`` cancel, so the p-value is
+    ``#{R in [1..n_1] x ... x [1..n_m] : prod R_i <= prod r_i} / prod n_i``, an integer count
+    (:func:`tracemark.forensics.lattice.count_products`), returned as a natural log (``log count -
+    sum log n_i``; exact to double precision for any size). It is a valid p-value for conservative ranks
+    too: a super-uniform rank is stochastically larger than a uniform one and the product is increasing in
+    each rank, so ``P(p <= x) <= x``.
+
+    When the count needs more than ``max_work`` units (``2e7`` is a few tenths of a second: large
+    products with ``m >= 3``), Fisher's chi-square(2m) p-value of ``p_i = r_i / n_i`` is returned
+    instead, with ``method = "fisher-bound"``. It is an upper bound on the exact p-value, so still valid.
+    Proof (coupling): with ``U_i`` independent U(0, 1), ``R_i = ceil(n_i U_i)`` is uniform on
+    ``{1..n_i}`` and ``R_i / n_i >= U_i`` pointwise. Hence the event ``prod R_i / n_i <= x`` implies
+    ``prod U_i <= x``, and ``P0(prod R_i / n_i <= x) <= P(prod U_i <= x) = P(chi2_2m >= -2 ln x)``,
+    which at ``x = prod p_i`` is Fisher's p-value.
+    """
+    rs, nn = _checked_ranks(ranks, ns)
+    statistic = math.fsum(math.log(r) - math.log(n) for r, n in zip(rs, nn, strict=True))
+    try:
+        count = lattice.count_products(math.prod(rs), nn, max_work=max_work)
+    except lattice.WorkExceeded:
+        fisher = fisher_combine(log_pvalues=[math.log(r) - math.log(n) for r, n in zip(rs, nn, strict=True)])
+        return RankCombination(m=len(rs), statistic=statistic, log_p=fisher.log_p, method="fisher-bound")
+    log_p = min(0.0, math.log(count) - math.fsum(math.log(n) for n in nn))
+    return RankCombination(m=len(rs), statistic=statistic, log_p=log_p, method="exact")
+
+
+def rank_combination_null_curve(
+    ns: Sequence[int], points: int = 60, *, max_work: int = 20_000_000
+) -> list[tuple[float, float]]:
+    """The exact null CDF of the rank product, for plotting: ``(log10 x, log10 P0(prod R_i / n_i <= x))``.
+
+    The grid is ``x = T / prod n_i`` for about ``points`` integers ``T`` log-spaced in ``1..prod n_i`` (so
+    each ``x`` is exact). Every point is an exact count; points whose count would pass the total budget
+    ``max_work`` (shared by the whole curve, cheapest points first; under a second) are left out, never
+    approximated.
+    """
+    if points < 2:
+        raise StatsError("a null curve needs at least two points")
+    _, nn = _checked_ranks([1] * len(list(ns)), ns)
+    log10_total = math.fsum(math.log10(n) for n in nn)
+    total = math.prod(nn)
+    grid = sorted({max(1, min(total, round(10 ** (log10_total * i / (points - 1))))) for i in range(points)})
+    grid[-1] = total
+    remaining = max_work
+    curve = []
+    for t in sorted(grid, key=lambda t: lattice.estimate_work(t, nn)):  # cheap points first
+        meter = lattice.WorkMeter(remaining)
+        try:
+            count = lattice.count_products(t, nn, meter=meter)
+        except lattice.WorkExceeded:
+            continue  # left out, never approximated
+        finally:
+            remaining -= min(meter.used, remaining)
+        curve.append((math.log10(t) - log10_total, min(0.0, math.log10(count) - log10_total)))
+    return sorted(curve)
+
+
+def correction_meaning(method: str) -> str:
+    """One line saying what a multiplicity correction controls (Holm, Bonferroni: family-wise error rate;
+    ``fdr_bh``: false discovery rate, which is not family-wise), for reports."""
+    meaning = _CORRECTION_MEANINGS.get(method)
+    if meaning is None:
+        raise StatsError(f"correction must be one of {', '.join(CORRECTIONS)}, got {method!r}")
+    return meaning
+
+
 # --- multiplicity -------------------------------------------------------------------------------
 def adjust_pvalues(
     pvalues: Sequence[float], *, alpha: float, method: str = "holm"
 ) -> tuple[list[bool], list[float]]:
-    """(rejected, adjusted p-values) from statsmodels ``multipletests`` (holm, fdr_bh or bonferroni)."""
+    """(rejected, adjusted p-values) from statsmodels ``multipletests``.
+
+    ``holm`` and ``bonferroni`` control the family-wise error rate at ``alpha``; ``fdr_bh``
+    (Benjamini-Hochberg) controls the false discovery rate at ``alpha``, not the family-wise error rate
+    (see :func:`correction_meaning`).
+    """
     from statsmodels.stats.multitest import multipletests
 
     if method not in CORRECTIONS:
