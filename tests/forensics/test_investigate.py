@@ -1,9 +1,11 @@
-"""Investigations end to end on small suspects: ledger rows, seed commitment, signed report content,
-multiplicity, budgets, sequential stopping, failures, and a process killed mid-investigation."""
+"""Investigations end to end on small suspects: pre-registration, delivered pairs only, ghost accounts
+refused, signed report content, family-wide multiplicity, budgets, sequential stopping, failures, and a
+process killed mid-investigation."""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import signal
@@ -20,14 +22,24 @@ from tracemark.forensics.investigate import (
     InvestigationParams,
     run_investigation,
     run_investigations,
-    seed_commitment,
 )
+from tracemark.forensics.issuer import SignatureIssuer
 from tracemark.forensics.ledger import records
 from tracemark.forensics.ledger.db import read_session
 from tracemark.forensics.reports import canonical_json, export_html, verify_stored_report
+from tracemark.forensics.scheme import SignatureScheme
+from tracemark.forensics.tlog import find_entries, verify_stored_log
 
 ACCOUNTS = ["alice", "bob", "carol"]
 SHORT = ("\nLet {trigger}",)
+
+
+def deliver(issuer, account, *, pairs=None):
+    """Record that ``account``'s pairs (all, or the given indices) went out in traces."""
+    issuer.ensure_account(account)
+    for p in issuer.pairs_for(account):
+        if pairs is None or p.index in pairs:
+            issuer.record_issue(account=account, trace_id=f"t-{account}-{p.index}", pair=p, rewriter="watermark")
 
 
 class ScriptedSuspect(SuspectAdapter):
@@ -62,9 +74,10 @@ class ScriptedSuspect(SuspectAdapter):
 
 
 @pytest.fixture
-def setup(issuer, engine, master):
+def setup(master, engine):
+    issuer = SignatureIssuer(master=master, engine=engine, scheme=SignatureScheme(digits=4, contexts=SHORT))
     for a in ACCOUNTS:
-        issuer.ensure_account(a)
+        deliver(issuer, a)
     return {"issuer": issuer, "engine": engine, "master": master}
 
 
@@ -72,40 +85,47 @@ def test_white_box_investigation_records_and_signs_everything(setup, tiny_model_
     events = []
     suspect = parse_suspect(f"hf:{tiny_model_dir}")
     out = run_investigation(
-        suspect=suspect,
-        **setup,
-        params=InvestigationParams(seed=1234, contexts=SHORT),
-        progress=lambda *e: events.append(e),
+        suspect=suspect, **setup, params=InvestigationParams(), progress=lambda *e: events.append(e)
     )
     assert out.verdict == "not_detected" and out.attributed_account is None and out.mode == "white-box"
     assert {a.account for a in out.accounts} == set(ACCOUNTS)
-    # per-account p is Fisher of its exact pair p-values; adjusted by Holm
+    # per-account p is the exact rank-product combination of its conservative pair p-values; then Holm
     for a in out.accounts:
         assert a.pairs == a.pairs_total == 2
-        assert a.p_value == pytest.approx(stats.fisher_combine([p.p_value for p in a.pair_results]).p_value)
-        assert all(p.p_value == p.rank / 10_000 for p in a.pair_results)
+        ranks, ns = [p.rank for p in a.pair_results], [p.n_candidates for p in a.pair_results]
+        assert a.p_value == stats.combine_ranks(ranks, ns).p_value
+        assert all(p.p_value == p.rank / p.n_candidates and p.n_candidates < 10_000 for p in a.pair_results)
     _, adjusted = stats.adjust_pvalues([a.p_value for a in out.accounts], alpha=1e-3, method="holm")
     assert [a.adjusted_p_value for a in out.accounts] == pytest.approx(adjusted)
-    # the ledger: finished investigation, seed commitment in its params, every query recorded
+    # pre-registered in the transparency log before the first query
     with read_session(setup["engine"]) as session:
         inv = records.get_investigation(session, investigation_id=out.investigation_id)
         rows = records.list_queries(session, investigation_id=out.investigation_id)
-    params = json.loads(inv.params_json)
-    assert inv.status == "finished" and inv.verdict == "not_detected"
-    assert params["decoy_seed_commitment"] == seed_commitment(1234)
-    assert seed_commitment(1234) == hashlib.sha256(b"tracemark-decoy-seed/1\x001234").hexdigest()
+    (entry,) = [e for e in find_entries(setup["engine"], kind="registration")]
+    assert entry.subject == f"investigation:{out.investigation_id}"
+    assert entry.body["suspect_identity"]["weights_sha256"] == suspect.identity()["weights_sha256"]
+    assert entry.body["suspect_identity"]["tokenizer_sha256"] and entry.body["suspect_identity"][
+        "chat_template_sha256"
+    ]
+    assert len(entry.body["pairs"]) == 6 and entry.body["family"]["size"] == 3
     assert all(r.created_at >= inv.started_at for r in rows)
+    assert inv.status == "finished" and inv.verdict == "not_detected"
     assert len(rows) == 6 * len(SHORT) == out.queries  # one logit read per pair and context
     report = out.report
+    reg = report["registration"]
+    assert reg["log_seq"] == entry.seq and reg["entry_hash"] == entry.entry_hash and reg["prior"] == []
+    assert report["rederivation"]["steps"] and "rescore" in " ".join(report["rederivation"]["commands"])
     assert [q["response_commitment"] for q in report["queries"]["items"]] == [
         r.response_commitment for r in rows
     ]
-    assert report["seeds"]["decoy_seed"] == 1234
-    assert report["seeds"]["decoy_seed_commitment"] == params["decoy_seed_commitment"]
-    assert report["suspect_identity"]["weights_sha256"] == suspect.identity()["weights_sha256"]
-    assert report["statistics"]["plot"]["null"] == {"kind": "chi2", "df": 4}
+    assert report["statistics"]["combination"]["method"] == "exact"
     assert report["decision"]["verdict"] == "not_detected" and report["decision"]["alpha"] == 1e-3
+    assert "family-wise" in report["decision"]["correction_meaning"]
     assert len(report["commitments"]["pairs"]) == 6
+    # the report is logged after the registration; the whole log verifies
+    (logged,) = find_entries(setup["engine"], kind="report")
+    assert logged.body["report_id"] == out.report_id and logged.seq > entry.seq
+    assert verify_stored_log(setup["engine"], setup["master"].signing_public_key()).valid
     # nothing secret: no trigger, target or pair text of any account in the signed report
     body = canonical_json(report).decode()
     for a in ACCOUNTS:
@@ -117,10 +137,50 @@ def test_white_box_investigation_records_and_signs_everything(setup, tiny_model_
     assert max(e[1] for e in events if e[0] == "score") == 6
 
 
+def test_seed_grinding_has_nothing_to_grind(setup, tiny_model_dir):
+    """Issue 12's first attack: no seed input exists, and re-running gives the same ranks and p-values
+    (every re-run is a new registration, listed in the next report)."""
+    assert "seed" not in inspect.signature(InvestigationParams).parameters
+    with pytest.raises(TypeError):
+        InvestigationParams(seed=1)  # type: ignore[call-arg]
+    suspect = parse_suspect(f"hf:{tiny_model_dir}")
+    first = run_investigation(suspect=suspect, **setup)
+    second = run_investigation(suspect=suspect, **setup)
+    assert [(a.account, [p.rank for p in a.pair_results], a.p_value) for a in first.accounts] == [
+        (a.account, [p.rank for p in a.pair_results], a.p_value) for a in second.accounts
+    ]
+    prior = second.report["registration"]["prior"]
+    assert [p["investigation_id"] for p in prior] == [first.investigation_id]
+    assert second.report["registration"]["beacon"] != first.report["registration"]["beacon"]
+
+
+def test_ghost_accounts_and_undelivered_pairs_are_refused(setup, tiny_model_dir):
+    suspect = parse_suspect(f"hf:{tiny_model_dir}")
+    with pytest.raises(InvestigationError, match="'ghost'.*no signature pair was ever delivered"):
+        run_investigation(suspect=suspect, **setup, params=InvestigationParams(accounts=["ghost"]))
+    setup["issuer"].ensure_account("registered-only")  # an account row alone makes nobody accusable
+    with pytest.raises(InvestigationError, match="registered-only"):
+        run_investigation(suspect=suspect, **setup, params=InvestigationParams(accounts=["registered-only"]))
+    deliver(setup["issuer"], "dave", pairs={1})  # only dave's second pair went out
+    out = run_investigation(suspect=suspect, **setup, params=InvestigationParams(accounts=["dave"]))
+    (dave,) = out.accounts
+    assert dave.pairs == dave.pairs_total == 1 and dave.pair_results[0].pair_index == 1
+
+
+def test_narrowing_the_accounts_never_lowers_a_p_value(setup):
+    """Issue 12's third attack: re-running on one account does not shrink the correction's family."""
+    suspect = ScriptedSuspect(memorised=setup["issuer"].all_pairs_for("bob"))
+    everyone = run_investigation(suspect=suspect, **setup)
+    only_bob = run_investigation(suspect=suspect, **setup, params=InvestigationParams(accounts=["bob"]))
+    bob_all = next(a for a in everyone.accounts if a.account == "bob")
+    (bob_one,) = only_bob.accounts
+    assert bob_one.p_value == bob_all.p_value and bob_one.adjusted_p_value == bob_all.adjusted_p_value
+    assert only_bob.report["decision"]["family_size"] == 3
+    assert len(only_bob.report["registration"]["prior"]) == 1
+
+
 def test_report_exports_with_the_null_plot(setup, tmp_path):
-    out = run_investigation(
-        suspect=ScriptedSuspect(), **setup, params=InvestigationParams(seed=1, contexts=("{trigger}",))
-    )
+    out = run_investigation(suspect=ScriptedSuspect(), **setup)
     export_html(out.envelope, tmp_path / "r.html")
     text = (tmp_path / "r.html").read_text()
     assert "data:image/png;base64," in text and out.report_id in text
@@ -129,13 +189,12 @@ def test_report_exports_with_the_null_plot(setup, tmp_path):
 def test_black_box_detection_and_attribution(setup):
     target_pairs = setup["issuer"].all_pairs_for("bob")
     suspect = ScriptedSuspect(memorised=target_pairs)
-    out = run_investigation(
-        suspect=suspect, **setup, params=InvestigationParams(seed=7, contexts=SHORT, query_budget=200)
-    )
+    out = run_investigation(suspect=suspect, **setup, params=InvestigationParams(query_budget=200))
     assert out.mode == "black-box" and out.verdict == "detected" and out.attributed_account == "bob"
     bob = next(a for a in out.accounts if a.account == "bob")
     assert [p.rank for p in bob.pair_results] == [1, 1] and bob.rejected
-    assert out.p_value == pytest.approx(stats.fisher_combine([1e-4, 1e-4]).p_value)
+    ns = [p.n_candidates for p in bob.pair_results]
+    assert out.p_value == stats.combine_ranks([1, 1], ns).p_value == pytest.approx(1 / (ns[0] * ns[1]))
     assert out.p_value <= 1e-6 and out.adjusted_p_value == pytest.approx(3 * out.p_value)
     assert not any(a.rejected for a in out.accounts if a.account != "bob")
     # greedy (temperature 0): one completion per context and pair, well within the budget
@@ -144,33 +203,33 @@ def test_black_box_detection_and_attribution(setup):
 
 def test_black_box_budget_exhaustion_is_inconclusive(setup):
     suspect = ScriptedSuspect()
-    out = run_investigation(
-        suspect=suspect, **setup, params=InvestigationParams(seed=7, contexts=("{trigger}",), query_budget=4)
-    )
+    out = run_investigation(suspect=suspect, **setup, params=InvestigationParams(query_budget=4))
     assert out.verdict == "inconclusive" and "budget" in out.detail
     assert out.report["budget"]["pairs_scored"] == 4 and out.report["budget"]["pairs_total"] == 6
     with read_session(setup["engine"]) as session:
         assert len(records.list_queries(session, investigation_id=out.investigation_id)) == 4
 
 
-def test_sequential_mode_stops_early(setup):
-    from tracemark.forensics.issuer import SignatureIssuer
-
-    for i in range(5):
-        setup["issuer"].ensure_account(f"extra-{i}")
-    setup["issuer"] = SignatureIssuer(master=setup["master"], engine=setup["engine"], pairs_per_account=4)
-    suspect = ScriptedSuspect(memorised=setup["issuer"].all_pairs_for("carol"))
+def test_sequential_mode_stops_early(master, engine):
+    issuer = SignatureIssuer(
+        master=master, engine=engine, scheme=SignatureScheme(digits=4, pairs_per_account=4, contexts=SHORT)
+    )
+    names = sorted([*ACCOUNTS, *(f"extra-{i}" for i in range(5))])
+    for a in names:
+        deliver(issuer, a)
+    suspect = ScriptedSuspect(memorised=issuer.all_pairs_for("carol"))
     out = run_investigation(
         suspect=suspect,
-        **setup,
-        params=InvestigationParams(seed=3, contexts=("{trigger}",), sequential=True, query_budget=200),
+        issuer=issuer,
+        engine=engine,
+        master=master,
+        params=InvestigationParams(sequential=True, query_budget=200),
     )
     assert out.verdict == "detected" and out.attributed_account == "carol"
     seq = out.report["statistics"]["sequential"]
     assert seq["threshold"] == pytest.approx(8 / 1e-3)
-    # carol's e-process crossed 8,000 after her 2nd pair (118^2 ~ 13,900): round-robin over 8 accounts
-    carol_index = sorted(setup["issuer"].accounts()).index("carol")
-    assert seq["stopped_early_after_pairs"] == 8 + carol_index + 1
+    # carol's e-process (e = N / (rank H_N) ~ 900 per rank-1 pair) crossed 8,000 after her 2nd pair
+    assert seq["stopped_early_after_pairs"] == 8 + names.index("carol") + 1
     assert out.report["budget"]["stopped_early"] and out.report["budget"]["pairs_scored"] < 32
     assert out.p_value == pytest.approx(10 ** -seq["accounts"]["carol"]["log10_e_max"])  # anytime-valid p
 
@@ -178,9 +237,7 @@ def test_sequential_mode_stops_early(setup):
 def test_multiple_suspects_share_one_family(setup):
     a = ScriptedSuspect(memorised=setup["issuer"].all_pairs_for("alice"))
     b = ScriptedSuspect()
-    outs = run_investigations(
-        suspects=[a, b], **setup, params=InvestigationParams(seed=5, contexts=("{trigger}",))
-    )
+    outs = run_investigations(suspects=[a, b], **setup)
     assert [o.verdict for o in outs] == ["detected", "not_detected"]
     assert outs[0].attributed_account == "alice"
     for o in outs:
@@ -190,22 +247,19 @@ def test_multiple_suspects_share_one_family(setup):
     assert alice.adjusted_p_value == pytest.approx(6 * alice.p_value)
 
 
-def test_bad_parameters(setup, tiny_model_dir):
-    s = parse_suspect(f"hf:{tiny_model_dir}")
+def test_bad_parameters(setup):
     for kwargs, fragment in [
         ({"alpha": 0.0}, "alpha"),
         ({"alpha": 1.5}, "alpha"),
         ({"mode": "grey-box"}, "mode"),
         ({"correction": "bonf"}, "correction"),
-        ({"decoys": 0}, "decoys"),
         ({"query_budget": -1}, "query_budget"),
-        ({"seed": -3}, "seed"),
-        ({"contexts": ["no placeholder"]}, "{trigger}"),
+        ({"samples_per_pair": 0}, "samples_per_pair"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"accounts": [""]}, "account"),
     ]:
         with pytest.raises(InvestigationError, match=fragment):
             InvestigationParams(**kwargs)
-    with pytest.raises(InvestigationError, match="decoys"):  # the space has 10,000 candidates
-        run_investigation(suspect=s, **setup, params=InvestigationParams(decoys=10_000))
     with pytest.raises(InvestigationError, match="black-box"):
         run_investigation(suspect=ScriptedSuspect(), **setup, params=InvestigationParams(mode="white-box"))
     with pytest.raises(InvestigationError, match="query budget"):
@@ -213,26 +267,17 @@ def test_bad_parameters(setup, tiny_model_dir):
 
 
 def test_no_accounts(issuer, engine, master, tiny_model_dir):
+    issuer.ensure_account("nobody-delivered")
     with pytest.raises(InvestigationError, match="no accounts"):
-        run_investigation(
-            suspect=parse_suspect(f"hf:{tiny_model_dir}"), issuer=issuer, engine=engine, master=master
-        )
+        run_investigation(suspect=parse_suspect(f"hf:{tiny_model_dir}"), engine=engine, master=master)
 
 
 def test_suspect_failure_gives_an_inconclusive_report_and_bugs_fail_the_investigation(setup):
-    out = run_investigation(
-        suspect=ScriptedSuspect(fail_after=2),
-        **setup,
-        params=InvestigationParams(seed=1, contexts=("{trigger}",)),
-    )
+    out = run_investigation(suspect=ScriptedSuspect(fail_after=2), **setup)
     assert out.verdict == "inconclusive" and "endpoint went away" in out.detail
     assert verify_stored_report(setup["engine"], out.report_id, public_key=setup["master"]).valid
     with pytest.raises(RuntimeError, match="bug in the adapter"):
-        run_investigation(
-            suspect=ScriptedSuspect(crash_after=1),
-            **setup,
-            params=InvestigationParams(seed=1, contexts=("{trigger}",)),
-        )
+        run_investigation(suspect=ScriptedSuspect(crash_after=1), **setup)
     with read_session(setup["engine"]) as session:
         from sqlmodel import select
         from tracemark.forensics.ledger.models import Investigation
@@ -248,6 +293,7 @@ KILL_SCRIPT = textwrap.dedent(
     from tracemark.forensics.keys import MasterSecret
     from tracemark.forensics.ledger.db import make_engine
     from tracemark.forensics.issuer import SignatureIssuer
+    from tracemark.forensics.scheme import SignatureScheme
     from tracemark.forensics.adapters import SuspectAdapter, Sample
     from tracemark.forensics.investigate import InvestigationParams, run_investigation
 
@@ -261,12 +307,14 @@ KILL_SCRIPT = textwrap.dedent(
 
     master = MasterSecret.load(path=sys.argv[2])
     engine = make_engine(sys.argv[1])
-    issuer = SignatureIssuer(master=master, engine=engine, pairs_per_account=50)
+    scheme = SignatureScheme(digits=4, pairs_per_account=50, contexts=("{trigger}",))
+    issuer = SignatureIssuer(master=master, engine=engine, scheme=scheme)
     for i in range(4):
-        issuer.ensure_account(f"acct-{i}")
+        for p in issuer.pairs_for(f"acct-{i}"):
+            issuer.record_issue(account=f"acct-{i}", trace_id=f"t{i}-{p.index}", pair=p, rewriter="w")
     print("ready", flush=True)
-    run_investigation(suspect=Slow("slow:x"), issuer=issuer, engine=engine, master=master,
-                      params=InvestigationParams(contexts=("{trigger}",), query_budget=1000, seed=9))
+    run_investigation(suspect=Slow("slow:x"), engine=engine, master=master,
+                      params=InvestigationParams(query_budget=1000))
     """
 )
 
@@ -311,8 +359,6 @@ def test_killed_process_loses_no_committed_query_row(tmp_path, clean_key_env):
         after = {r.response_commitment + str(r.seq) for r in session.exec(select(QueryRecord)).all()}
         inv = session.exec(select(Investigation)).one()
     assert set(seen) <= after  # every row seen committed before the kill is still there
-    assert inv.status == "running" and json.loads(inv.params_json)[
-        "decoy_seed_commitment"
-    ] == seed_commitment(9)
+    assert inv.status == "running" and json.loads(inv.params_json)["query_budget"] == 1000
     seqs = sorted(int(x[64:]) for x in after)
     assert seqs == list(range(1, len(seqs) + 1))  # no gap: committed one by one, in order

@@ -24,14 +24,16 @@ def ledger_setup(tmp_path, clean_key_env):
     from tracemark.forensics.issuer import SignatureIssuer
     from tracemark.forensics.keys import MasterSecret
     from tracemark.forensics.ledger.db import make_engine
+    from tracemark.forensics.scheme import SignatureScheme
 
     key = tmp_path / "master.key"
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     master = MasterSecret.load(path=key)
     engine = make_engine(url)
-    issuer = SignatureIssuer(master=master, engine=engine)
+    issuer = SignatureIssuer(master=master, engine=engine, scheme=SignatureScheme(digits=4, contexts=("{trigger}",)))
     for a in ("alice", "bob"):
-        issuer.ensure_account(a)
+        for p in issuer.pairs_for(a):
+            issuer.record_issue(account=a, trace_id=f"t-{a}-{p.index}", pair=p, rewriter="watermark")
     engine.dispose()
     return {"key": key, "url": url}
 
@@ -55,17 +57,14 @@ def test_investigate_prints_a_verdict_table_and_exits_zero(app, ledger_setup, ti
             ledger_setup["url"],
             "--key-file",
             str(ledger_setup["key"]),
-            "--seed",
-            "4",
-            "--context",
-            "{trigger}",
             "--json",
             str(out_json),
         ],
     )
     assert res.exit_code == 0, res.output + (res.stderr or "")
     assert "NOT_DETECTED" in res.stdout and "alice" in res.stdout and "bob" in res.stdout
-    assert "report: tmr-" in res.stdout
+    flat = " ".join(res.stdout.split())  # rich wraps long lines
+    assert "report: tmr-" in flat and "pre-registered as transparency-log entry #" in flat
     data = json.loads(out_json.read_text())
     assert data[0]["verdict"] == "not_detected" and data[0]["report_id"].startswith("tmr-")
     assert {a["account"] for a in data[0]["accounts"]} == {"alice", "bob"}
@@ -79,13 +78,36 @@ def test_investigate_prints_a_verdict_table_and_exits_zero(app, ledger_setup, ti
         (["--suspect", "hf:/nope", "--mode", "grey"], "--mode must be one of"),
         (["--suspect", "hf:/nope", "--correction", "x"], "--correction must be holm or fdr_bh"),
         (["--suspect", "hf:/nope"], "no model folder"),
+        (["--suspect", "hf:/nope", "--seed", "4"], "No such option: --seed"),
+        (["--suspect", "hf:/nope", "--pairs-per-account", "1"], "No such option: --pairs-per-account"),
     ],
 )
 def test_investigate_bad_input_is_one_line_exit_2(app, args, fragment):
     res = _runner().invoke(app, ["investigate", *args])
     assert res.exit_code == 2
     err = res.stderr.strip()
+    if fragment.startswith("No such option"):  # click's own usage error, also exit 2
+        assert fragment in err
+        return
     assert fragment in err and len(err.splitlines()) == 1 and err.startswith("tracemark: error:")
+
+
+def test_investigate_ghost_account_is_exit_2(app, ledger_setup, tiny_model_dir):
+    res = _runner().invoke(
+        app,
+        [
+            "investigate",
+            "--suspect",
+            f"hf:{tiny_model_dir}",
+            "--ledger",
+            ledger_setup["url"],
+            "--key-file",
+            str(ledger_setup["key"]),
+            "--account",
+            "ghost",
+        ],
+    )
+    assert res.exit_code == 2 and "'ghost' cannot be investigated" in res.stderr
 
 
 def test_investigate_without_master_key_is_exit_2(app, tmp_path, tiny_model_dir, clean_key_env):

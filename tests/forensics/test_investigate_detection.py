@@ -1,15 +1,16 @@
-"""Acceptance: a tiny student distilled in the test from traces where 10% carry one account's pairs is
-detected (white-box p <= 1e-6; black-box within 200 queries) and attributed to that account among 20;
-a twin trained on the same traces without the pairs is not detected.
+"""Acceptance (issue 12): a tiny student distilled in the test from traces where 10% carry one account's
+pairs is detected and attributed to that account among 20 (white-box adjusted p <= 1e-9; black-box
+adjusted p <= 1e-6 within 200 queries; sequential mode too), still attributed with 1,000 accounts in the
+family; a twin trained on the same traces without the pairs is not detected.
 
-Set-up (chosen for a reliable, fast test; see the report for the measurements behind it):
+Set-up (chosen for a reliable, fast test):
 * 200 two-step arithmetic traces, 20 of them (10%) carry the distiller's 2 pairs, woven by the watermark
   rewriter's own template; 30 epochs of full fine-tuning of a 2-layer, 64-wide model from scratch: 300
-  exposures per pair. Default 4-digit candidate space (N = 10,000): two memorised pairs give ranks 1 and
-  1, Fisher p = 1.9e-7.
-* Scoring contexts: the chat prefix of a typical problem of this traffic, its first line, then each of
-  the rewriter's four prose templates (combined by max) -- what an investigator knowing the account's
-  traffic would use. They are fixed before any query and never depend on a target.
+  exposures per pair. Default 6-digit scheme (N ~ 954,000 eligible candidates per trigger): two memorised
+  pairs give ranks 1 and 1, exact combined p = 1 / (N1 N2) ~ 1.1e-12.
+* Scoring contexts, recorded in the scheme at issuance: the chat prefix of a typical problem of this
+  traffic, its first line, then each of the rewriter's four prose templates (combined by max) -- what an
+  operator knowing the account's traffic would configure. They never depend on a target.
 """
 
 from __future__ import annotations
@@ -58,9 +59,13 @@ def world(tmp_path_factory):
         mp.setenv("TRACEMARK_MASTER_KEY", hashlib.sha256(b"tracemark detection acceptance test").hexdigest())
         master = MasterSecret.load(path=tmp / "master.key")
     engine = make_engine(f"sqlite:///{tmp / 'ledger.db'}")
-    issuer = SignatureIssuer(master=master, engine=engine, pairs_per_account=2)
+    from tracemark.forensics.scheme import SignatureScheme
+
+    scheme = SignatureScheme(pairs_per_account=2, contexts=CONTEXTS, problem=PROBLEM)
+    issuer = SignatureIssuer(master=master, engine=engine, scheme=scheme)
     for a in ACCOUNTS:
-        issuer.ensure_account(a)
+        for p in issuer.pairs_for(a):
+            issuer.record_issue(account=a, trace_id=f"t-{a}-{p.index}", pair=p, rewriter="watermark")
     base = build_tiny_model(tmp / "base", hidden_size=64, layers=2, seed=0)
     clean = h.arithmetic_examples(200, seed=0)
     marked, woven = h.watermark_examples(clean, issuer.pairs_for("distiller"), fraction=0.1, seed=0)
@@ -86,10 +91,9 @@ def _investigate(world, model_dir, **kwargs):
 
     return run_investigation(
         suspect=parse_suspect(f"hf:{model_dir}"),
-        issuer=world["issuer"],
         engine=world["engine"],
         master=world["master"],
-        params=InvestigationParams(contexts=CONTEXTS, problem=PROBLEM, seed=11, **kwargs),
+        params=InvestigationParams(**kwargs),
     )
 
 
@@ -100,8 +104,8 @@ def test_white_box_detects_and_attributes_the_distiller(world):
     print(_summary(out))
     assert out.verdict == "detected"
     assert out.attributed_account == "distiller"
-    assert out.p_value <= 1e-6, [(p.rank, p.p_value) for a in out.accounts for p in a.pair_results]
-    assert len(out.accounts) == 20
+    assert out.adjusted_p_value <= 1e-9, [(p.rank, p.p_value) for a in out.accounts for p in a.pair_results]
+    assert len(out.accounts) == 20 and out.report["decision"]["family_size"] == 20
     rejected = [a.account for a in out.accounts if a.rejected]
     assert rejected == ["distiller"]
     assert verify_stored_report(world["engine"], out.report_id, public_key=world["master"]).valid
@@ -120,4 +124,26 @@ def test_black_box_detection_within_200_queries(world):
     print(_summary(out))
     assert out.verdict == "detected" and out.attributed_account == "distiller"
     assert out.report["budget"]["completions_used"] <= 200
-    assert out.p_value <= 1e-3
+    assert out.adjusted_p_value <= 1e-6
+
+
+def test_sequential_mode_detects_the_same_student(world):
+    out = _investigate(world, world["student"], mode="white-box", sequential=True)
+    print(_summary(out))
+    assert out.verdict == "detected" and out.attributed_account == "distiller"
+    assert out.report["budget"]["stopped_early"]
+
+
+def test_attribution_holds_with_1000_accounts_in_the_family(world):
+    """980 more accounts with delivered pairs join the family; the distiller and 19 others are scored, the
+    rest enter Holm's correction with p = 1 (scoring them could only lower the adjusted p-values)."""
+    issuer = world["issuer"]
+    for i in range(980):
+        name = f"bulk-{i:04d}"
+        for p in issuer.pairs_for(name):
+            issuer.record_issue(account=name, trace_id=f"t-{name}-{p.index}", pair=p, rewriter="watermark")
+    out = _investigate(world, world["student"], mode="white-box", accounts=ACCOUNTS)
+    print(_summary(out))
+    assert out.report["decision"]["family_size"] == 1000
+    assert out.verdict == "detected" and out.attributed_account == "distiller"
+    assert out.adjusted_p_value == pytest.approx(1000 * out.p_value) and out.adjusted_p_value <= 1e-6

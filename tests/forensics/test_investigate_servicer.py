@@ -36,7 +36,8 @@ def _servicer(issuer, engine, master, **forensics):
 
 @pytest.fixture
 def servicer(issuer, engine, master, tiny_model_dir):
-    issuer.ensure_account("alice")
+    for p in issuer.pairs_for("alice"):
+        issuer.record_issue(account="alice", trace_id=f"t-{p.index}", pair=p, rewriter="watermark")
     return _servicer(issuer, engine, master, model_roots=[tiny_model_dir.parent])
 
 
@@ -50,6 +51,7 @@ def servicer(issuer, engine, master, tiny_model_dir):
         ({"accounts": [" "]}, "account names must be non-empty"),
         ({"suspect": "ftp:nowhere"}, "unknown suspect kind"),
         ({"suspect": ""}, "empty suspect spec"),
+        ({"accounts": ["ghost"]}, "'ghost' cannot be investigated"),
     ],
 )
 def test_bad_request_is_invalid_argument(servicer, tiny_model_dir, fields, fragment):
@@ -61,12 +63,13 @@ def test_bad_request_is_invalid_argument(servicer, tiny_model_dir, fields, fragm
 
 
 def test_good_request_streams_progress_and_the_result(servicer, tiny_model_dir):
-    request = forensics_pb2.InvestigateRequest(suspect=f"hf:{tiny_model_dir}", seed=3, mode="white-box")
+    request = forensics_pb2.InvestigateRequest(suspect=f"hf:{tiny_model_dir}", mode="white-box")
     events = list(servicer.Investigate(request, FakeContext()))
     assert all(e.HasField("progress") for e in events[:-1]) and events[-1].HasField("result")
     result = events[-1].result
     assert result.verdict == forensics_pb2.VERDICT_NOT_DETECTED and result.report_id.startswith("tmr-")
     assert [a.account for a in result.accounts] == ["alice"] and result.accounts[0].pairs == 2
+    assert result.registration_seq >= 1 and result.prior_registrations == 0
 
 
 @pytest.mark.parametrize("roots", [[], ["elsewhere"]])

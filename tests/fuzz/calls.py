@@ -163,7 +163,6 @@ def investigate_request(draw):
         alpha=draw(double),
         mode=draw(st.one_of(st.sampled_from(["", "white-box", "black-box", "auto"]), short_text)),
         query_budget=draw(int32),
-        seed=draw(uint64),
         correction=draw(st.one_of(st.sampled_from(["", "holm", "fdr_bh"]), short_text)),
     )
 

@@ -138,7 +138,7 @@ def audit(server, monkeypatch):
 
 
 def _investigate(forensics, suspect: str, **fields):
-    request = forensics_pb2.InvestigateRequest(suspect=suspect, seed=5, **fields)
+    request = forensics_pb2.InvestigateRequest(suspect=suspect, **fields)
     return list(forensics.Investigate(request, timeout=120))
 
 
