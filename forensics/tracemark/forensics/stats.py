@@ -260,7 +260,7 @@ def rank_combination_null_curve(
     _, nn = _checked_ranks([1] * len(list(ns)), ns)
     log10_total = math.fsum(math.log10(n) for n in nn)
     total = math.prod(nn)
-    grid = sorted({max(1, min(total, round(10 ** (log10_total * i / (points - 1))))) for i in range(points)})
+    grid = sorted({max(1, min(total, _pow10_int(log10_total * i / (points - 1)))) for i in range(points)})
     grid[-1] = total
     remaining = max_work
     curve = []
@@ -274,6 +274,12 @@ def rank_combination_null_curve(
             remaining -= min(meter.used, remaining)
         curve.append((math.log10(t) - log10_total, min(0.0, math.log10(count) - log10_total)))
     return sorted(curve)
+
+
+def _pow10_int(exponent: float) -> int:
+    """``round(10 ** exponent)`` as an int, also past the float range (16 significant digits)."""
+    shift = max(0, math.floor(exponent) - 15)
+    return round(10 ** (exponent - shift)) * 10**shift
 
 
 def correction_meaning(method: str) -> str:
