@@ -174,6 +174,8 @@ def test_report_reveal_cli_writes_a_private_bundle_and_warns(world, monkeypatch)
         monkeypatch.delenv(name)
     monkeypatch.setenv("TRACEMARK_MASTER_KEY", MASTER_HEX)
     target = world["tmp"] / "revealed.json"
+    target.write_text("an older file, readable by all")
+    target.chmod(0o644)
     rid = world["outcome"].report_id
     ledger = ["--ledger", world["ledger_url"]]
     res = runner.invoke(app, ["report", "reveal", rid, "--account", "bob", "-o", str(target), *ledger])

@@ -342,9 +342,9 @@ def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` readable by its owner only (the bundle holds key material)."""
     target = Path(path).expanduser()
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: narrow it before writing
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
-    os.chmod(target, 0o600)
 
 
 @report_app.command("reveal")
