@@ -137,7 +137,15 @@ def test_mixed_candidate_counts():
 
 
 def test_combine_ranks_rejects_bad_input():
-    for ranks, ns in [([], []), ([1, 2], [3]), ([0], [5]), ([6], [5]), ([1.0], [5]), ([True], [5]), ([1], [0])]:
+    for ranks, ns in [
+        ([], []),
+        ([1, 2], [3]),
+        ([0], [5]),
+        ([6], [5]),
+        ([1.0], [5]),
+        ([True], [5]),
+        ([1], [0]),
+    ]:
         with pytest.raises(stats.StatsError) as err:
             stats.combine_ranks(ranks, ns)
         assert "\n" not in str(err.value)

@@ -39,6 +39,7 @@ def _scipy_stats() -> Any:
 
     return stats
 
+
 LN10 = math.log(10.0)
 CORRECTIONS = ("holm", "fdr_bh", "bonferroni")
 _CORRECTION_MEANINGS = {
