@@ -9,15 +9,15 @@ from tracemark.forensics.issuer import SignatureIssuer
 from tracemark.forensics.keys import MasterSecret
 from tracemark.forensics.ledger import records
 from tracemark.forensics.ledger.db import LedgerError, make_engine, session_scope
-from tracemark.forensics.signatures import CandidateSpace, SignaturePair, derive_pairs
+from tracemark.forensics.scheme import SignatureScheme
+from tracemark.forensics.signatures import SignaturePair
 
 
 def test_pairs_for_matches_derivation(issuer, master):
     pairs = issuer.pairs_for("acme")
     assert len(pairs) == 2
-    assert pairs == derive_pairs(
-        master.account_key("acme"), account="acme", key_version=1, m=2, space=CandidateSpace()
-    )
+    assert pairs == SignatureScheme().derive(master.account_key("acme"), account="acme", key_version=1)
+    assert all(len(p.target) == 6 and p.derivation == "tm-sig-v2" for p in pairs)
     assert issuer.pairs_for("acme") == pairs
     assert issuer.pairs_for("beta") != pairs
 

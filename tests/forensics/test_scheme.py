@@ -26,7 +26,7 @@ def test_default_scheme_is_six_digits_and_round_trips():
     "bad",
     [
         {"digits": 0},
-        {"digits": 10},
+        {"digits": 8},
         {"pairs_per_account": 0},
         {"contexts": ("no placeholder",)},
         {"combine": "median"},

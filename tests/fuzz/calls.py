@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 from hypothesis import strategies as st
-from tracemark.v1 import forensics_pb2, rewrite_pb2, teacher_pb2
+from tracemark.v1 import account_pb2, forensics_pb2, rewrite_pb2, teacher_pb2
 
 from .conftest import (
     MAX_MESSAGE_BYTES,
@@ -33,9 +33,9 @@ from .conftest import (
 C = grpc.StatusCode
 NEVER = frozenset({C.INTERNAL, C.UNKNOWN})
 
-# Every RPC of the three services, read from the protos: a new RPC without fuzz coverage fails a test.
+# Every RPC of the four services, read from the protos: a new RPC without fuzz coverage fails a test.
 RPCS: dict[str, tuple[str, bool, type]] = {}
-for _module in (teacher_pb2, rewrite_pb2, forensics_pb2):
+for _module in (teacher_pb2, rewrite_pb2, forensics_pb2, account_pb2):
     for _service in _module.DESCRIPTOR.services_by_name.values():
         for _method in _service.methods:
             RPCS[_method.name] = (
@@ -46,9 +46,9 @@ for _module in (teacher_pb2, rewrite_pb2, forensics_pb2):
 SERVICE_OF = {name: path.split("/")[1].rsplit(".", 1)[-1] for name, (path, _, _) in RPCS.items()}
 # The roles of issue 11: who may call which service (admin manages accounts and keys, calls none of these).
 MAY_CALL = {
-    "customer": {"TeacherService", "RewriteService"},
-    "compliance": {"ForensicsService"},
-    "admin": set(),
+    "customer": {"TeacherService", "RewriteService", "AccountService"},
+    "compliance": {"ForensicsService", "AccountService"},
+    "admin": {"AccountService"},  # every role may fetch its own key receipt
 }
 VALID_REWRITERS = ["identity", "restructure", "watermark"]
 MUST_BE_LAST = {"watermark"}
@@ -174,6 +174,7 @@ MESSAGES = {
     "Generate": generate_request(),
     "GenerateStream": generate_request(teacher_pb2.GenerateStreamRequest),
     "GetTeacherInfo": st.just(teacher_pb2.GetTeacherInfoRequest()),
+    "GetKeyReceipt": st.just(account_pb2.GetKeyReceiptRequest()),
     "Rewrite": rewrite_request(),
     "ListRewriters": st.just(rewrite_pb2.ListRewritersRequest()),
     "Investigate": investigate_request(),
@@ -270,6 +271,8 @@ def field_codes(rpc: str, msg) -> set[C]:
             codes |= {C.INVALID_ARGUMENT, C.NOT_FOUND}
     elif rpc == "GetReport":
         codes |= {C.INVALID_ARGUMENT} if not msg.report_id else {C.NOT_FOUND, C.INVALID_ARGUMENT}
+    elif rpc == "GetKeyReceipt":
+        codes |= {C.OK, C.NOT_FOUND}  # the caller's own receipt, or none before its first signed trace
     elif rpc == "VerifyReport":
         if msg.envelope_json:
             codes |= {C.OK, C.INVALID_ARGUMENT}  # OK only with valid=False (checked by the sender)

@@ -57,8 +57,9 @@ def _settings(tmp_path):
                 "mandatory": ["watermark"],
                 "timeout_s": 5,
                 "watermark_fraction": WATERMARK_FRACTION,
-                # 9-digit targets: long enough that a target alone is a secret worth searching for.
-                "target_digits": 9,
+                # 7-digit targets (the most a scheme allows): long enough that a target alone is a secret
+                # worth searching for.
+                "target_digits": 7,
             },
             "ledger": {
                 "url": f"sqlite:///{tmp_path / 'ledger.db'}",

@@ -46,6 +46,9 @@ def server(tmp_path_factory, tiny_model_dir):
     server = TracemarkServer(settings, teacher=teacher, tokens=store)
     server.start()
     assert server.wait_ready(60), server.runtime.load_error
+    issuer = server.runtime.issuer  # a delivered pair makes the account accusable (else nothing to test)
+    for pair in issuer.pairs_for("alice"):
+        issuer.record_issue(account="alice", trace_id=f"t-{pair.index}", pair=pair, rewriter="watermark")
     yield server
     server.stop(grace=1)
 

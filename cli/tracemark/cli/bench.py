@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.progress import Progress
 from tracemark.experiments.distill_config import load_bench_config
 from tracemark.experiments.distill_report import markdown as distill_markdown
+from tracemark.experiments.forensics_bench import markdown as power_markdown
+from tracemark.experiments.forensics_bench import measure_power
 from tracemark.experiments.preservation import (
     LLM_KINDS,
     measure_preservation,
@@ -294,3 +296,40 @@ def bench_preservation(
         "dump": None if dump is None else str(dump),
     }
     typer.echo(json.dumps(summary, indent=2))
+
+
+@bench_app.command("forensics")
+def bench_forensics(
+    demo: Annotated[
+        Path, typer.Option(help="A finished `tracemark demo` folder (ledger, master key, students).")
+    ] = Path("results/demo"),
+    accounts: Annotated[
+        int, typer.Option(help="Family size of the last run (accounts with delivered pairs are added).")
+    ] = 1000,
+    budget: Annotated[int, typer.Option(help="Black-box query budget.")] = 200,
+    out: Annotated[Path, typer.Option(help="Results folder (scratch ledger, JSON, Markdown).")] = Path(
+        "results/bench-forensics"
+    ),
+) -> None:
+    """The power of the evidence on the demo's students: white-box, black-box within the budget,
+    sequential, the control student, and the distilled student with ACCOUNTS accounts in the family. Runs
+    in a copy of the demo's ledger; every run is pre-registered like any investigation."""
+    if accounts < 1 or budget < 1:
+        fail("--accounts and --budget must be positive")
+    with stage_progress(console) as progress:
+        task = progress.add_task("investigate", total=None)
+        try:
+            result = measure_power(
+                demo,
+                work=out / "ledger",
+                big_family=accounts,
+                budget=budget,
+                progress=lambda case: progress.update(task, description=f"investigate: {case}"[:40]),
+            )
+        except (InvalidInput, NotFound) as exc:
+            fail(first_line(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "forensics.json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    table = power_markdown(result)
+    (out / "forensics.md").write_text(table)
+    typer.echo(table)

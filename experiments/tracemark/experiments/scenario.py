@@ -25,6 +25,7 @@ from tracemark.server.teacher.reference import ReferenceTeacher
 from tracemark.v1 import forensics_pb2, teacher_pb2
 
 DISTILLER = "distiller"
+BYSTANDER_REQUESTS = 40  # Generate calls per other account (about 4 signed traces each at 10%)
 INVESTIGATOR = "compliance-team"
 
 
@@ -85,7 +86,10 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
     tokens = {a: f"tm_demo_{a}_{seed}" for a in accounts}
     tokens[INVESTIGATOR] = f"tm_demo_{INVESTIGATOR}_{seed}"  # the compliance team's token (ForensicsService)
     problems = generate_problems(size.train_problems, seed=seed, difficulty=size.difficulty)
-    teacher = ReferenceTeacher({p.question: p.solution for p in problems})
+    bystander_problems = generate_problems(
+        BYSTANDER_REQUESTS * size.bystanders, seed=seed + 10_000, difficulty=size.difficulty
+    )
+    teacher = ReferenceTeacher({p.question: p.solution for p in [*problems, *bystander_problems]})
     settings = load_settings(
         overrides={
             "server": {"address": "127.0.0.1:0"},
@@ -134,6 +138,21 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
                 progress.advance(task)
         distiller.close()
         watermarked = sum(server.runtime.issuer.issued_counts(DISTILLER).values())
+        # The other accounts are ordinary customers: their own traffic delivers their pairs, which is what
+        # makes them accusable (an account with no delivered pair cannot be investigated at all).
+        with stage_progress(console) as progress, ThreadPoolExecutor(8) as pool:
+            others = accounts[1:]
+            task = progress.add_task("other customers: Generate (gRPC)", total=len(bystander_problems))
+            clients = {a: Stubs(open_channel(address, token=tokens[a])) for a in others}
+
+            def customer(i):
+                request = teacher_pb2.GenerateRequest(problem=bystander_problems[i].question)
+                return clients[others[i % len(others)]].teacher.Generate(request, timeout=120)
+
+            for _ in pool.map(customer, range(len(bystander_problems))):
+                progress.advance(task)
+            for c in clients.values():
+                c.close()
         timings["harvest_s"] = time.perf_counter() - t0
         control_examples = [(p.question, p.solution) for p in problems]
 

@@ -39,6 +39,8 @@ from tracemark.forensics.signatures import (
 
 SCHEME_FORMAT = "tracemark-scheme/1"
 DEFAULT_DIGITS = 6
+MAX_DIGITS = 7
+"""The salient set and the exact trie search enumerate the space: 10^7 candidates is the practical limit."""
 DEFAULT_SEARCH_BUDGET = 4096
 DEFAULT_MERGED_DECOYS = 9999
 FULL_SCORE_MAX = 10_000
@@ -65,8 +67,8 @@ class SignatureScheme:
     _numbers: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.digits, int) or not 1 <= self.digits <= 9:
-            raise SchemeError(f"digits must be an integer in 1..9, got {self.digits!r}")
+        if not isinstance(self.digits, int) or not 1 <= self.digits <= MAX_DIGITS:
+            raise SchemeError(f"digits must be an integer in 1..{MAX_DIGITS}, got {self.digits!r}")
         if not isinstance(self.pairs_per_account, int) or not 1 <= self.pairs_per_account <= MAX_PAIRS:
             raise SchemeError(f"pairs_per_account must be in 1..{MAX_PAIRS}, got {self.pairs_per_account!r}")
         contexts = tuple(self.contexts)

@@ -85,7 +85,7 @@ class RewriteSection(_Section):
     target_digits: int = Field(
         6,
         ge=2,
-        le=9,
+        le=7,
         description="digits of a signature target (candidate space 10^digits; min p per pair); recorded in "
         "the transparency log with each account key commitment, so investigations cannot change it",
     )
