@@ -46,6 +46,23 @@ def test_count_products_numpy_and_python_paths_agree_with_a_direct_sum():
     assert lattice.count_products(big * big, [big, big]) == big * big  # saturated: the whole box
 
 
+@pytest.mark.parametrize(
+    "t, ns",
+    [(10**6, [10**6] * 3), (27 * 10**6, [10**6] * 3), (8 * 10**9, [10**4] * 3), (10**11, [10**6, 10**6])],
+)
+def test_work_estimate_tracks_the_metered_work(t, ns):
+    # the estimate decides (deterministically) between the exact count and the Fisher bound, so hopeless
+    # counts are refused before they start; for two and three sides it is within a factor 2 of the work
+    meter = lattice.WorkMeter(10**12)
+    lattice.count_products(t, ns, meter=meter)
+    est = lattice.estimate_work(t, ns)
+    assert meter.used / 2 <= est <= 2 * meter.used
+    refused = lattice.WorkMeter(est // 4)
+    with pytest.raises(lattice.WorkExceeded):
+        lattice.count_products(t, ns, meter=refused)
+    assert refused.used == 0
+
+
 def test_count_products_stops_past_its_work_budget():
     with pytest.raises(lattice.WorkExceeded):
         lattice.count_products(10**17, [10**6] * 3, max_work=10_000)

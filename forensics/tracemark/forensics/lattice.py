@@ -17,7 +17,7 @@ Algorithm
   t // (a b)``, so the same thresholds recur). Coordinates are taken smallest box side first.
 
 The work is metered (:data:`ELEMS_PER_UNIT` numpy elements or one :data:`PY_STEP` per Python-level step,
-about 20 ns a unit): when it would pass ``max_work`` the count stops with :class:`WorkExceeded`, and
+about 10 ns a unit): when it would pass ``max_work`` the count stops with :class:`WorkExceeded`, and
 :func:`estimate_work` rejects the hopeless cases before any counting starts.
 """
 
@@ -28,13 +28,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# work units, about 20 ns each on one core (the default budget of 2e7 units is a few tenths of a second).
-# Measured on the development machine: 8 numpy int64 elements ~ 1 unit, a Python block step ~ 60 units
-# (1.2 us with its recursive call), the overhead of one numpy call ~ 160 units (3.4 us).
-ELEMS_PER_UNIT = 8
+# work units, about 10 ns each on one core (the default budget of 2e7 units is a few tenths of a second).
+# Measured on the development machine: one numpy int64 term (arange, floor division, sum) ~ 1 unit, a
+# Python block step ~ 60 units (about 1 us with its recursive call), one numpy call's overhead ~ 300 units.
+ELEMS_PER_UNIT = 1
 PY_STEP = 60
-NP_CALL = 160
+NP_CALL = 300
 _INT64_SAFE = 1 << 62
+_NUMPY_MIN = 8  # fewer terms than this are summed in Python (a numpy call costs ~5 Python steps)
 
 
 class WorkExceeded(Exception):
@@ -65,6 +66,23 @@ def _count2(t: int, n1: int, n2: int, meter: WorkMeter) -> int:
     return _sum_min_quot(t, a_top, n2, meter) + _sum_min_quot(t, b_top, n1, meter) - a_top * b_top
 
 
+def _numpy_ok(t: int, top: int, cap: int, elements: int) -> bool:
+    """Sum with numpy int64: no overflow possible and enough terms to pay for the call."""
+    return t < _INT64_SAFE and top * cap < _INT64_SAFE and elements > _NUMPY_MIN
+
+
+def _sum_cost(t: int, top: int, cap: int) -> int:
+    """The work units :func:`_sum_min_quot` will spend (at most; Python blocks may be fewer than terms)."""
+    if top <= 0:
+        return 0
+    elements = top - min(top, t // cap)
+    if elements == 0:
+        return 0
+    if _numpy_ok(t, top, cap, elements):
+        return NP_CALL + elements // ELEMS_PER_UNIT
+    return elements * PY_STEP
+
+
 def _sum_min_quot(t: int, top: int, cap: int, meter: WorkMeter) -> int:
     """``sum_{a=1}^{top} min(cap, t // a)``."""
     if top <= 0:
@@ -74,7 +92,7 @@ def _sum_min_quot(t: int, top: int, cap: int, meter: WorkMeter) -> int:
     if sat == top:
         return total
     lo = sat + 1
-    if t < _INT64_SAFE and top * cap < _INT64_SAFE and top - lo > 64:
+    if _numpy_ok(t, top, cap, top - lo + 1):
         meter.spend(NP_CALL + (top - lo + 1) // ELEMS_PER_UNIT)
         a = np.arange(lo, top + 1, dtype=np.int64)
         return total + int((np.int64(t) // a).sum())  # t // a < cap here, so no min needed
@@ -101,18 +119,34 @@ def _blocks(t: int, lo: int, hi: int) -> int:
     return below + min(hi - start + 1, t // start - t // hi + 1)
 
 
-def estimate_work(t: int, ns: Sequence[int]) -> int:
-    """A lower bound on the work units of :func:`count_products` (its top level alone)."""
+def estimate_work(t: int, ns: Sequence[int], *, _depth: int = 0) -> int:
+    """About the work units of :func:`count_products` (used to refuse hopeless counts before starting).
+
+    Two sides: the hyperbola sums' length. More: the first coordinate's blocks, in up to 24 geometric
+    buckets, each times the estimate of the rest under the bucket's middle quotient (one level deep; below
+    that, the rest's own first level only, so deep products are underestimated and the meter decides).
+    """
     sides = sorted(int(n) for n in ns)
     m = len(sides)
     if m <= 1 or t >= math.prod(sides):
         return 1
     if m == 2:
         s = math.isqrt(t)
-        return 2 * NP_CALL + (min(s, sides[0]) + min(s, sides[1])) // ELEMS_PER_UNIT
+        return 1 + _sum_cost(t, min(s, sides[0]), sides[1]) + _sum_cost(t, min(s, sides[1]), sides[0])
     rest = math.prod(sides[1:])
-    lo = min(sides[0], t // rest) + 1
-    return _blocks(t, lo, min(sides[0], t)) * (PY_STEP + 2 * NP_CALL)
+    lo, hi = min(sides[0], t // rest) + 1, min(sides[0], t)
+    if hi < lo:
+        return 1
+    if _depth >= 1:
+        return _blocks(t, lo, hi) * (PY_STEP + 2 * NP_CALL)
+    total, a0 = 0, lo
+    ratio = (hi / lo) ** (1 / 24) if hi > lo else 2.0
+    while a0 <= hi:
+        a1 = min(hi, max(a0, int(a0 * ratio)))
+        mid = math.isqrt(a0 * a1)
+        total += _blocks(t, a0, a1) * (PY_STEP + estimate_work(t // mid, sides[1:], _depth=_depth + 1))
+        a0 = a1 + 1
+    return total
 
 
 def count_products(
