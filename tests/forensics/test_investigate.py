@@ -362,3 +362,21 @@ def test_killed_process_loses_no_committed_query_row(tmp_path, clean_key_env):
     assert inv.status == "running" and json.loads(inv.params_json)["query_budget"] == 1000
     seqs = sorted(int(x[64:]) for x in after)
     assert seqs == list(range(1, len(seqs) + 1))  # no gap: committed one by one, in order
+
+
+def test_only_delivered_pairs_of_each_key_version_are_tested(master, engine):
+    """Issue 12: pooling every key version's pairs made one rotation cost a perfect distiller 20x. Pairs of
+    a version never delivered to an account are not tested."""
+    scheme = SignatureScheme(digits=4, contexts=SHORT)
+    issuer = SignatureIssuer(master=master, engine=engine, scheme=scheme)
+    deliver(issuer, "erin")  # version 1
+    master.rotate()
+    issuer = SignatureIssuer(master=master, engine=engine, scheme=scheme)
+    deliver(issuer, "frank")  # version 2 only
+    v2 = issuer.pairs_for("frank")
+    out = run_investigation(suspect=ScriptedSuspect(memorised=v2), engine=engine, master=master)
+    frank = next(a for a in out.accounts if a.account == "frank")
+    assert frank.pairs_total == 2 and {p.key_version for p in frank.pair_results} == {2}
+    assert [p.rank for p in frank.pair_results] == [1, 1] and out.attributed_account == "frank"
+    erin = next(a for a in out.accounts if a.account == "erin")
+    assert {p.key_version for p in erin.pair_results} == {1}
