@@ -314,8 +314,11 @@ def bench_forensics(
     """The power of the evidence on the demo's students: white-box, black-box within the budget,
     sequential, the control student, and the distilled student with ACCOUNTS accounts in the family. Runs
     in a copy of the demo's ledger; every run is pre-registered like any investigation."""
+    from transformers.utils import logging as hf_logging
+
     if accounts < 1 or budget < 1:
         fail("--accounts and --budget must be positive")
+    hf_logging.disable_progress_bar()
     with stage_progress(console) as progress:
         task = progress.add_task("investigate", total=None)
         try:
