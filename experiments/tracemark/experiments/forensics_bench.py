@@ -1,5 +1,6 @@
-"""The power of the evidence on a demo-scale student: white-box, black-box, sequential, a control, and the
-same student with 1,000 accounts in the family (``tracemark bench forensics``).
+"""The power of the evidence on a demo-scale student: white-box, black-box (every account; or the budget spent
+on the suspected account, the correction still over every account), sequential, a control, and the same
+student with 1,000 accounts in the family (``tracemark bench forensics``).
 
 It reads a finished demo folder (``tracemark demo``: ledger with the transparency log, master key, the
 ``distilled`` and ``control`` students) and runs the investigations a compliance team would, in a copy of
@@ -107,7 +108,16 @@ def measure_power(
     family = resolve_family(engine, master).size
     cases = [
         ("white-box", "distilled", InvestigationParams(mode="white-box")),
-        ("black-box, 200 queries", "distilled", InvestigationParams(mode="black-box", query_budget=budget)),
+        (
+            f"black-box, {budget} completions, every account (greedy)",
+            "distilled",
+            InvestigationParams(mode="black-box", query_budget=budget),
+        ),
+        (  # a team with a suspect account spends the budget on it; the family (correction) is unchanged
+            f"black-box, {budget} completions on the suspected account (T = 0.7)",
+            "distilled",
+            InvestigationParams(mode="black-box", query_budget=budget, accounts=[DISTILLER], temperature=0.7),
+        ),
         ("sequential (white-box)", "distilled", InvestigationParams(mode="white-box", sequential=True)),
         ("control (white-box)", "control", InvestigationParams(mode="white-box")),
     ]
@@ -144,7 +154,7 @@ def markdown(result: PowerResult) -> str:
     """The bench table (Markdown)."""
     lines = [
         "| case | student | family | verdict | attributed | distiller ranks (of N) | p | adjusted p | "
-        "queries | prior registrations | s |",
+        "suspect calls | prior registrations | s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result.rows:
