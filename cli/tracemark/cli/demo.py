@@ -20,14 +20,15 @@ def demo_command(
     out: Annotated[
         Path, typer.Option(help="Work folder (replaced on each run): ledger, students, reports.")
     ] = Path("results/demo"),
-    seed: Annotated[int, typer.Option(help="Seed for problems, training and decoys.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for problems and training.")] = 0,
 ) -> None:
     """Protect, distill, investigate, report — through real gRPC on localhost.
 
     Starts a server with a fresh ledger, master key and 20 accounts; the 'distiller' account harvests
-    protected traces (restructure → watermark) for generated word problems; a student is distilled from
-    them and a control student from the original traces; both are investigated against every account
-    with the exact decoy test; signed reports are written and verified. Exit 0 when both verdicts are
+    protected traces (restructure → watermark) for generated word problems, the other accounts send their
+    own traffic; a student is distilled from the harvest and a control student from the original traces;
+    both are investigated against every account with the exact rank test (pre-registered in the
+    transparency log); signed reports are written and verified. Exit 0 when both verdicts are
     right (distiller detected and attributed, control not detected), 1 otherwise.
     """
     from tracemark.experiments.scenario import run_demo  # deferred: imports torch
