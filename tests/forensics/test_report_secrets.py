@@ -24,9 +24,10 @@ from tracemark.forensics.investigate import InvestigationParams, run_investigati
 from tracemark.forensics.ledger import records
 from tracemark.forensics.ledger.db import read_session
 from tracemark.forensics.reports import canonical_json
-from tracemark.forensics.reports.export import _text_pages, render_html
+from tracemark.forensics.reports.export import render_html, sections
 from tracemark.forensics.scoring import DEFAULT_PROBLEM, expand_contexts
 from tracemark.forensics.signatures import TRIGGER_LETTERS, TRIGGER_MAX, TRIGGER_MIN
+from tracemark.forensics.tlog import export_log
 from typer.testing import CliRunner
 
 ACCOUNTS = ["alice", "bob"]
@@ -68,8 +69,9 @@ def candidate_hashes(reports: list[dict], suspects, pairs) -> dict[str, str]:
     Prompts are built from each report's public contexts and problem, with each suspect's chat prefix."""
     out: dict[str, str] = {}
     public = {
-        (tuple(r["parameters"]["contexts"]), r["parameters"].get("problem") or DEFAULT_PROBLEM)
+        (tuple(scheme["contexts"]), scheme.get("problem") or DEFAULT_PROBLEM)
         for r in reports
+        for scheme in r["parameters"]["schemes"].values()
     }
     for trig in all_triggers():
         for form in (trig, trig[:-2], trig + " ", trig.replace(" ", "")):
@@ -108,9 +110,13 @@ def investigated(tmp_path_factory, tiny_model_dir):
             mp.delenv(name, raising=False)
         master = MasterSecret.load(path=key_file)
     engine = make_engine(ledger_url)
-    issuer = SignatureIssuer(master=master, engine=engine, pairs_per_account=2)
+    from tracemark.forensics.scheme import SignatureScheme
+
+    # 4-digit targets (10,000) and one short context keep the enumeration and the test fast
+    issuer = SignatureIssuer(master=master, engine=engine, scheme=SignatureScheme(digits=4, contexts=SHORT))
     for a in ACCOUNTS:
-        issuer.ensure_account(a)
+        for p in issuer.pairs_for(a):
+            issuer.record_issue(account=a, trace_id=f"t-{a}-{p.index}", pair=p, rewriter="watermark")
     pairs = [p for a in ACCOUNTS for p in issuer.all_pairs_for(a)]
     progress: list[str] = []
     white = parse_suspect(f"hf:{tiny_model_dir}")
@@ -118,18 +124,16 @@ def investigated(tmp_path_factory, tiny_model_dir):
     outs = [
         run_investigation(
             suspect=white,
-            issuer=issuer,
             engine=engine,
             master=master,
-            params=InvestigationParams(seed=7, contexts=SHORT),
+            params=InvestigationParams(),
             progress=lambda *e: progress.append(" ".join(map(str, e))),
         ),
         run_investigation(
             suspect=black,
-            issuer=issuer,
             engine=engine,
             master=master,
-            params=InvestigationParams(seed=8, query_budget=64, decoys=999),
+            params=InvestigationParams(query_budget=64),
             progress=lambda *e: progress.append(" ".join(map(str, e))),
         ),
     ]
@@ -158,8 +162,9 @@ def reader_view(investigated, engine) -> dict[str, str]:
         view[f"{rid} body"] = canonical_json(o.report).decode()
         view[f"{rid} envelope"] = json.dumps(o.envelope)
         view[f"{rid} html"] = render_html(o.envelope)
-        view[f"{rid} pdf text"] = "\n".join("\n".join(p) for p in _text_pages(o.report, o.envelope, None))
+        view[f"{rid} pdf text"] = repr(sections(o.envelope)[1])  # the PDF renders these same sections
         view[f"{rid} show"] = runner.invoke(app, ["report", "show", rid, *opts]).stdout
+    view["transparency log"] = json.dumps(export_log(engine))  # key commitments, registrations, reports
     with engine.connect() as conn:
         view["report rows"] = json.dumps(
             [list(map(str, r)) for r in conn.execute(text("SELECT * FROM report")).all()]
