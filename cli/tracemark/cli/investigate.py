@@ -11,12 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from tracemark.forensics.adapters import SuspectError, SuspectSpecError, parse_suspect
-from tracemark.forensics.calibrate import CalibrationError, CalibrationParams, run_calibration
+from tracemark.forensics.calibrate import CalibrationError, CalibrationParams, StudentRecipe, run_calibration
 from tracemark.forensics.investigate import InvestigationError, InvestigationParams, run_investigations
 from tracemark.forensics.issuer import SignatureIssuer
 from tracemark.forensics.keys import MasterKeyError, MasterSecret
 from tracemark.forensics.ledger.db import LedgerError, default_ledger_url, make_engine
-from tracemark.forensics.signatures import SignatureError
 from tracemark.foundation.console import fail, stage_progress
 from tracemark.foundation.errors import first_line
 
@@ -28,9 +27,17 @@ OPTIONS = {
     "query_budget": "--budget",
     "samples_per_pair": "--samples-per-pair",
     "runs": "--runs",
-    "n_models": "--tiny-models",
+    "tiny_models": "--tiny-models",
+    "students": "--students",
+    "student_accounts": "--student-accounts",
+    "student_epochs": "--student-epochs",
+    "embedded_runs": "--embedded-runs",
+    "salient_accounts": "--salient-accounts",
+    "family_size": "--family-size",
+    "workers": "--workers",
+    "digits": "--digits",
     "pairs_per_account": "--pairs-per-account",
-    "decoy_check": "--decoy-check",
+    "contexts": "--context",
 }
 
 
@@ -224,60 +231,85 @@ def investigate_command(
 
 
 def calibrate_command(
-    runs: Annotated[int, typer.Option(help="Null runs in total (decoy accounts x models).")] = 200,
+    runs: Annotated[
+        int, typer.Option(help="Random-key null runs (fresh accounts), split over tiny models and students.")
+    ] = 1000,
+    tiny_models: Annotated[int, typer.Option(help="Tiny random null models.")] = 4,
+    students: Annotated[
+        int, typer.Option(help="Null students trained on other accounts' watermarked traces.")
+    ] = 2,
+    student_accounts: Annotated[int, typer.Option(help="Other accounts delivered to each student.")] = 2,
+    student_epochs: Annotated[float, typer.Option(help="Training epochs of each student.")] = 50,
     model: Annotated[
         list[str] | None,
+        typer.Option("--model", "-m", help="Extra clean white-box null model: folder or hf:/gguf: spec."),
+    ] = None,
+    embedded: Annotated[
+        bool,
         typer.Option(
-            "--model", "-m", help="Clean model folder or hf:/gguf: spec (repeatable). Default: tiny."
+            "--embedded/--no-embedded", help="Also test the embedded SmolLM2 (about a minute a pair)."
+        ),
+    ] = False,
+    embedded_runs: Annotated[int, typer.Option(help="Null runs on the embedded model.")] = 10,
+    salient_accounts: Annotated[
+        int, typer.Option(help="Salient-target accounts built from each null model's favourites (0: none).")
+    ] = 3,
+    digits: Annotated[int, typer.Option(help="Digits of the scheme's candidate space.")] = 6,
+    pairs_per_account: Annotated[int, typer.Option(help="Signature pairs per account.")] = 2,
+    context: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--context", help="Scheme scoring context with {trigger} (repeatable; default: the scheme's)."
         ),
     ] = None,
-    tiny_models: Annotated[int, typer.Option(help="Tiny random models to build when no --model.")] = 4,
-    embedded: Annotated[
-        bool, typer.Option("--embedded/--no-embedded", help="Also calibrate on the embedded SmolLM2 (slow).")
-    ] = False,
-    pairs_per_account: Annotated[int, typer.Option(help="Signature pairs per decoy account.")] = 2,
-    digits: Annotated[int, typer.Option(help="Digits of the candidate space.")] = 4,
     alpha: Annotated[
-        float, typer.Option(help="Significance level whose false-alarm rate is measured.")
-    ] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Seed of models, decoy accounts and tie-breaks.")] = 0,
-    decoy_check: Annotated[
-        int, typer.Option(help="Decoys of the off-by-one-sensitive uniformity check.")
-    ] = 9,
-    context: Annotated[
-        list[str] | None, typer.Option("--context", help="Scoring context with {trigger} (repeatable).")
-    ] = None,
+        float, typer.Option(help="Level of the verdict (others reported: 0.001 0.01 0.05 0.1).")
+    ] = 0.01,
+    family_size: Annotated[int, typer.Option(help="Accounts per family for the Holm / BH version.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the null models and the fresh account keys.")] = 0,
+    workers: Annotated[int, typer.Option(help="Worker processes (one CPU thread each).")] = 2,
     plot: Annotated[Path, typer.Option(help="Where to write the PNG plot.")] = Path(
         "tracemark-calibration.png"
     ),
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON.")] = None,
 ) -> None:
-    """Measure the false-alarm rate and p-value uniformity of the detection test on clean models."""
+    """Measure the detection test's false-alarm rate on null models (exit 1 unless PASS).
+
+    PASS only if the one-sided 95% Clopper-Pearson upper bound of the false-alarm rate at alpha is <= 2 x
+    alpha (overall and per null family with enough runs; the full rule is printed).
+    """
     try:
         params = CalibrationParams(
             runs=runs,
+            tiny_models=tiny_models,
+            students=students,
+            student=StudentRecipe(accounts=student_accounts, epochs=student_epochs),
             models=model or None,
-            n_models=tiny_models,
-            include_embedded=embedded,
-            pairs_per_account=pairs_per_account,
+            embedded=embedded,
+            embedded_runs=embedded_runs,
+            salient_accounts=salient_accounts,
             digits=digits,
-            alpha=alpha,
-            seed=seed,
+            pairs_per_account=pairs_per_account,
             contexts=context or None,
-            decoy_check=decoy_check,
+            alpha=alpha,
+            family_size=family_size,
+            seed=seed,
+            workers=workers,
         )
     except CalibrationError as exc:
         fail(_param_message(exc))
-    except SignatureError as exc:
-        fail(str(exc))
     if not plot.parent.exists():
         fail(f"folder {plot.parent} does not exist")
     console = Console(stderr=True)
     with stage_progress(console) as progress:
-        task = progress.add_task("calibrate", total=runs)
+        tasks: dict[str, Any] = {}
 
         def report(stage: str, done: int, total: int, message: str = "") -> None:
-            progress.update(task, completed=done, total=total, description=message[:40])
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total or None)
+            progress.update(
+                tasks[stage], completed=done, total=total or None, description=f"{stage}: {message}"[:34]
+            )
 
         try:
             result = run_calibration(params, progress=report)
@@ -286,9 +318,10 @@ def calibrate_command(
         except SuspectError as exc:
             fail(first_line(exc), code=1)
     out = Console()
-    out.print(result.table())
+    for renderable in result.tables():
+        out.print(renderable)
     written = result.plot(plot)
-    out.print(f"plot: {written}; {result.n_runs} runs in {result.seconds:.1f} s")
+    out.print(f"plot: {written}; {result.n_runs} null runs in {result.seconds:.1f} s")
     if json_out is not None:
         try:
             json_out.write_text(json.dumps(result.as_dict(), indent=2, default=str) + "\n")
