@@ -124,6 +124,9 @@ def server(tmp_path_factory, tiny_model_dir, fakes, roots):
     server = TracemarkServer(settings, teacher=teacher, tokens=token_store())
     server.start()
     assert server.wait_ready(60), server.runtime.load_error
+    issuer = server.runtime.issuer  # one delivered pair makes an account accusable (else nothing to test)
+    for pair in issuer.pairs_for("customer-x"):
+        issuer.record_issue(account="customer-x", trace_id=f"t-{pair.index}", pair=pair, rewriter="watermark")
     yield server
     server.stop(grace=1)
 
