@@ -35,8 +35,8 @@ from tracemark.server.teacher.factory import build_teacher
 from tracemark.v1 import teacher_pb2
 
 bench_app = typer.Typer(
-    help="Benchmarks: serving throughput and memory; distillation; answer preservation of rewriters "
-    "(see README).",
+    help="Benchmarks: serving throughput and memory; distillation; answer preservation of rewriters; the "
+    "power of the evidence on the demo's students (see README).",
     no_args_is_help=True,
 )
 console = Console(stderr=True)

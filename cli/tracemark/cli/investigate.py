@@ -91,7 +91,11 @@ def investigate_command(
         ),
     ] = None,
     alpha: Annotated[
-        float, typer.Option(help="Family-wise significance level over accounts x suspects, fixed up front.")
+        float,
+        typer.Option(
+            help="Level over accounts x suspects, fixed up front (family-wise error with holm, false "
+            "discovery rate with fdr_bh)."
+        ),
     ] = 1e-3,
     mode: Annotated[
         str, typer.Option(help="white-box | black-box | auto (white-box for local models).")
@@ -126,8 +130,9 @@ def investigate_command(
 ) -> None:
     """Investigate suspect model(s) for this server's keyed signatures; sign an evidence report each.
 
-    The investigation is pre-registered in the transparency log before the first query. Pairs, candidate
-    space and scoring contexts are those recorded when the pairs were issued; there is no seed to choose.
+    Pre-registered in the transparency log before the first query; no seed exists.
+
+    Pairs, candidate space and scoring contexts are those logged when the pairs were issued.
     """
     try:
         params = InvestigationParams(
