@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-from tracemark.forensics.keys import MasterKeyError, MasterSecret
+from tracemark.forensics.keys import MasterKeyError, MasterSecret, load_public_key, public_key_id
 from tracemark.foundation.console import fail
 from tracemark.foundation.errors import first_line
 
@@ -112,3 +112,17 @@ def public_key_command(
     except OSError as exc:
         fail(f"cannot write {out}: {exc.strerror}")
     typer.echo(f"wrote {out} (key id {master.key_id(version)})", err=True)
+
+
+def read_public_keys(paths: list[Path]) -> dict:
+    """PEM public keys by key id; an unreadable or malformed file is a one-line error (exit 2)."""
+    keys = {}
+    for path in paths:
+        try:
+            key = load_public_key(Path(path).expanduser().read_bytes())
+        except OSError as exc:
+            fail(f"cannot read public key {path}: {exc.strerror}")
+        except MasterKeyError as exc:
+            fail(f"{path}: {exc}")
+        keys[public_key_id(key)] = key
+    return keys

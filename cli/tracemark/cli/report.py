@@ -13,8 +13,9 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+from tracemark.cli.keys import read_public_keys
 from tracemark.cli.rescore import unwrap_help
-from tracemark.forensics.keys import MasterKeyError, MasterSecret, load_public_key, public_key_id
+from tracemark.forensics.keys import MasterKeyError, MasterSecret
 from tracemark.forensics.ledger.db import LedgerError, ReportNotFound, default_ledger_url, make_engine
 from tracemark.forensics.rederive import DisclosureError, DisclosureInconsistent, build_disclosure
 from tracemark.forensics.reports import (
@@ -96,16 +97,7 @@ def _load_stored(engine, report_id: str):
 def _trusted(public_keys: list[Path] | None, key_file: Path | None, *, required: bool) -> Any:
     """Trusted public keys: PEM files if given, else every version of the master secret."""
     if public_keys:
-        keys = {}
-        for path in public_keys:
-            try:
-                key = load_public_key(Path(path).expanduser().read_bytes())
-            except OSError as exc:
-                fail(f"cannot read public key {path}: {exc.strerror}")
-            except MasterKeyError as exc:
-                fail(f"{path}: {exc}")
-            keys[public_key_id(key)] = key
-        return keys
+        return read_public_keys(public_keys)
     try:
         return MasterSecret.load(path=key_file, create=False).public_keys()
     except MasterKeyError as exc:

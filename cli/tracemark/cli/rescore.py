@@ -10,24 +10,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from tracemark.cli.keys import read_public_keys
 from tracemark.forensics.adapters import SPEC_HELP, SuspectError, SuspectSpecError, parse_suspect
-from tracemark.forensics.keys import MasterKeyError, load_public_key, public_key_id
 from tracemark.forensics.rederive import RescoreResult, rescore
 from tracemark.foundation.console import fail
 from tracemark.foundation.errors import InvalidInput, first_line
-
-
-def _public_keys(paths: list[Path]) -> dict:
-    keys = {}
-    for path in paths:
-        try:
-            key = load_public_key(Path(path).expanduser().read_bytes())
-        except OSError as exc:
-            fail(f"cannot read public key {path}: {exc.strerror}")
-        except MasterKeyError as exc:
-            fail(f"{path}: {exc}")
-        keys[public_key_id(key)] = key
-    return keys
 
 
 def _read_bundle(path: Path) -> object:
@@ -134,7 +121,7 @@ def rescore_command(
     Exit code 0: reproduced exactly (every rank and p-value equal to the report's); 1: not reproduced
     (the problems are listed); 2: bad input (unreadable bundle, key or model).
     """
-    keys = _public_keys(public_key)
+    keys = read_public_keys(public_key)
     data = _read_bundle(bundle)
     try:
         adapter = parse_suspect(suspect)

@@ -121,13 +121,10 @@ def chi2_logsf(x: float, df: int) -> float:
     return value  # odd df never arises from Fisher's method
 
 
-@dataclass(frozen=True)
-class FisherResult:
-    """Fisher's combination ``X = -2 sum ln p_i`` ~ chi-square(2m) under H0."""
+class _LogP:
+    """A combined p-value kept as its natural log (``log_p``), shown as ``p_value`` and ``log10_p``."""
 
-    statistic: float
-    df: int
-    log_p: float  # natural log of the combined p-value
+    log_p: float
 
     @property
     def p_value(self) -> float:
@@ -137,6 +134,15 @@ class FisherResult:
     @property
     def log10_p(self) -> float:
         return self.log_p / LN10
+
+
+@dataclass(frozen=True)
+class FisherResult(_LogP):
+    """Fisher's combination ``X = -2 sum ln p_i`` ~ chi-square(2m) under H0."""
+
+    statistic: float
+    df: int
+    log_p: float  # natural log of the combined p-value
 
 
 def fisher_combine(
@@ -168,22 +174,13 @@ COMBINATION_METHODS = ("exact", "fisher-bound")
 
 
 @dataclass(frozen=True)
-class RankCombination:
+class RankCombination(_LogP):
     """One account's combined evidence: ``statistic = sum ln(r_i / n_i)`` and its p-value (natural log)."""
 
     m: int
     statistic: float
     log_p: float
     method: str  # "exact" (integer count) or "fisher-bound" (chi-square(2m), an upper bound on the exact p)
-
-    @property
-    def p_value(self) -> float:
-        """The combined p-value (``0.0`` only below the smallest float; see ``log10_p``)."""
-        return math.exp(self.log_p)
-
-    @property
-    def log10_p(self) -> float:
-        return self.log_p / LN10
 
     def as_dict(self) -> dict:
         return {
