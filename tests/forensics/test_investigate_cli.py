@@ -1,4 +1,5 @@
-"""`tracemark investigate` / `tracemark calibrate` command functions (mounted here on a bare Typer app)."""
+"""`tracemark investigate` command function (mounted here on a bare Typer app); `tracemark calibrate` is
+tested in test_calibrate_cli.py."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ from typer.testing import CliRunner
 
 @pytest.fixture
 def app():
-    from tracemark.cli.investigate import calibrate_command, investigate_command
+    from tracemark.cli.investigate import investigate_command
 
     a = typer.Typer()
     a.command("investigate")(investigate_command)
-    a.command("calibrate")(calibrate_command)
     return a
 
 
@@ -124,17 +124,3 @@ def test_investigate_without_master_key_is_exit_2(app, tmp_path, tiny_model_dir,
         ],
     )
     assert res.exit_code == 2 and "no master secret" in res.stderr
-
-
-def test_calibrate_command_writes_table_and_plot(app, tmp_path):
-    plot = tmp_path / "cal.png"
-    res = _runner().invoke(
-        app,
-        ["calibrate", "--runs", "6", "--tiny-models", "1", "--context", "{trigger}", "--plot", str(plot)],
-    )
-    assert res.exit_code in (0, 1), res.output
-    assert "calibration: 6 null runs on 1 clean model(s)" in res.stdout
-    assert ("PASS" in res.stdout) == (res.exit_code == 0)
-    assert plot.read_bytes()[:4] == b"\x89PNG"
-    bad = _runner().invoke(app, ["calibrate", "--runs", "1"])
-    assert bad.exit_code == 2 and "--runs must be >= 2" in bad.stderr
