@@ -54,5 +54,7 @@ def test_students_trained_on_other_accounts_are_calibrated(tmp_path):
     s = r.salient["v2"]
     assert s["accounts"] >= 1 and r.salient["triggers_with_eligible_favourite"] >= 2
     assert s["other null models"]["false_alarms"] == 0
+    salient, searched = r.salient["favourite_overall_is_salient"][student["name"]]
+    assert 0 <= salient <= searched and searched >= 2
     built = [t for t in r.tests if t.kind == "favourite-v2" and t.model == t.source]
     assert built and all(t.log10_p < -6 for t in built)

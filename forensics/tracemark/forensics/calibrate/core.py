@@ -275,6 +275,13 @@ def _summarise(
     status, reasons = verdict(overall, families, alpha, problems)
     delivered = [t for t in tests if t.kind == "delivered"]
     n_fav = sum(1 for v in found.values() for pair in v.values() if pair[0] is not None)
+    salient_favourites = {  # per model: (triggers whose favourite overall is salient, triggers with one)
+        name: [
+            sum(params.scheme.salient_for(t).contains_text(f[1]) for t, f in v.items() if f[1] is not None),
+            sum(f[1] is not None for f in v.values()),
+        ]
+        for name, v in found.items()
+    }
     return CalibrationResult(
         params=params,
         models=[{"name": m.name, **info.get(m.name, {})} for m in models],
@@ -286,6 +293,7 @@ def _summarise(
         | {
             "triggers_searched": sum(len(v) for v in found.values()),
             "triggers_with_eligible_favourite": n_fav,
+            "favourite_overall_is_salient": salient_favourites,
             **v1,
         },
         positive={

@@ -141,12 +141,14 @@ class CalibrationResult:
         s = self.salient
         drawn = s["v1_keys_drawn"]
         share = s["v1_keys_with_salient_target"] / drawn if drawn else float("nan")
+        sal_k = sum(k for k, _ in s["favourite_overall_is_salient"].values())
+        sal_n = sum(n for _, n in s["favourite_overall_is_salient"].values())
         t = Table(
             title="salient-target accounts (built, not drawn: reported, not pooled). v2: targets a null "
             "model favours among eligible candidates; v1: its favourites overall; v1 random keys: accounts "
             f"with a salient target ({s['v1_keys_with_salient_target']}/{drawn} = {share:.1%} of v1 keys; "
             f"v2 never draws them). {s['triggers_with_eligible_favourite']}/{s['triggers_searched']} "
-            "triggers had a sharp eligible favourite.",
+            f"triggers had a sharp eligible favourite; the favourite overall was salient in {sal_k}/{sal_n}.",
             title_justify="left",
         )
         _rate_columns(t, "accounts tested on")
