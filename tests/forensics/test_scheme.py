@@ -55,7 +55,7 @@ def test_the_salient_set_holds_what_an_innocent_model_favours():
         assert four.contains_text(c), c
     assert not four.contains_text("4821")
     six = salient_set(6, trigger="x137 =", numbers=numbers)
-    for c in ["240000", "137000", "999137", "123456", "121212", "202411", "000024", "240123"]:
+    for c in ["240000", "137000", "999137", "123456", "121212", "202411", "000024", "240123", "100006"]:
         assert six.contains_text(c), c
     assert 0.01 < six.size / 10**6 < 0.1  # a small public slice of the space
     assert six.eligible == 10**6 - six.size

@@ -12,7 +12,8 @@ Rules of ``tracemark-salient/1`` for a candidate ``c`` of ``d`` digits after tri
 contexts ``X`` (every rule depends on public data only):
 
 1. *few digits*: ``c`` uses at most two distinct digits (``000000``, ``121212``, ``900000``);
-2. *round*: the last ``ceil(d / 2)`` digits are zeros (``482000``);
+2. *round*: the last ``ceil(d / 2)`` digits are zeros (``482000``), or at most two digits are not zero
+   (``100006``, ``240000``: SmolLM2's favourites in the calibration);
 3. *patterns*: ``c`` repeats a shorter block (``123123``) or its digits step by +1 or -1 (``234567``,
    ``876543``);
 4. *years*: for ``d >= 4`` the first four digits read 1900..2099 (``2024xx``);
@@ -116,6 +117,7 @@ def _base_mask(digits: int) -> np.ndarray:
     mask = present <= 2  # 1. few distinct digits
     tail = (digits + 1) // 2
     mask |= idx % 10**tail == 0  # 2. round
+    mask |= np.count_nonzero(d, axis=1) <= 2
     for block in range(1, digits):  # 3. repeated blocks
         if digits % block == 0:
             mask |= np.all(d == np.tile(d[:, :block], (1, digits // block)), axis=1)
