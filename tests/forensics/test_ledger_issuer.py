@@ -86,3 +86,21 @@ def test_bad_pairs_per_account(master, engine):
     with pytest.raises(ValueError):
         SignatureIssuer(master=master, engine=engine, pairs_per_account=0)
     assert "secret" not in repr(SignatureIssuer(master=master, engine=engine)).lower()
+
+
+def test_a_scheme_changes_only_with_a_key_rotation(master, engine):
+    """The server checks its configured scheme at start: issued accounts keep the logged one."""
+    from tracemark.forensics.issuer import SchemeMismatch
+    from tracemark.forensics.scheme import SignatureScheme
+
+    six = SignatureIssuer(master=master, engine=engine)
+    pair = six.pairs_for("acme")[0]
+    six.record_issue(account="acme", trace_id="t1", pair=pair, rewriter="watermark")
+    six.check_scheme()
+    four = SignatureIssuer(master=master, engine=engine, scheme=SignatureScheme(digits=4))
+    with pytest.raises(SchemeMismatch, match="rotate"):
+        four.check_scheme()
+    master.rotate()
+    four = SignatureIssuer(master=master, engine=engine, scheme=SignatureScheme(digits=4))
+    four.check_scheme()  # a new key version may use a new scheme
+    four.record_issue(account="acme", trace_id="t2", pair=four.pairs_for("acme")[0], rewriter="watermark")

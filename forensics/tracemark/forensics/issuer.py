@@ -10,7 +10,13 @@ from tracemark.forensics.ledger import records
 from tracemark.forensics.ledger.db import read_session, session_scope
 from tracemark.forensics.scheme import SignatureScheme
 from tracemark.forensics.signatures import CandidateSpace, SignaturePair
+from tracemark.forensics.tlog import ACCOUNT_KEY_KIND, find_entries
 from tracemark.forensics.tlog.accounts import ensure_key_commitment
+from tracemark.foundation.errors import Failed
+
+
+class SchemeMismatch(Failed):
+    """The server's configured signature scheme is not the one logged for its current key version."""
 
 
 class SignatureIssuer:
@@ -58,6 +64,18 @@ class SignatureIssuer:
     def scheme_dict(self) -> dict:
         """The public scheme written to the transparency log with each account key commitment."""
         return self.scheme.as_dict()
+
+    def check_scheme(self) -> None:
+        """Refuse a configured scheme that differs from the one already logged for the current key version
+        (:class:`SchemeMismatch`): a scheme changes only with a key rotation, never for issued accounts."""
+        version, mine = self.key_version, self.scheme_dict()
+        for entry in find_entries(self.engine, kind=ACCOUNT_KEY_KIND):
+            if entry.body.get("key_version") == version and entry.body.get("scheme") != mine:
+                raise SchemeMismatch(
+                    f"the configured signature scheme differs from the one logged for key version {version} "
+                    f"(account {entry.body.get('account')!r}); keep the logged scheme or rotate the master "
+                    "key (`tracemark keys rotate`) to issue under a new one"
+                )
 
     @property
     def key_version(self) -> int:

@@ -81,6 +81,7 @@ class Runtime:
             pairs_per_account=self.settings.rewrite.pairs_per_account,
             space=CandidateSpace(digits=self.settings.rewrite.target_digits),
         )
+        self.issuer.check_scheme()
 
     def attach_teacher(self, teacher: TeacherBackend) -> None:
         t = self.settings.teacher
