@@ -83,6 +83,18 @@ class SuspectRun:
     registration: Any = None  # the transparency-log entry that pre-registered this run
 
 
+def adjust_over_family(
+    pvalues: list[float], *, family_size: int, alpha: float, correction: str
+) -> tuple[list[bool], list[float]]:
+    """(rejected, adjusted) for the scored ``pvalues``, corrected over the whole family: every accusable
+    account not scored enters with p = 1. Investigations and third-party re-scores both use this rule."""
+    if family_size < len(pvalues):
+        raise ValueError(f"family of {family_size} is smaller than the {len(pvalues)} scored p-values")
+    padded = list(pvalues) + [1.0] * (family_size - len(pvalues))
+    rejected, adjusted = stats.adjust_pvalues(padded, alpha=alpha, method=correction)
+    return rejected[: len(pvalues)], adjusted[: len(pvalues)]
+
+
 def decide(runs: list[SuspectRun], *, alpha: float, correction: str, sequential: bool) -> None:
     rows: list[AccountResult] = []
     for run in runs:
@@ -117,9 +129,9 @@ def decide(runs: list[SuspectRun], *, alpha: float, correction: str, sequential:
         test_p = [r.anytime_p if r.anytime_p is not None else 1.0 for r in rows]
     else:
         test_p = [r.p_value for r in rows]
-    padding = sum(run.untested for run in runs)  # accusable accounts not scored: p = 1
-    rejected, adjusted = stats.adjust_pvalues(test_p + [1.0] * padding, alpha=alpha, method=correction)
-    for r, rej, adj in zip(rows, rejected, adjusted, strict=False):
+    size = len(rows) + sum(run.untested for run in runs)
+    rejected, adjusted = adjust_over_family(test_p, family_size=size, alpha=alpha, correction=correction)
+    for r, rej, adj in zip(rows, rejected, adjusted, strict=True):
         r.rejected = rej
         r.adjusted_p_value = adj
 

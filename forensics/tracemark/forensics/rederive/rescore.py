@@ -19,6 +19,7 @@ from typing import Any
 
 from tracemark.forensics import stats
 from tracemark.forensics.investigate import make_scorer, score_registered_pair
+from tracemark.forensics.investigate.verdict import adjust_over_family
 from tracemark.forensics.rederive.checks import (
     Verified,
     check_identity,
@@ -280,7 +281,7 @@ def _recompute(report: Mapping, result: RescoreResult) -> None:
             f"p-value: the report lists {len(ps)} scored account(s), its decision {scored}"
         )
         return
-    _, adjusted = stats.adjust_pvalues(ps + [1.0] * (family_size - scored), alpha=alpha, method=correction)
+    _, adjusted = adjust_over_family(ps, family_size=family_size, alpha=alpha, correction=correction)
     result.notes.append(
         f"adjusted p-value: {correction} over a family of {family_size} ({scored} scored, the rest p = 1); "
         "the other accounts' p-values are the signed report's (their keys are not disclosed)"
