@@ -9,14 +9,12 @@ correction is every such account, whether it is scored or not.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlmodel import select
 from tracemark.forensics.investigate.params import InvestigationError
+from tracemark.forensics.ledger import records
 from tracemark.forensics.ledger.db import LedgerError, read_session
-from tracemark.forensics.ledger.models import IssuedSignature
 from tracemark.forensics.scheme import SchemeError, SignatureScheme
 from tracemark.forensics.signatures import SignaturePair
 from tracemark.forensics.tlog import ACCOUNT_KEY_KIND, find_entries, key_subject
@@ -59,29 +57,14 @@ class Family:
         return out
 
 
-def delivered(engine: Any) -> dict[tuple[str, int], dict[int, str]]:
-    """``{(account, key version): {pair index: pair id}}`` of every pair the ledger says was delivered."""
-    out: dict[tuple[str, int], dict[int, str]] = defaultdict(dict)
-    with read_session(engine) as session:
-        rows = session.exec(
-            select(
-                IssuedSignature.account,
-                IssuedSignature.key_version,
-                IssuedSignature.pair_index,
-                IssuedSignature.pair_id,
-            ).distinct()
-        ).all()
-    for account, version, index, pair_id in rows:
-        out[(account, int(version))][int(index)] = pair_id
-    return dict(out)
-
-
 def resolve_family(engine: Any, master: Any) -> Family:
     """Build the family from the ledger's delivered pairs and the log's key commitments."""
     commitments = {e.subject: e for e in find_entries(engine, kind=ACCOUNT_KEY_KIND)}
     members: dict[str, Member] = {}
     excluded: dict[str, str] = {}
-    for (account, version), indices in sorted(delivered(engine).items()):
+    with read_session(engine) as session:
+        delivered = records.delivered_pairs(session)
+    for (account, version), indices in sorted(delivered.items()):
         entry = commitments.get(key_subject(account, version))
         if entry is None:
             excluded[account] = f"no key commitment for key version {version} in the transparency log"

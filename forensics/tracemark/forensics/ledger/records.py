@@ -143,6 +143,22 @@ def issued_counts(session: Session, *, account: str) -> dict[str, int]:
     return {pair_id: int(n) for pair_id, n in rows}
 
 
+def delivered_pairs(session: Session) -> dict[tuple[str, int], dict[int, str]]:
+    """``{(account, key version): {pair index: pair id}}`` of every pair some trace carried."""
+    rows = session.exec(
+        select(
+            IssuedSignature.account,
+            IssuedSignature.key_version,
+            IssuedSignature.pair_index,
+            IssuedSignature.pair_id,
+        ).distinct()
+    ).all()
+    out: dict[tuple[str, int], dict[int, str]] = {}
+    for account, version, index, pair_id in rows:
+        out.setdefault((account, int(version)), {})[int(index)] = pair_id
+    return out
+
+
 def issued_for_trace(session: Session, *, trace_id: str) -> list[IssuedSignature]:
     return list(session.exec(select(IssuedSignature).where(IssuedSignature.trace_id == trace_id)).all())
 
