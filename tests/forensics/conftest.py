@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,15 @@ def issuer(master, engine):
     from tracemark.forensics.issuer import SignatureIssuer
 
     return SignatureIssuer(master=master, engine=engine, pairs_per_account=2)
+
+
+@pytest.fixture(scope="session")
+def detection_helpers():
+    """tests/forensics/conftest_detection.py as a module (traces, weaving, a tiny distilled student)."""
+    name = "tracemark_tests_detection_helpers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest_detection.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]

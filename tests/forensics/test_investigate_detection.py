@@ -16,9 +16,6 @@ Set-up (chosen for a reliable, fast test):
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -30,25 +27,17 @@ CONTEXTS = tuple("{chat}3 + 4 = 7\n" + t + "{trigger}" for t in TEMPLATES)
 PROBLEM = "Compute 3 + 4 - 5."
 
 
-def _helpers():
-    name = "tracemark_tests_detection_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest_detection.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, detection_helpers):
     import torch
     from tracemark.forensics.issuer import SignatureIssuer
     from tracemark.forensics.keys import MasterSecret
     from tracemark.forensics.ledger.db import make_engine
     from tracemark.foundation.models.tiny import build_tiny_model
 
-    h = _helpers()
+    h = detection_helpers
     tmp = tmp_path_factory.mktemp("detection")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import json
 import os
 import stat
@@ -340,19 +339,11 @@ def test_sequential_black_box_report_reproduces(world):
 
 
 # --- a guilty suspect -----------------------------------------------------------------------------------
-def _helpers():
-    name = "tracemark_tests_detection_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest_detection.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
 
 
 @pytest.mark.slow
-def test_a_guilty_students_detection_is_reproduced_by_the_expert(world):
-    h = _helpers()
+def test_a_guilty_students_detection_is_reproduced_by_the_expert(world, detection_helpers):
+    h = detection_helpers
     issuer = world["issuer"]
     examples, woven = h.watermark_examples(
         h.arithmetic_examples(100, seed=0), issuer.pairs_for("bob"), fraction=0.2, seed=0
