@@ -130,17 +130,17 @@ def test_lookups(engine):
         tlog.get_entry(engine)
 
 
-def test_concurrent_appenders_keep_one_chain(ledger_url, engine, master, pem):
-    """Threads with their own engines (connection pools, as separate processes have) append at once, some
-    racing for the same subjects: one unbroken chain, each subject once."""
+def append_concurrently(url: str, *, rounds: int, threads: int = 4):
+    """``threads`` threads, each with its own engine (connection pool, as separate processes have), append
+    ``rounds`` private entries and race for ``rounds`` shared subjects; (errors, {subject: seqs seen})."""
     errors: list[BaseException] = []
     seen: dict[str, set[int]] = {}
     lock = threading.Lock()
 
     def work(t: int) -> None:
-        own = make_engine(ledger_url)
+        own = make_engine(url)
         try:
-            for i in range(8):
+            for i in range(rounds):
                 tlog.append_entry(own, kind="note", body={"t": t, "i": i})
                 shared = tlog.append_entry(own, kind="note", subject=f"shared:{i}", body={"i": i})
                 with lock:
@@ -150,11 +150,18 @@ def test_concurrent_appenders_keep_one_chain(ledger_url, engine, master, pem):
         finally:
             own.dispose()
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for th in threads:
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for th in workers:
         th.start()
-    for th in threads:
+    for th in workers:
         th.join()
+    return errors, seen
+
+
+def test_concurrent_appenders_keep_one_chain(ledger_url, engine, master, pem):
+    """Threads with their own engines (connection pools, as separate processes have) append at once, some
+    racing for the same subjects: one unbroken chain, each subject once."""
+    errors, seen = append_concurrently(ledger_url, rounds=8)
     assert errors == []
     assert tlog.log_size(engine) == 4 * 8 + 8
     assert all(len(seqs) == 1 for seqs in seen.values()) and len(seen) == 8
@@ -393,24 +400,7 @@ def test_postgresql_concurrent_appenders_keep_one_chain(pg_url, master, pem, mon
     if not locked:  # without the advisory lock, the unique constraints and the retry loop must hold
         monkeypatch.setattr(store, "lock_log", lambda session: None)
     engine = make_engine(pg_url)
-    errors: list[BaseException] = []
-
-    def work(t: int) -> None:
-        own = make_engine(pg_url)
-        try:
-            for i in range(6):
-                tlog.append_entry(own, kind="note", body={"t": t, "i": i})
-                tlog.append_entry(own, kind="note", subject=f"shared:{i}", body={"i": i})
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-        finally:
-            own.dispose()
-
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    errors, _ = append_concurrently(pg_url, rounds=6)
     assert errors == []
     assert tlog.log_size(engine) == 4 * 6 + 6
     tlog.sign_checkpoint(engine, master)
