@@ -94,3 +94,12 @@ def test_v2_targets_are_uniform_over_the_eligible_candidates():
         assert eligible[pos] == int(pair.target)
         positions.append((pos + jitter.random()) / eligible.size)
     assert stats.kstest(positions, "uniform").pvalue > 1e-4
+
+
+def test_one_candidates_membership_agrees_with_the_whole_space_mask():
+    """Derivation asks about one candidate, ranking uses the whole-space mask: both give the same set."""
+    for trigger in ("x137 =", "q42 =", "k999 ="):
+        s = salient_set(4, trigger=trigger, numbers=("1", "24", "4", "6", "4821"))
+        salient = s.salient_mask()
+        assert [s.contains(i) for i in range(10_000)] == salient.tolist()
+        assert s.size == int(salient.sum()) and s.eligible == int(s.mask().sum())

@@ -37,29 +37,44 @@ _NUMBER = re.compile(r"\d+")
 
 @dataclass(frozen=True)
 class SalientSet:
-    """The salient candidates (sorted indices) of one trigger in a space of ``10**digits`` candidates."""
+    """The salient candidates of one trigger in a space of ``10**digits`` candidates.
+
+    Holds no per-trigger array: membership of one candidate is decided from the shared trigger-independent
+    mask and the trigger's affix numbers, so deriving pairs for many accounts stays cheap in memory; the
+    whole-space mask is built on demand (ranking) and the counts once per set."""
 
     digits: int
-    indices: np.ndarray
+    affixes: tuple[str, ...]  # the trigger's number (2+ digits) and the scoring prompt's numbers
+
+    def salient_mask(self) -> np.ndarray:
+        """Boolean mask over the whole space, ``True`` for salient candidates."""
+        mask = _base_mask(self.digits).copy()
+        for number in self.affixes:
+            mask |= _affix_mask(self.digits, number)
+        return mask
+
+    def mask(self) -> np.ndarray:
+        """Boolean mask over the whole space, ``True`` for eligible (non-salient) candidates."""
+        return ~self.salient_mask()
 
     @property
+    def indices(self) -> np.ndarray:
+        """The salient candidates' indices, sorted."""
+        return np.nonzero(self.salient_mask())[0]
+
+    @functools.cached_property
     def size(self) -> int:
-        return int(self.indices.size)
+        return int(np.count_nonzero(self.salient_mask()))
 
     @property
     def eligible(self) -> int:
         """Candidates left to rank among: ``10**digits - size``."""
         return 10**self.digits - self.size
 
-    def mask(self) -> np.ndarray:
-        """Boolean mask over the whole space, ``True`` for eligible (non-salient) candidates."""
-        keep = np.ones(10**self.digits, dtype=bool)
-        keep[self.indices] = False
-        return keep
-
     def contains(self, index: int) -> bool:
-        i = int(np.searchsorted(self.indices, index))
-        return i < self.indices.size and int(self.indices[i]) == index
+        if _base_mask(self.digits)[index]:
+            return True
+        return any(_affix_hit(self.digits, number, index) for number in self.affixes)
 
     def contains_text(self, candidate: str) -> bool:
         return self.contains(int(candidate))
@@ -88,6 +103,14 @@ def salient_set(digits: int, *, trigger: str, numbers: Sequence[str]) -> Salient
 def _digit_matrix(digits: int) -> np.ndarray:
     idx = np.arange(10**digits, dtype=np.int64)
     return np.stack([(idx // 10 ** (digits - 1 - j)) % 10 for j in range(digits)], axis=1).astype(np.int8)
+
+
+def _affix_hit(digits: int, number: str, value: int) -> bool:
+    """One candidate's answer to :func:`_affix_mask`."""
+    k, v = len(number), int(number)
+    if k <= digits and value == v:
+        return True
+    return 2 <= k < digits and (value // 10 ** (digits - k) == v or value % 10**k == v)
 
 
 def _affix_mask(digits: int, number: str) -> np.ndarray:
@@ -133,10 +156,5 @@ def _base_mask(digits: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4096)
 def _salient(digits: int, trig: str, numbers: tuple[str, ...]) -> SalientSet:
-    mask = _base_mask(digits).copy()
-    idx = np.arange(10**digits, dtype=np.int64)
-    if len(trig) >= 2:  # 5. trigger echo
-        mask |= _affix_mask(digits, trig)
-    for number in numbers:  # 6. context numbers
-        mask |= _affix_mask(digits, number) if len(number) >= 2 else idx == int(number)
-    return SalientSet(digits, np.nonzero(mask)[0].astype(np.int64))
+    # 5. trigger echo (2+ digits), 6. context numbers (a single digit: equality only, see _affix_mask)
+    return SalientSet(digits, ((trig,) if len(trig) >= 2 else ()) + numbers)
