@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from tracemark.forensics import stats
 from tracemark.forensics.scoring import (
     DEFAULT_CONTEXTS,
     DEFAULT_PROBLEM,
@@ -143,7 +144,7 @@ class BlackBoxScorer(PromptScorer):
             n = decoys + 1
             method = "samples-decoys"
             extra["decoys_sha256"] = candidates_sha256(sorted(others))
-        rank = better + tied + 1
+        rank = stats.conservative_rank(better, tied)
         return PairScore.ranked(
             pair,
             mode="black-box",

@@ -451,7 +451,7 @@ class WhiteBoxScorer(PromptScorer):
             mode="white-box",
             method=method,
             n=n,
-            rank=better + tied + 1,
+            rank=stats.conservative_rank(better, tied),
             n_better=better,
             n_tied=tied,
             target_score=target_score,
