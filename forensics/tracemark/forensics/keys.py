@@ -41,6 +41,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from tracemark.foundation.channel import ChannelKey
 from tracemark.foundation.errors import Failed, NotFound, PermissionDenied
 from tracemark.foundation.paths import user_data_dir
 
@@ -57,6 +58,8 @@ DEFAULT_FILE_NAME = "master.key"
 _LABEL_ACCOUNT = b"tracemark/v1/account-key\x00"
 _LABEL_FINGERPRINT = b"tracemark/v1/fingerprint"
 _LABEL_COMMITMENT = b"tracemark/v1/commitment-key\x00"
+_LABEL_CHANNEL_PROVIDER = b"tracemark/v1/channel-provider-key"
+_LABEL_CHANNEL_ACCOUNT = b"tracemark/v1/channel-account-key\x00"
 _HKDF_SALT = b"tracemark/v1/report-signing"
 _HKDF_INFO = b"ed25519-report-signing-key"
 
@@ -240,6 +243,20 @@ class MasterSecret:
         if not isinstance(account, str) or not account:
             raise MasterKeyError("account must be a non-empty string")
         return hmac.new(self._secret(version), _LABEL_ACCOUNT + account.encode("utf-8"), "sha256").digest()
+
+    def channel_key(self, account: str | None = None, *, version: int | None = None) -> ChannelKey:
+        """The distributional channel's key (:mod:`tracemark.foundation.channel`): the provider key for
+        ``account=None`` (one per master version; it marks every trace), else ``account``'s own key.
+        Independent of the signature-pair key: disclosing one reveals nothing of the other."""
+        v = self.current_version if version is None else version
+        if account is None:
+            secret = hmac.new(self._secret(v), _LABEL_CHANNEL_PROVIDER, "sha256").digest()
+            return ChannelKey(secret=secret, scope="provider", version=v)
+        if not isinstance(account, str) or not account:
+            raise MasterKeyError("account must be a non-empty string")
+        label = _LABEL_CHANNEL_ACCOUNT + account.encode("utf-8")
+        secret = hmac.new(self._secret(v), label, "sha256").digest()
+        return ChannelKey(secret=secret, scope="account", name=account, version=v)
 
     def commitment_key(self, investigation_id: str, *, version: int | None = None) -> bytes:
         """HMAC-SHA256(master_v, label || investigation_id): the key of one investigation's (one report's)
