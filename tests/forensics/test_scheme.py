@@ -103,3 +103,22 @@ def test_one_candidates_membership_agrees_with_the_whole_space_mask():
         salient = s.salient_mask()
         assert [s.contains(i) for i in range(10_000)] == salient.tolist()
         assert s.size == int(salient.sum()) and s.eligible == int(s.mask().sum())
+
+
+def test_scheme_channel_round_trip_and_old_schemes_load_without_it():
+    from tracemark.forensics.scheme import SchemeError, SignatureScheme
+    from tracemark.foundation.channel import ChannelSpec
+
+    old = SignatureScheme()
+    assert "channel" not in old.as_dict()
+    assert SignatureScheme.from_dict(old.as_dict()).channel is None
+    spec = ChannelSpec(gamma=0.3, tokenizer="ab" * 8)
+    new = SignatureScheme(channel=spec)
+    data = new.as_dict()
+    assert data["channel"]["gamma"] == 0.3
+    back = SignatureScheme.from_dict(data)
+    assert back == new and back.channel == spec and back.digest() != old.digest()
+    with pytest.raises(SchemeError):
+        SignatureScheme.from_dict({**data, "channel": {"gamma": 2.0}})
+    with pytest.raises(SchemeError):
+        SignatureScheme.from_dict({**data, "channel": "x"})

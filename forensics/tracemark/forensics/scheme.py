@@ -14,7 +14,10 @@ and an investigation reads it from there: none of these is a command-line flag.
 * ``search_budget``: the most digit-trie prefixes the exact white-box search keeps at one level; beyond it
   the pair's p-value is reported as 1 (censored: always conservative);
 * ``merged_digit_decoys``: how many decoys a target is ranked among when the suspect's tokenizer merges
-  digits (when the space is larger than :data:`FULL_SCORE_MAX`; smaller spaces are scored in full).
+  digits (when the space is larger than :data:`FULL_SCORE_MAX`; smaller spaces are scored in full);
+* ``channel``: the distributional channel's public parameters
+  (:class:`~tracemark.foundation.channel.ChannelSpec`) when traces are decoded with it, else ``None``.
+  Written only when set, so schemes logged before the channel existed keep their form and digest.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from tracemark.forensics.signatures import (
     SignaturePair,
     derive_pairs,
 )
+from tracemark.foundation.channel import ChannelError, ChannelSpec
 
 SCHEME_FORMAT = "tracemark-scheme/1"
 DEFAULT_DIGITS = 6
@@ -64,6 +68,7 @@ class SignatureScheme:
     salient: str = SALIENT_VERSION
     search_budget: int = DEFAULT_SEARCH_BUDGET
     merged_digit_decoys: int = DEFAULT_MERGED_DECOYS
+    channel: ChannelSpec | None = None
     _numbers: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -89,6 +94,8 @@ class SignatureScheme:
         space_size = 10**self.digits
         if not isinstance(self.merged_digit_decoys, int) or not 1 <= self.merged_digit_decoys < space_size:
             raise SchemeError(f"merged_digit_decoys must be in 1..{space_size - 1}")
+        if self.channel is not None and not isinstance(self.channel, ChannelSpec):
+            raise SchemeError("channel must be a ChannelSpec or None")
         object.__setattr__(self, "contexts", contexts)
         object.__setattr__(self, "_numbers", context_numbers(contexts, self.problem))
 
@@ -117,7 +124,7 @@ class SignatureScheme:
 
     def as_dict(self) -> dict[str, Any]:
         """The public, canonical form written to the transparency log."""
-        return {
+        out = {
             "format": SCHEME_FORMAT,
             "derivation": self.derivation,
             "digits": self.digits,
@@ -129,6 +136,9 @@ class SignatureScheme:
             "search_budget": self.search_budget,
             "merged_digit_decoys": self.merged_digit_decoys,
         }
+        if self.channel is not None:
+            out["channel"] = self.channel.as_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SignatureScheme:
@@ -136,6 +146,10 @@ class SignatureScheme:
         if not isinstance(data, Mapping) or data.get("format") != SCHEME_FORMAT:
             raise SchemeError(f"not a {SCHEME_FORMAT} scheme")
         try:
+            raw_channel = data.get("channel")
+            if raw_channel is not None and not isinstance(raw_channel, Mapping):
+                raise SchemeError("malformed scheme: channel is not an object")
+            channel = ChannelSpec.from_dict(dict(raw_channel)) if raw_channel is not None else None
             return cls(
                 digits=data["digits"],
                 pairs_per_account=data["pairs_per_account"],
@@ -146,8 +160,9 @@ class SignatureScheme:
                 salient=data["salient"],
                 search_budget=data["search_budget"],
                 merged_digit_decoys=data["merged_digit_decoys"],
+                channel=channel,
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ChannelError) as exc:
             raise SchemeError(f"malformed scheme: {exc}") from None
 
     def digest(self) -> str:
