@@ -9,6 +9,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from tracemark.foundation.channel import ChannelSpec, GreenLists, Keyring
 from tracemark.foundation.errors import ResourceExhausted, Unavailable
 from tracemark.server.teacher.base import Generation, GenerationParams, Messages, TeacherBackend, TextCallback
 
@@ -23,11 +24,30 @@ class QueueClosed(Unavailable, RuntimeError):
     """The queue is shutting down."""
 
 
+class ChannelKeys:
+    """A thread-safe view of a :class:`~tracemark.foundation.channel.Keyring` (the queue's worker and
+    direct LLM calls share it): the ``[(green_lists, delta), ...]`` each decoded row gets."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self._keyring = keyring
+        self._lock = threading.Lock()
+
+    @property
+    def spec(self) -> ChannelSpec:
+        return self._keyring.spec
+
+    def lists_for(self, account: str | None) -> list[tuple[GreenLists, float]]:
+        """The provider key (every row) plus ``account``'s key (``None``/empty: provider key only)."""
+        with self._lock:
+            return self._keyring.lists_for(account or None)
+
+
 @dataclass
 class _Job:
     messages: Messages
     params: GenerationParams
     on_text: TextCallback | None
+    account: str | None = None
     future: Future = field(default_factory=Future)
 
 
@@ -35,11 +55,22 @@ class GenerationQueue:
     """Collects requests for up to ``window_s`` (or ``max_batch`` of them) and generates them together.
 
     Requests whose parameters allow sharing one ``generate`` call (see ``GenerationParams.batch_key``)
-    are batched; others wait for their own turn. The queue holds at most ``max_queue`` jobs.
+    are batched; others wait for their own turn. The queue holds at most ``max_queue`` jobs. With
+    ``channel`` set, every row is decoded with the distributional channel of the account it was
+    submitted for (a batch may mix accounts: the bias is per row).
     """
 
-    def __init__(self, teacher: TeacherBackend, *, max_batch: int, window_s: float, max_queue: int) -> None:
+    def __init__(
+        self,
+        teacher: TeacherBackend,
+        *,
+        max_batch: int,
+        window_s: float,
+        max_queue: int,
+        channel: ChannelKeys | None = None,
+    ) -> None:
         self.teacher = teacher
+        self.channel = channel
         self.max_batch = max_batch
         self.window_s = window_s
         self._jobs: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
@@ -51,12 +82,17 @@ class GenerationQueue:
         self._worker.start()
 
     def submit(
-        self, messages: Messages, params: GenerationParams, on_text: TextCallback | None = None
+        self,
+        messages: Messages,
+        params: GenerationParams,
+        on_text: TextCallback | None = None,
+        account: str | None = None,
     ) -> Future:
-        """Queue one conversation; the future resolves to a :class:`Generation`."""
+        """Queue one conversation decoded for ``account`` (``None``: anonymous, the provider key only);
+        the future resolves to a :class:`Generation`."""
         if self._closed.is_set():
             raise QueueClosed("the teacher is shutting down")
-        job = _Job(messages, params, on_text)
+        job = _Job(messages, params, on_text, account)
         try:
             self._jobs.put_nowait(job)
         except queue.Full:
@@ -64,9 +100,13 @@ class GenerationQueue:
         return job.future
 
     def generate(
-        self, messages: Messages, params: GenerationParams, timeout: float | None = None
+        self,
+        messages: Messages,
+        params: GenerationParams,
+        timeout: float | None = None,
+        account: str | None = None,
     ) -> Generation:
-        return self.submit(messages, params).result(timeout=timeout)
+        return self.submit(messages, params, account=account).result(timeout=timeout)
 
     @property
     def depth(self) -> int:
@@ -115,9 +155,12 @@ class GenerationQueue:
                 temperature=batch[0].params.temperature,
                 seed=batch[0].params.seed,
             )
+            extra = {}
             try:
+                if self.channel is not None:  # only then: backends written before the channel keep working
+                    extra["channels"] = [self.channel.lists_for(j.account) for j in batch]
                 results = self.teacher.generate_batch(
-                    [j.messages for j in batch], params, [j.on_text for j in batch]
+                    [j.messages for j in batch], params, [j.on_text for j in batch], **extra
                 )
             except Exception as exc:  # every waiting caller gets the error, the worker keeps going
                 log.error("batch of %d failed: %s", len(batch), type(exc).__name__)

@@ -104,6 +104,44 @@ class RewriteSection(_Section):
         return [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
 
 
+class ChannelSection(_Section):
+    """The distributional watermark channel (keyed green lists, see ``tracemark.foundation.channel``):
+    applied wherever a model decodes text a customer receives, with the provider key on every trace and
+    the caller's account key on its own. Its keys derive from the ledger's master secret."""
+
+    enabled: bool = Field(
+        True,
+        description="bias decoding with the channel (model teachers and LLM rewriters; a reference "
+        "teacher cannot carry it)",
+    )
+    gamma: float = Field(0.25, gt=0, lt=1, description="share of the vocabulary green under each key")
+    provider_delta: float = Field(
+        1.5, ge=0, le=20, description="logit bias of the provider key's green tokens"
+    )
+    account_delta: float = Field(1.5, ge=0, le=20, description="logit bias of the account key's green tokens")
+    context_width: Literal[0, 1] = Field(
+        1, description="1: green lists keyed on the previous token (KGW); 0: one fixed list per key"
+    )
+    openai_logit_bias: bool = Field(
+        False, description="the OpenAI-compatible teacher endpoint accepts logit_bias (width-0 channel)"
+    )
+    openai_tokenizer: str = Field(
+        "", description="local tokenizer folder with the endpoint's vocabulary (needed for logit_bias)"
+    )
+    llm_tokenizer: str = Field(
+        "", description="same for the rewriters' endpoint when rewrite.llm = openai (empty: no channel there)"
+    )
+    max_bias_tokens: int = Field(
+        300, ge=1, le=300, description="logit_bias entries per request (OpenAI accepts at most 300)"
+    )
+
+    @model_validator(mode="after")
+    def _tokenizer_for_bias(self) -> ChannelSection:
+        if self.openai_logit_bias and not self.openai_tokenizer:
+            raise ValueError("openai_logit_bias needs openai_tokenizer (the endpoint's vocabulary)")
+        return self
+
+
 class LedgerSection(_Section):
     url: str = Field("", description="SQLAlchemy URL; empty means SQLite in the user data folder")
     master_key_file: Path | None = Field(None, description="master secret file (created 0600 if missing)")
@@ -145,6 +183,7 @@ class Settings(BaseSettings):
     auth: AuthSection = Field(default_factory=AuthSection)
     rewrite: RewriteSection = Field(default_factory=RewriteSection)
     ledger: LedgerSection = Field(default_factory=LedgerSection)
+    channel: ChannelSection = Field(default_factory=ChannelSection)
     forensics: ForensicsSection = Field(default_factory=ForensicsSection)
 
     @classmethod

@@ -14,19 +14,31 @@ from tracemark.forensics.issuer import SignatureIssuer
 from tracemark.forensics.keys import MasterSecret
 from tracemark.forensics.ledger.db import make_engine
 from tracemark.forensics.signatures import CandidateSpace
+from tracemark.foundation.channel import ChannelSpec, Keyring
 from tracemark.plugins.api import LLMBackend, RewriteContext, SignatureService, WatermarkPolicy
 from tracemark.plugins.isolation import WorkerPool
 from tracemark.plugins.loader import RewriterRegistry
 from tracemark.plugins.pipeline import TRUSTED_DISTRIBUTIONS, RewritePipeline
-from tracemark.server.batching import GenerationQueue
+from tracemark.server.batching import ChannelKeys, GenerationQueue
 from tracemark.server.config import Settings
 from tracemark.server.decoding import MAX_OPTION_ENTRIES, load_json_object, pipeline_names, shown
 from tracemark.server.errors import RequestError, invalid
 from tracemark.server.llm import DirectLLM, QueuedLLM
-from tracemark.server.teacher.base import TeacherBackend
+from tracemark.server.teacher.base import TeacherBackend, TeacherError
 from tracemark.server.teacher.remote import OpenAITeacher
 
 log = logging.getLogger(__name__)
+
+
+def _load_tokenizer(path: str):
+    """The local tokenizer holding a remote endpoint's vocabulary (for the logit_bias channel)."""
+    from transformers import AutoTokenizer  # deferred: only an OpenAI teacher with logit_bias needs it
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        raise TeacherError(f"cannot load the channel tokenizer {path!r}: {type(exc).__name__}") from None
+
 
 PLUGIN_WORKERS = 4  # third-party plugin steps running at once (each in its own worker process)
 
@@ -48,6 +60,9 @@ class Runtime:
     ready: threading.Event = field(default_factory=threading.Event)
     load_error: str = ""
     pool: WorkerPool | None = None
+    # The distributional channel: public parameters in effect for the teacher (None: off), and the keys.
+    channel_spec: ChannelSpec | None = None
+    channel: ChannelKeys | None = None
 
     # --- start-up -------------------------------------------------------------------------------
     def load_plugins(self) -> None:
@@ -86,14 +101,58 @@ class Runtime:
     def attach_teacher(self, teacher: TeacherBackend) -> None:
         t = self.settings.teacher
         self.teacher = teacher
+        self.channel_spec, self.channel = self._configure_channel(
+            teacher, self.settings.channel.openai_tokenizer
+        )
         self.queue = GenerationQueue(
-            teacher, max_batch=t.max_batch_size, window_s=t.batch_window_ms / 1000, max_queue=t.max_queue
+            teacher,
+            max_batch=t.max_batch_size,
+            window_s=t.batch_window_ms / 1000,
+            max_queue=t.max_queue,
+            channel=self.channel,
         )
         rw = self.settings.rewrite
         if rw.llm == "teacher":
             self.llm = QueuedLLM(self.queue, teacher.info.model_id)
         elif rw.llm == "openai":
-            self.llm = DirectLLM(OpenAITeacher(rw.llm_endpoint, rw.llm_model))
+            backend = OpenAITeacher(rw.llm_endpoint, rw.llm_model)
+            _, keys = self._configure_channel(backend, self.settings.channel.llm_tokenizer)
+            self.llm = DirectLLM(backend, channel=keys)
+        log.info("distributional channel: %s", teacher.info.extra.get("channel", "off"))
+
+    def _configure_channel(
+        self, backend: TeacherBackend, openai_tokenizer: str
+    ) -> tuple[ChannelSpec | None, ChannelKeys | None]:
+        """The channel ``backend`` carries (spec in effect, keys), or ``(None, None)`` when it is off."""
+        c = self.settings.channel
+        if not c.enabled:
+            backend.info.extra["channel"] = "off (channel.enabled = false)"
+            return None, None
+        if self.master is None:
+            backend.info.extra["channel"] = "off (no master secret: the ledger is not open)"
+            return None, None
+        spec = ChannelSpec(
+            gamma=c.gamma,
+            provider_delta=c.provider_delta,
+            account_delta=c.account_delta,
+            context_width=c.context_width,
+        )
+        if isinstance(backend, OpenAITeacher):
+            tokenizer = (
+                _load_tokenizer(openai_tokenizer) if c.openai_logit_bias and openai_tokenizer else None
+            )
+            spec = backend.configure_channel(spec, tokenizer=tokenizer, max_bias_tokens=c.max_bias_tokens)
+        else:
+            spec = backend.configure_channel(spec)
+        if spec is None:
+            return None, None
+        master = self.master
+        keyring = Keyring(spec, master.channel_key(None), lambda account: master.channel_key(account))
+        return spec, ChannelKeys(keyring)
+
+    def channel_description(self) -> str:
+        """The channel in effect, in words (public parameters only)."""
+        return self.teacher.info.extra.get("channel", "off") if self.teacher is not None else "off"
 
     # --- per request ----------------------------------------------------------------------------
     def resolve_pipeline(self, names: list[str], options_json: dict[str, str]) -> tuple[list[str], dict]:
@@ -143,7 +202,8 @@ class Runtime:
             account=account,
             trace_id=trace_id,
             rng=Random(seed if seed else uuid.UUID(trace_id).int),
-            llm=self.llm,
+            # LLM-woven text reaches the caller: it is decoded with the caller's channel keys.
+            llm=self.llm.for_account(account) if self.llm is not None else None,
             signatures=signatures,
             watermark_policy=watermark_policy,
         )

@@ -90,7 +90,8 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     @grpc_errors
     def Generate(self, request, context):
         problem, names, options, params, messages = self._prepare(request, context)
-        generation = self._wait(self.rt.queue.submit(messages, params), context)
+        future = self.rt.queue.submit(messages, params, account=current_account())
+        generation = self._wait(future, context)
         _remaining(context)
         return self._protect(generation, problem, names, options, params.seed)
 
@@ -101,7 +102,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         # progress counts, then the protected text once the pipeline has run.
         live = set(names) <= PASS_THROUGH
         events: queue_mod.Queue[str] = queue_mod.Queue()
-        future = self.rt.queue.submit(messages, params, on_text=events.put)
+        future = self.rt.queue.submit(messages, params, on_text=events.put, account=current_account())
         produced = 0
         while True:
             remaining = _remaining(context)
@@ -140,5 +141,6 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             parameter_bytes=info.parameter_bytes,
             max_batch_size=info.max_batch_size,
             default_rewriters=list(self.rt.settings.rewrite.default_pipeline),
-            decoding=info.decoding,
+            # e.g. "standard; channel(gamma=0.25, ...)": the decoding and the watermark channel in effect
+            decoding=f"{info.decoding}; {self.rt.channel_description()}",
         )

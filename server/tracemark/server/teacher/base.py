@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from tracemark.foundation.channel import ChannelSpec, GreenLists
 from tracemark.foundation.errors import Failed
 
 Messages = list[dict[str, str]]
 TextCallback = Callable[[str], None]
+# One batch row's distributional-channel keys: ``[(green_lists, delta), ...]`` (``None``: no bias).
+RowChannel = Sequence[tuple[GreenLists, float]] | None
 
 
 class TeacherError(Failed):
@@ -56,6 +59,14 @@ class TeacherInfo:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+def describe_channel(spec: ChannelSpec) -> str:
+    """The public description of a channel in effect (never a key)."""
+    return (
+        f"channel(gamma={spec.gamma:g}, provider_delta={spec.provider_delta:g}, "
+        f"account_delta={spec.account_delta:g}, width={spec.context_width}, tokenizer={spec.tokenizer})"
+    )
+
+
 class TeacherBackend(ABC):
     """Generates chat completions; ``generate_batch`` may run several conversations at once."""
 
@@ -67,8 +78,18 @@ class TeacherBackend(ABC):
         conversations: list[Messages],
         params: GenerationParams,
         on_text: list[TextCallback | None] | None = None,
+        channels: Sequence[RowChannel] | None = None,
     ) -> list[Generation]:
-        """Generate one reply per conversation; ``on_text[i]`` receives row i's text as it appears."""
+        """Generate one reply per conversation; ``on_text[i]`` receives row i's text as it appears and
+        ``channels[i]`` (if given) is row i's distributional-channel keys (backends that cannot bias
+        decoding ignore it; see :meth:`configure_channel`)."""
+
+    def configure_channel(self, spec: ChannelSpec) -> ChannelSpec | None:
+        """Prepare to carry the distributional channel described by ``spec``; return the spec in effect
+        (tokenizer fingerprint and context width filled in by the backend), or ``None`` when this backend
+        cannot bias its decoding (its ``info.extra["channel"]`` says why)."""
+        self.info.extra["channel"] = "unavailable: this backend cannot bias its decoding"
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""

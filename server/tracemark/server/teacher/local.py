@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from tracemark.foundation.channel import ChannelSpec, tokenizer_fingerprint
+from tracemark.foundation.models.channel_processor import ChannelLogitsProcessor
 from tracemark.foundation.models.device import DeviceError, resolve_device
 from tracemark.foundation.models.gguf import gguf_to_folder
 from tracemark.foundation.models.quantization import bnb_config, quantization_in_effect
@@ -16,12 +20,14 @@ from tracemark.server.teacher.base import (
     Generation,
     GenerationParams,
     Messages,
+    RowChannel,
     TeacherBackend,
     TeacherError,
     TeacherInfo,
     TextCallback,
+    describe_channel,
 )
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 log = logging.getLogger(__name__)
@@ -135,6 +141,15 @@ class LocalTeacher(TeacherBackend):
             else "standard",
         )
 
+    channel_width = 1  # context width of the channel's green lists (set by configure_channel)
+
+    def configure_channel(self, spec: ChannelSpec) -> ChannelSpec:
+        """Carry the channel over this model's vocabulary (a logits processor: quantized models too)."""
+        effective = replace(spec, tokenizer=tokenizer_fingerprint(self.tokenizer))
+        self.channel_width = effective.context_width
+        self.info.extra["channel"] = describe_channel(effective)
+        return effective
+
     def _encode(self, conversations: list[Messages]) -> dict[str, torch.Tensor]:
         texts = [
             self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
@@ -148,6 +163,7 @@ class LocalTeacher(TeacherBackend):
         conversations: list[Messages],
         params: GenerationParams,
         on_text: list[TextCallback | None] | None = None,
+        channels: Sequence[RowChannel] | None = None,
     ) -> list[Generation]:
         enc = self._encode(conversations)
         prompt_len = enc["input_ids"].shape[1]
@@ -158,13 +174,21 @@ class LocalTeacher(TeacherBackend):
         )
         if not params.greedy:
             kwargs.update(temperature=params.temperature, top_p=1.0, top_k=0)
+        processors = []
         if self.ads is not None:
-            from transformers import LogitsProcessorList
-
-            processor = self.ads.make_logits_processor(
-                self.ads_lambda, teacher_tokenizer=self.tokenizer, prompt_attention_mask=enc["attention_mask"]
+            processors.append(
+                self.ads.make_logits_processor(
+                    self.ads_lambda,
+                    teacher_tokenizer=self.tokenizer,
+                    prompt_attention_mask=enc["attention_mask"],
+                )
             )
-            kwargs["logits_processor"] = LogitsProcessorList([processor])
+        if channels is not None and any(channels):
+            if len(channels) != len(conversations):
+                raise TeacherError(f"{len(channels)} channel rows for {len(conversations)} conversations")
+            processors.append(ChannelLogitsProcessor(channels, width=self.channel_width))
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         if on_text and any(on_text):
             kwargs["streamer"] = _BatchStreamer(self.tokenizer, on_text, self.eos_ids)
         start = time.perf_counter()

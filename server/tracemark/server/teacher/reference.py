@@ -17,6 +17,11 @@ from tracemark.server.teacher.base import (
     TeacherInfo,
 )
 
+CHANNEL_NOTE = (
+    "unavailable: reference solutions are not decoded by a model, so they carry no distributional "
+    "channel (only the rewriters' signature pairs and LLM-woven text protect them)"
+)
+
 
 class ReferenceTeacher(TeacherBackend):
     def __init__(self, solutions: dict[str, str], *, model_id: str = "reference-solutions") -> None:
@@ -29,11 +34,18 @@ class ReferenceTeacher(TeacherBackend):
             device="cpu",
             dtype="n/a",
             max_batch_size=64,
+            extra={"channel": CHANNEL_NOTE},
         )
 
+    def configure_channel(self, spec) -> None:
+        """Reference solutions are not decoded by a model: they cannot carry the distributional channel."""
+        self.info.extra["channel"] = CHANNEL_NOTE
+        return None
+
     def generate_batch(
-        self, conversations: list[Messages], params: GenerationParams, on_text=None
+        self, conversations: list[Messages], params: GenerationParams, on_text=None, channels=None
     ) -> list[Generation]:
+        # ``channels`` is ignored: no decoding happens here (see CHANNEL_NOTE).
         out = []
         for index, messages in enumerate(conversations):
             start = time.perf_counter()

@@ -4,19 +4,66 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import httpx
+import numpy as np
+from tracemark.foundation.channel import NO_CONTEXT, ChannelSpec, tokenizer_fingerprint
 from tracemark.server.teacher.base import (
     Generation,
     GenerationParams,
     Messages,
+    RowChannel,
     TeacherBackend,
     TeacherError,
     TeacherInfo,
     TextCallback,
+    describe_channel,
 )
+
+OPENAI_MAX_BIAS = 300  # OpenAI rejects a logit_bias with more entries
+BIAS_POOL = 4096  # candidate ids scanned for green tokens (the ordinary-word ids of lowest rank)
+_WORD = re.compile(r"^ ?[A-Za-z]+$")
+
+
+def word_token_ids(tokenizer, limit: int = BIAS_POOL) -> list[int]:
+    """The ``limit`` lowest ids of ``tokenizer`` that decode to an ordinary word (letters, optionally
+    after one space), special tokens excluded.
+
+    In a BPE vocabulary the id order is the merge order, and merges are learnt most-frequent first, so the
+    lowest word ids are (roughly) the most frequent words: the tokens a logit bias moves most often. The
+    choice depends only on the public tokenizer, so it is deterministic and the same for every key.
+    """
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    ids = []
+    for token_id in sorted(tokenizer.get_vocab().values()):
+        if token_id in special:
+            continue
+        if _WORD.match(tokenizer.decode([token_id])):
+            ids.append(token_id)
+            if len(ids) == limit:
+                break
+    return ids
+
+
+def logit_bias(
+    lists: RowChannel, candidates: Sequence[int], *, max_entries: int = OPENAI_MAX_BIAS
+) -> dict[str, float]:
+    """The width-0 (unigram) channel as an OpenAI ``logit_bias``: walking ``candidates`` in order, each
+    token green under any of the row's keys gets the sum of those keys' deltas, until ``max_entries``."""
+    if not lists or not candidates:
+        return {}
+    ids = np.asarray(candidates, dtype=np.uint64)
+    bias = np.zeros(len(ids), dtype=np.float64)
+    for green_lists, delta in lists:
+        if delta:
+            bias[green_lists.green(NO_CONTEXT, ids)] += delta
+    chosen = np.flatnonzero(bias)[:max_entries]
+    return {str(int(ids[i])): round(float(bias[i]), 4) for i in chosen}
 
 
 class OpenAITeacher(TeacherBackend):
@@ -44,6 +91,8 @@ class OpenAITeacher(TeacherBackend):
         self.retries = retries
         self._client = httpx.Client(base_url=endpoint.rstrip("/"), headers=headers, timeout=timeout_s)
         self._pool = ThreadPoolExecutor(max_workers=max_batch_size, thread_name_prefix="openai-teacher")
+        self._bias_candidates: list[int] = []  # set by configure_channel when logit_bias is on
+        self.max_bias_tokens = OPENAI_MAX_BIAS
         self.info = TeacherInfo(
             model_id=model,
             backend="openai",
@@ -54,7 +103,36 @@ class OpenAITeacher(TeacherBackend):
             max_batch_size=max_batch_size,
         )
 
-    def _body(self, messages: Messages, params: GenerationParams, stream: bool) -> dict:
+    def configure_channel(
+        self,
+        spec: ChannelSpec,
+        *,
+        tokenizer=None,
+        max_bias_tokens: int = OPENAI_MAX_BIAS,
+    ) -> ChannelSpec | None:
+        """Carry a width-0 channel through ``logit_bias`` (the endpoint must accept it). ``tokenizer`` has
+        the endpoint's vocabulary (token ids are the endpoint's); without one the channel is off."""
+        if tokenizer is None:
+            self.info.extra["channel"] = (
+                "unavailable: logit_bias not configured for this endpoint (channel.openai_logit_bias and a "
+                "local tokenizer with its vocabulary)"
+            )
+            return None
+        if not 1 <= max_bias_tokens <= OPENAI_MAX_BIAS:
+            raise TeacherError(f"max_bias_tokens must be in [1, {OPENAI_MAX_BIAS}], got {max_bias_tokens}")
+        self._bias_candidates = word_token_ids(tokenizer)
+        if not self._bias_candidates:
+            raise TeacherError("the channel tokenizer has no ordinary-word tokens to bias")
+        self.max_bias_tokens = max_bias_tokens
+        effective = replace(spec, context_width=0, tokenizer=tokenizer_fingerprint(tokenizer))
+        self.info.extra["channel"] = (
+            describe_channel(effective) + f" via logit_bias (<= {max_bias_tokens} ids)"
+        )
+        return effective
+
+    def _body(
+        self, messages: Messages, params: GenerationParams, stream: bool, channel: RowChannel = None
+    ) -> dict:
         body = {
             "model": self.model,
             "messages": messages,
@@ -64,6 +142,9 @@ class OpenAITeacher(TeacherBackend):
         }
         if params.seed is not None:
             body["seed"] = params.seed
+        bias = logit_bias(channel, self._bias_candidates, max_entries=self.max_bias_tokens)
+        if bias:
+            body["logit_bias"] = bias
         return body
 
     def _post(self, body: dict) -> httpx.Response:
@@ -83,10 +164,16 @@ class OpenAITeacher(TeacherBackend):
             delay *= 2
         raise AssertionError("unreachable")
 
-    def _one(self, messages: Messages, params: GenerationParams, on_text: TextCallback | None) -> Generation:
+    def _one(
+        self,
+        messages: Messages,
+        params: GenerationParams,
+        on_text: TextCallback | None,
+        channel: RowChannel = None,
+    ) -> Generation:
         start = time.perf_counter()
         if on_text is None:
-            response = self._post(self._body(messages, params, stream=False))
+            response = self._post(self._body(messages, params, stream=False, channel=channel))
             if response.status_code != 200:
                 raise TeacherError(f"teacher endpoint answered HTTP {response.status_code}")
             data = response.json()
@@ -98,7 +185,8 @@ class OpenAITeacher(TeacherBackend):
                 seconds=time.perf_counter() - start,
             )
         pieces: list[str] = []
-        with self._client.stream("POST", "/chat/completions", json=self._body(messages, params, True)) as r:
+        body = self._body(messages, params, True, channel=channel)
+        with self._client.stream("POST", "/chat/completions", json=body) as r:
             if r.status_code != 200:
                 raise TeacherError(f"teacher endpoint answered HTTP {r.status_code}")
             for line in r.iter_lines():
@@ -120,9 +208,14 @@ class OpenAITeacher(TeacherBackend):
         conversations: list[Messages],
         params: GenerationParams,
         on_text: list[TextCallback | None] | None = None,
+        channels: Sequence[RowChannel] | None = None,
     ) -> list[Generation]:
         callbacks = on_text or [None] * len(conversations)
-        futures = [self._pool.submit(self._one, c, params, cb) for c, cb in zip(conversations, callbacks)]
+        rows = channels or [None] * len(conversations)
+        futures = [
+            self._pool.submit(self._one, c, params, cb, ch)
+            for c, cb, ch in zip(conversations, callbacks, rows)
+        ]
         return [f.result() for f in futures]
 
     def close(self) -> None:
