@@ -38,6 +38,15 @@ def _key(name: str, scope: str = "account") -> ChannelKey:
     return ChannelKey(secret=hashlib.sha256(name.encode()).digest(), scope=scope, name=name)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and the CPUs are shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from tracemark.foundation.models.tiny import build_tiny_model

@@ -71,6 +71,70 @@ def _fmt_p(p: float, log10_p: float | None = None) -> str:
     return f"10^{log10_p:.1f}" if log10_p is not None else "0"
 
 
+def _read_prompts(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}")
+    prompts = [line for line in lines if line]
+    if not prompts:
+        fail(f"{path} holds no prompt")
+    return prompts
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer  # deferred: transformers only when a tokenizer is given
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot load the channel tokenizer from {path}: {first_line(exc)}")
+
+
+def channel_table(suspect: str, section: dict) -> Table:
+    """The channel tests of one suspect: n, green, fraction and p per key."""
+    evidence = section.get("evidence") or {}
+    n, texts = evidence.get("distinct_tuples", 0), evidence.get("texts", 0)
+    title = f"{suspect}: channel test ({section.get('mode')}, {n} distinct tuples from {texts} texts)"
+    table = Table(title=title)
+    for col in ("key", "n", "green", "fraction", "p-value"):
+        table.add_column(col, justify="left" if col == "key" else "right")
+    rows = list(section.get("provider", {}).get("tests", []))
+    for account in (section.get("accounts") or {}).values():
+        rows.extend((account or {}).get("tests", []))
+    for r in rows:
+        table.add_row(
+            str(r.get("key")),
+            str(r.get("n")),
+            str(r.get("green")),
+            f"{r.get('fraction', 0.0):.3f} (gamma {r.get('gamma')})",
+            _fmt_p(r.get("p_value", 1.0), r.get("log10_p")),
+        )
+    return table
+
+
+def provider_line(provider: dict | None, section: dict) -> str:
+    """The "distilled from us" headline (provider key), with the decoy-key check."""
+    decoys = section.get("decoy_check") or {}
+    status = "passed" if decoys.get("passed") else "FAILED (channel evidence not used)"
+    check = (
+        f"decoy-key check: {decoys.get('decoy_keys')} decoys, {status}" if decoys else "no decoy-key check"
+    )
+    if section.get("error"):
+        check = f"{section['error']}; {check}"
+    if provider is None:
+        return f"provider key: not tested (no provider-key commitment logged); {check}"
+    verdict = "DISTILLED FROM US" if provider.get("rejected") else "not detected"
+    p = _fmt_p(provider.get("p_value") or 0.0, provider.get("log10_p"))
+    adjusted = _fmt_p(provider.get("adjusted_p_value", 1.0))
+    return (
+        f"provider key: [bold]{verdict}[/bold]; p = {p} (adjusted {adjusted}, "
+        f"provider alpha = {provider.get('alpha'):g}); {check}"
+    )
+
+
 def investigate_command(
     suspect: Annotated[
         list[str],
@@ -127,6 +191,29 @@ def investigate_command(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the outcome (verdicts, report ids) as JSON.")
     ] = None,
+    channel: Annotated[
+        bool,
+        typer.Option(
+            "--channel/--no-channel",
+            help="Also test the distributional channel (provider key and account keys) when it was logged.",
+        ),
+    ] = True,
+    channel_prompts: Annotated[
+        Path | None,
+        typer.Option(help="Public held-out prompts for the channel test, one per line (default: built-in)."),
+    ] = None,
+    channel_samples: Annotated[int, typer.Option(help="Channel test: completions per prompt.")] = 1,
+    channel_tokens: Annotated[int, typer.Option(help="Channel test: tokens per completion.")] = 128,
+    channel_tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            help="Tokenizer folder the channel was decoded with (re-tokenizes completions of suspects "
+            "with another vocabulary; default: the suspect's own when it matches)."
+        ),
+    ] = None,
+    provider_alpha: Annotated[
+        float | None, typer.Option(help="Level of the provider-key test (default: --alpha).")
+    ] = None,
 ) -> None:
     """Investigate suspect model(s) for this server's keyed signatures; sign an evidence report each.
 
@@ -144,9 +231,15 @@ def investigate_command(
             accounts=account or None,
             temperature=temperature,
             samples_per_pair=samples_per_pair,
+            channel=channel,
+            channel_prompts=_read_prompts(channel_prompts),
+            channel_samples=channel_samples,
+            channel_max_new_tokens=channel_tokens,
+            provider_alpha=provider_alpha,
         )
     except InvestigationError as exc:
         fail(_param_message(exc))
+    tokenizer = _load_tokenizer(channel_tokenizer) if channel_tokenizer is not None else None
     if not suspect:
         fail("give at least one --suspect")
     adapters = []
@@ -173,7 +266,12 @@ def investigate_command(
 
         try:
             outcomes = run_investigations(
-                suspects=adapters, params=params, engine=engine, master=master, progress=report
+                suspects=adapters,
+                params=params,
+                engine=engine,
+                master=master,
+                progress=report,
+                channel_tokenizer=tokenizer,
             )
         except InvestigationError as exc:
             fail(_param_message(exc))
@@ -186,15 +284,31 @@ def investigate_command(
                 a.close()
     out = Console()
     for o in outcomes:
+        stats_channel = o.report.get("statistics", {}).get("channel")
+        if stats_channel is not None:
+            out.print(channel_table(o.suspect, stats_channel))
+            out.print(provider_line(o.provider, stats_channel))
         table = Table(title=f"{o.suspect}: {o.verdict.upper()} ({o.mode}, {o.queries} queries)")
-        for col in ("account", "pairs", "ranks", "of N", "p-value", "adjusted p", "rejected"):
+        columns = ["account", "pairs", "ranks", "of N"]
+        columns += ["pair p", "channel p"] if stats_channel is not None else []
+        for col in [*columns, "p-value", "adjusted p", "rejected"]:
             table.add_column(col, justify="left" if col == "account" else "right")
         for a in sorted(o.accounts, key=lambda r: (not r.rejected, r.adjusted_p_value, r.log10_p)):
+            extra = []
+            if stats_channel is not None:
+                channel_row = a.channel or {}
+                extra = [
+                    _fmt_p(a.pair_p_value, a.pair_log10_p) if a.pair_p_value is not None else "-",
+                    _fmt_p(channel_row.get("p_value") or 0.0, channel_row.get("log10_p"))
+                    if a.channel
+                    else "-",
+                ]
             table.add_row(
                 a.account,
                 f"{a.pairs}/{a.pairs_total}",
                 ",".join(str(p.rank) for p in a.pair_results),
                 ",".join(str(p.n_candidates) for p in a.pair_results),
+                *extra,
                 _fmt_p(a.anytime_p if a.anytime_p is not None else a.p_value, a.log10_p),
                 _fmt_p(a.adjusted_p_value),
                 "yes" if a.rejected else "no",
@@ -223,6 +337,8 @@ def investigate_command(
                 "p_value": o.p_value,
                 "log10_p": o.log10_p,
                 "adjusted_p_value": o.adjusted_p_value,
+                "distilled_from_us": o.distilled_from_us,
+                "provider": o.provider,
                 "report_id": o.report_id,
                 "investigation_id": o.investigation_id,
                 "accounts": [a.as_dict() for a in o.accounts],

@@ -32,6 +32,7 @@ from tracemark.forensics.signatures import CandidateSpace, SignaturePair
 
 _LEADING = re.compile(r"^\s*(\d+)")
 
+
 def parse_completion(text: str, trigger: str, space: CandidateSpace) -> str | None:
     """The candidate a completion names: its leading digits (after optional spaces), or the digits right
     after an echoed trigger (chat models often repeat it). ``None`` unless exactly ``digits`` digits."""

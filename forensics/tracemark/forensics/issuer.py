@@ -10,8 +10,9 @@ from tracemark.forensics.ledger import records
 from tracemark.forensics.ledger.db import read_session, session_scope
 from tracemark.forensics.scheme import SignatureScheme
 from tracemark.forensics.signatures import CandidateSpace, SignaturePair
-from tracemark.forensics.tlog import ACCOUNT_KEY_KIND, find_entries
+from tracemark.forensics.tlog import ACCOUNT_KEY_KIND, LogConflict, find_entries
 from tracemark.forensics.tlog.accounts import ensure_key_commitment
+from tracemark.forensics.tlog.channel import ensure_provider_commitment
 from tracemark.foundation.errors import Failed
 
 
@@ -54,6 +55,8 @@ class SignatureIssuer:
         self._committed: set[tuple[str, int]] = set()  # (account, version) with a key commitment logged
         self._lock = threading.Lock()
         self.sync_key_versions()
+        if scheme.channel is not None:
+            self.ensure_provider_commitment()
 
     def __repr__(self) -> str:
         return (
@@ -92,6 +95,35 @@ class SignatureIssuer:
                     fingerprint=self.master.fingerprint(v),
                     signing_key_id=self.master.key_id(v),
                 )
+
+    def ensure_provider_commitment(self) -> None:
+        """Log the commitment to the provider channel key of the current version (before any trace is
+        decoded under it; idempotent). A different channel spec already logged for this version:
+        :class:`SchemeMismatch`."""
+        if self.scheme.channel is None:
+            return
+        try:
+            ensure_provider_commitment(
+                self.engine,
+                master=self.master,
+                key_version=self.key_version,
+                spec=self.scheme.channel.as_dict(),
+            )
+        except LogConflict:
+            raise SchemeMismatch(
+                "the configured channel spec differs from the one logged for key version "
+                f"{self.key_version}: "
+                "keep the logged spec or rotate the master key (`tracemark keys rotate`)"
+            ) from None
+
+    def ensure_channel_account(self, account: str) -> None:
+        """Call before decoding a trace for ``account`` with its channel key: logs the commitment to its
+        keys (pair and channel) under the current version once, and registers the account."""
+        with self._lock:
+            if (account, self.key_version) in self._committed:
+                return
+        self.ensure_account(account)
+        self._ensure_key_commitment(account, self.key_version)
 
     def pairs_for_version(self, account: str, version: int) -> list[SignaturePair]:
         """``account``'s pairs under master-secret ``version`` (cached)."""

@@ -168,4 +168,3 @@ class SignatureScheme:
     def digest(self) -> str:
         """SHA-256 of the canonical form (groups pairs scored under the same scheme)."""
         return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()
-

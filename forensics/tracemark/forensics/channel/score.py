@@ -8,9 +8,11 @@ the number of green tuples among ``n`` distinct ones is Binomial(n, gamma) and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 from scipy.stats import binom
 from tracemark.foundation.channel import (
     ChannelKey,
@@ -71,3 +73,15 @@ def tokenize_texts(texts: Iterable[str], tokenizer) -> list[list[int]]:
 def score_texts(texts: Iterable[str], *, key: ChannelKey, spec: ChannelSpec, tokenizer) -> ChannelTest:
     """Test a suspect's texts (any model, any tokenizer: re-tokenized here) against ``key``."""
     return score_token_rows(tokenize_texts(texts, tokenizer), key=key, spec=spec)
+
+
+def binomial_log10_p(green: int, n: int, gamma: float) -> float:
+    """``log10 P(X >= green)`` for ``X ~ Binomial(n, gamma)``, exact below the float range too (a
+    log-sum of the tail's log-pmf terms when ``sf`` underflows)."""
+    p = binomial_p(green, n, gamma)
+    if p > 1e-290:
+        return math.log10(p)
+    from scipy.special import logsumexp  # deferred: only for extreme tails
+
+    k = np.arange(green, n + 1)
+    return float(logsumexp(binom.logpmf(k, n, gamma)) / math.log(10.0))

@@ -40,6 +40,13 @@ class InvestigationParams:
       a key commitment in the transparency log exist for an investigation; the multiplicity family is always
       all of them (accounts not scored count with p = 1), so narrowing the list never lowers a p-value.
 
+    * ``channel``: also run the distributional channel's tests when the logged schemes carry a channel (the
+      provider key: "trained on our outputs", a separate headline at ``provider_alpha``, default ``alpha``;
+      each accusable account's channel key, combined with its pair evidence). ``channel_prompts`` (default
+      the built-in public held-out problems), ``channel_samples`` completions per prompt of
+      ``channel_max_new_tokens`` tokens at ``channel_temperature``; ``channel_decoys`` decoy keys checked
+      on the same text.
+
     Everything else (pairs, candidate space, scoring contexts, search budget, decoys) comes from the
     signature scheme recorded at issuance; no seed exists (see docs/detection.md).
     """
@@ -53,6 +60,13 @@ class InvestigationParams:
     samples_per_pair: int | None = None
     temperature: float = 0.0
     store_query_text: bool = True
+    channel: bool = True
+    channel_prompts: Sequence[str] | None = None
+    channel_samples: int = 1
+    channel_max_new_tokens: int = 128
+    channel_temperature: float = 1.0
+    channel_decoys: int = 400
+    provider_alpha: float | None = None
 
     def __post_init__(self) -> None:
         alpha = self.alpha
@@ -81,6 +95,34 @@ class InvestigationParams:
         if not isinstance(self.temperature, int | float) or not 0 <= self.temperature <= 5:
             raise InvestigationError("temperature must be in [0, 5]", field="temperature")
         object.__setattr__(self, "accounts", accounts)
+        self._check_channel()
+
+    def _check_channel(self) -> None:
+        prompts = tuple(self.channel_prompts) if self.channel_prompts is not None else None
+        if prompts is not None and (
+            not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts)
+        ):
+            raise InvestigationError("channel prompts must be non-empty strings", field="channel_prompts")
+        for name, low, high in (
+            ("channel_samples", 1, 1000),
+            ("channel_max_new_tokens", 1, 4096),
+            ("channel_decoys", 1, 100_000),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise InvestigationError(f"{name} must be an integer in {low}..{high}", field=name)
+        t = self.channel_temperature
+        if not isinstance(t, int | float) or not 0 <= t <= 5:
+            raise InvestigationError("channel_temperature must be in [0, 5]", field="channel_temperature")
+        pa = self.provider_alpha
+        if pa is not None and (not isinstance(pa, int | float) or not 0 < pa < 1):
+            raise InvestigationError(f"provider_alpha must be in (0, 1), got {pa!r}", field="provider_alpha")
+        object.__setattr__(self, "channel_prompts", prompts)
+
+    @property
+    def provider_level(self) -> float:
+        """The provider test's alpha (``provider_alpha``, else ``alpha``)."""
+        return self.alpha if self.provider_alpha is None else self.provider_alpha
 
     def public(self) -> dict:
         """The parameters as the pre-registration records them."""
@@ -93,6 +135,12 @@ class InvestigationParams:
             "accounts": list(self.accounts) if self.accounts else None,
             "samples_per_pair": self.samples_per_pair,
             "temperature": self.temperature,
+            "channel": self.channel,
+            "channel_samples": self.channel_samples,
+            "channel_max_new_tokens": self.channel_max_new_tokens,
+            "channel_temperature": self.channel_temperature,
+            "channel_decoys": self.channel_decoys,
+            "provider_alpha": self.provider_level,
         }
 
     def resolve_mode(self, suspect: Any) -> str:

@@ -2,10 +2,12 @@
 
 The registration entry names the suspect (its identity: weights, tokenizer and chat-template hashes), the
 accounts to score and the size of the family they are corrected over, every delivered pair to score (by
-public id, with the log entry of its key commitment), and the parameters. Its entry hash is the
-investigation's public **beacon**: the only randomness in the test (decoys for tokenizers that merge
-digits, sampling seeds) derives from it, so it is fixed before the first query and cannot be chosen without
-leaving another registration in the log. Reports list every earlier registration for the same suspect.
+public id, with the log entry of its key commitment), the parameters and, with the distributional channel,
+its spec, the keys to test (by commitment entry), the public prompts and sampling settings. Its entry hash
+is the investigation's public **beacon**: the only randomness in the test (decoys for tokenizers that merge
+digits, sampling seeds, the channel's decoy keys) derives from it, so it is fixed before the first query
+and cannot be chosen without leaving another registration in the log. Reports list every earlier
+registration for the same suspect.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ def register(
         "pairs": pairs,
         "schemes": schemes,
     }
+    plan = getattr(run, "channel_plan", None)
+    if plan is not None:  # the channel's spec, keys (by commitment entry), prompts and settings
+        body["channel"] = plan.public(run.channel_mode)
     subject = f"investigation:{run.investigation_id}"
     return append_entry(engine, kind="registration", subject=subject, body=body)
 

@@ -41,6 +41,9 @@ REDERIVATION_STEPS = (
     "and chat-template hashes), and read the earlier registrations for the same suspect listed below.",
     "Re-score the suspect (`tracemark rescore BUNDLE --suspect MODEL --public-key KEY.pem`): the ranks, the "
     "account's combined p-value and its adjusted p-value must equal the report's exactly.",
+    "With the distributional channel, the bundle also discloses the account's channel key (opening the "
+    "channel commitment in its key entry); the re-score re-collects the suspect's tuples from the "
+    "registered public prompts and seeds and recomputes the channel test (n, green, p) exactly.",
 )
 
 
@@ -64,6 +67,12 @@ class InvestigationOutcome:
     queries: int
     detail: str = ""
     seconds: float = 0.0
+    provider: dict | None = None  # the provider-key ("distilled from us") test, when the channel ran
+
+    @property
+    def distilled_from_us(self) -> bool | None:
+        """The provider test's decision (``None``: no provider key was tested)."""
+        return None if self.provider is None else bool(self.provider.get("rejected"))
 
     @property
     def detected(self) -> bool:
@@ -187,6 +196,18 @@ def sign_report(
     }
     if run.monitor is not None:
         statistics["sequential"] = run.monitor.as_dict()
+    provider = None
+    if run.channel is not None:
+        statistics["channel"] = run.channel.as_dict()
+        if run.channel.provider:
+            provider = {
+                **statistics["channel"]["provider"],
+                "alpha": params.provider_level,
+                "correction": "holm over suspects",
+                "verdict": "distilled_from_us" if run.channel.provider_rejected else "not_detected",
+                "rule": "reject H0 (the suspect never learnt from text decoded under our provider key) when "
+                "the Holm-adjusted provider p-value <= provider alpha; independent of accounts",
+            }
     if len(runs) > 1:
         statistics["family"] = [
             {
@@ -218,6 +239,7 @@ def sign_report(
             "accounts_scored": sum(len(r.account_results) for r in runs),
             "rule": rule_text(params.correction, sequential=params.sequential),
             "detail": run.incomplete,
+            "provider": provider,
         },
         "parameters": _parameters(run, params),
         "rederivation": {
@@ -292,4 +314,5 @@ def sign_report(
         queries=len(queries),
         detail=run.incomplete,
         seconds=time.perf_counter() - run.started,
+        provider=provider,
     )

@@ -25,6 +25,7 @@ from typing import Any
 
 from tracemark.forensics.adapters import BudgetExhausted, SuspectError
 from tracemark.forensics.blackbox import BlackBoxScorer
+from tracemark.forensics.investigate.channel import channel_mode, decide_provider, plan_channel, run_channel
 from tracemark.forensics.investigate.family import Member, resolve_family
 from tracemark.forensics.investigate.params import InvestigationError, InvestigationParams
 from tracemark.forensics.investigate.registration import register
@@ -76,6 +77,7 @@ def run_investigations(
     master: Any,
     progress: ProgressFn | None = None,
     issuer: Any = None,
+    channel_tokenizer: Any = None,
 ) -> list[InvestigationOutcome]:
     """Pre-register, then test every selected account's delivered pairs in every suspect; correct over the
     whole family x suspects; sign one report per suspect; return one :class:`InvestigationOutcome` each.
@@ -86,6 +88,11 @@ def run_investigations(
     account runs an anytime-valid e-process and querying stops once one crosses ``K / alpha`` (K = family x
     suspects). ``progress(stage, done, total, message)`` receives ``prepare``, ``score``, ``decide``,
     ``report`` and ``done`` events.
+
+    When the logged schemes carry the distributional channel (and ``params.channel``), every suspect is
+    also tested under the provider key and each selected account's channel key
+    (:mod:`~tracemark.forensics.investigate.channel`); ``channel_tokenizer`` (a tokenizer with
+    ``get_vocab``) re-tokenizes the completions of suspects that do not share the channel's vocabulary.
     """
     del issuer
     params = params if params is not None else InvestigationParams()
@@ -104,6 +111,10 @@ def run_investigations(
         SuspectRun(suspect, suspect.spec, params.resolve_mode(suspect), "", {}, pairs=pairs)
         for suspect in suspects
     ]
+    plan = plan_channel(family, members, params)
+    for run in runs:
+        run.channel_plan = plan
+        run.channel_mode = channel_mode(run.suspect, plan, channel_tokenizer) if plan is not None else None
     for run in runs:
         _emit(progress, "prepare", 0, 0, f"identifying suspect {run.spec}")
         run.identity = run.suspect.identity()
@@ -132,9 +143,12 @@ def run_investigations(
                 family=family_size,
                 progress=progress,
                 key=master.commitment_key(run.investigation_id),
+                master=master,
+                channel_tokenizer=channel_tokenizer,
             )
         _emit(progress, "decide", 0, 1, "combining pairs and correcting over the family")
         decide(runs, alpha=params.alpha, correction=params.correction, sequential=params.sequential)
+        decide_provider(runs, alpha=params.provider_level)
         _emit(progress, "decide", 1, 1, "")
         outcomes = []
         for i, run in enumerate(runs):
@@ -208,6 +222,8 @@ def _score_suspect(
     family: int,
     progress: ProgressFn | None,
     key: bytes,
+    master: Any = None,
+    channel_tokenizer: Any = None,
 ) -> None:
     suspect = run.suspect
     beacon = run.registration.entry_hash
@@ -283,6 +299,18 @@ def _score_suspect(
                     progress, "score", done, total, f"sequential test crossed its threshold at {pair.account}"
                 )
                 break
+        if run.channel_plan is not None:
+            _emit(progress, "channel", 0, 1, f"{run.spec}: channel test ({run.channel_mode})")
+            run.channel = run_channel(
+                suspect,
+                run.channel_plan,
+                master=master,
+                mode=run.channel_mode,
+                tokenizer=channel_tokenizer,
+                beacon=beacon,
+                outer_budget=previous_budget,
+            )
+            _emit(progress, "channel", 1, 1, f"{run.spec}: {run.channel.error or 'channel scored'}")
     finally:
         suspect.on_query = previous_hook
         if run.mode == "black-box":

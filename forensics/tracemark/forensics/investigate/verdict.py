@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracemark.forensics import stats
+from tracemark.forensics.investigate.channel import combine_evidence
 from tracemark.forensics.scoring import PairScore
 from tracemark.forensics.sequential import SequentialMonitor
 from tracemark.forensics.signatures import SignaturePair
@@ -36,7 +37,12 @@ class AccountResult:
     combination: str = ""  # "exact" | "fisher-bound"
     pair_results: list[PairScore] = field(default_factory=list)
     effect: dict | None = None
-    anytime_p: float | None = None  # sequential mode
+    anytime_p: float | None = None  # sequential mode (combined with the channel p when there is one)
+    pair_p_value: float | None = None  # the pair evidence alone (None: no pair registered)
+    pair_log10_p: float | None = None
+    pair_anytime_p: float | None = None
+    channel: dict | None = None  # the account's channel tests (investigate.channel)
+    evidence: str = "pair"  # "pair" | "channel" | "fisher(pair, channel)"
 
     def as_dict(self) -> dict:
         out = {
@@ -58,6 +64,13 @@ class AccountResult:
             out["effect"] = self.effect
         if self.anytime_p is not None:
             out["anytime_p_value"] = self.anytime_p
+        if self.channel is not None:
+            out["evidence"] = self.evidence
+            out["pair_p_value"] = self.pair_p_value
+            out["pair_log10_p"] = self.pair_log10_p
+            out["channel"] = self.channel
+            if self.pair_anytime_p is not None:
+                out["pair_anytime_p_value"] = self.pair_anytime_p
         return out
 
 
@@ -81,6 +94,9 @@ class SuspectRun:
     family_size: int = 0  # accusable accounts x suspects (the correction's family)
     untested: int = 0  # accusable accounts of this suspect not scored (p = 1 in the correction)
     registration: Any = None  # the transparency-log entry that pre-registered this run
+    channel_plan: Any = None  # ChannelPlan when the channel is tested (investigate.channel)
+    channel_mode: str | None = None
+    channel: Any = None  # ChannelRun once scored
 
 
 def adjust_over_family(
@@ -123,6 +139,8 @@ def decide(runs: list[SuspectRun], *, alpha: float, correction: str, sequential:
             if sequential and run.monitor is not None:
                 proc = run.monitor.processes[account]
                 res.anytime_p = proc.anytime_p
+            if run.channel is not None:
+                add_channel(res, run.channel, has_pairs=total > 0)
             run.account_results.append(res)
             rows.append(res)
     if sequential:
@@ -134,6 +152,21 @@ def decide(runs: list[SuspectRun], *, alpha: float, correction: str, sequential:
     for r, rej, adj in zip(rows, rejected, adjusted, strict=True):
         r.rejected = rej
         r.adjusted_p_value = adj
+
+
+def add_channel(res: AccountResult, channel: Any, *, has_pairs: bool) -> None:
+    """Fold the account's channel p-value into ``res`` (Fisher with the pair p; see investigate.channel)."""
+    section = channel.account_section(res.account)
+    if section is None:
+        return
+    res.channel = section
+    res.pair_p_value, res.pair_log10_p = (res.p_value, res.log10_p) if has_pairs else (None, None)
+    log10, res.evidence = combine_evidence(res.pair_log10_p, section["log10_p"])
+    res.log10_p, res.p_value = log10, 10.0**log10
+    if res.anytime_p is not None:
+        res.pair_anytime_p = res.anytime_p
+        anytime_log10 = math.log10(res.anytime_p) if res.anytime_p > 0 else -300.0
+        res.anytime_p = 10.0 ** combine_evidence(anytime_log10 if has_pairs else None, section["log10_p"])[0]
 
 
 @dataclass(frozen=True)

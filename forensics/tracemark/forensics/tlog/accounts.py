@@ -10,6 +10,9 @@ Before the first trace of an account is signed under key version ``v``, the issu
                           || ascii(decimal v) || b"\\x00" || canonical_json(scheme) || b"\\x00"
                           || account_key )
 
+When the scheme carries a distributional channel, the body also holds ``"channel_commitment"``, the
+commitment to the account's channel key (:mod:`~tracemark.forensics.tlog.channel`).
+
 The account key (32 bytes of HMAC-SHA256 output, full entropy) is never logged: the commitment hides it,
 and disclosing the key later opens it (:func:`open_key_commitment`), proving the key that derived the
 account's signatures was fixed before they were issued. A key receipt holds an account's entries and an
@@ -25,6 +28,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 from tracemark.forensics.reports.canonical import CanonicalJSONError, canonical_json
+from tracemark.forensics.tlog.channel import channel_key_commitment
 from tracemark.forensics.tlog.entries import LogEntryView, LogError, is_hash
 from tracemark.forensics.tlog.proofs import inclusion_proof
 from tracemark.forensics.tlog.store import append_entry, find_entries
@@ -113,6 +117,15 @@ def ensure_key_commitment(
             account=account, key_version=key_version, account_key=key, scheme=scheme
         ),
     }
+    channel = scheme.get("channel")
+    if isinstance(channel, Mapping):  # the account's channel key, committed in the same entry
+        body["channel_commitment"] = channel_key_commitment(
+            scope="account",
+            account=account,
+            key_version=key_version,
+            key=master.channel_key(account, version=key_version).secret,
+            spec=channel,
+        )
     return append_entry(engine, kind=ACCOUNT_KEY_KIND, subject=key_subject(account, key_version), body=body)
 
 
