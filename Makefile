@@ -63,3 +63,10 @@ bench-distill: $(INSTALLED) ## Distillation benchmark at CPU scale (about 2 hour
 clean: ## Remove the venv, caches and build outputs
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: bench-attack
+ATTACK_ARGS ?= --teacher embedded --accounts 2 --problems 160 --repeats 40 --overlap 40 \
+	--spread-accounts 100 --spread-problems 100 --student-tokenizer channel --max-new-tokens 160
+bench-attack: $(INSTALLED) ## Attack suite on the embedded teacher (<= 45 min on 2 cores): benchmarks/results/attack.json
+	$(VENV)/bin/tracemark attack campaign $(ATTACK_ARGS) --workdir results/bench-attack \
+		--json benchmarks/results/attack.json

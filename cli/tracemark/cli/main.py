@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from tracemark.cli.attack import attack_app
 from tracemark.cli.bench import bench_app
 from tracemark.cli.demo import demo_command
 from tracemark.cli.investigate import calibrate_command, investigate_command
@@ -35,6 +36,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(report_app, name="report")
 app.add_typer(log_app, name="log")
 app.add_typer(optimize_app, name="optimize")
+app.add_typer(attack_app, name="attack")
 
 if __name__ == "__main__":
     app()
