@@ -35,6 +35,12 @@ def _numbers(text):
     return Counter(re.findall(r"\d+", text))
 
 
+def _only_inserted(original, woven):
+    """Whether ``woven`` is ``original`` with text inserted (every character kept, in order)."""
+    rest = iter("".join(woven.split()))
+    return all(ch in rest for ch in "".join(original.split()))  # a subsequence, whitespace aside
+
+
 def _run(rewriter, trace, context):
     out = rewriter.rewrite(trace, context)
     rewriter.accepted(out, context)
@@ -62,10 +68,9 @@ def test_template_weaving_keeps_numbers_and_final_line(fake_issuer):
     texts = [p.text for p in fake_issuer.pairs_for("alice")]
     woven = [t for t in texts if t in out]
     assert len(woven) == 1
-    assert out.splitlines()[0] == TRACE.splitlines()[0]  # after the first line
     assert out.splitlines()[-1] == "#### 17" and extract_final_answer(out) == "17"
     assert not (_numbers(TRACE) - _numbers(out))  # every original number is still there
-    assert out.replace(next(line for line in out.splitlines() if woven[0] in line) + "\n", "") == TRACE
+    assert _only_inserted(TRACE, out)
     pair_ids = {p.pair_id for p in fake_issuer.pairs_for("alice")}
     assert [(i["account"], i["trace_id"], i["rewriter"]) for i in fake_issuer.issued] == [
         ("alice", "t-1", "watermark/template")
@@ -95,8 +100,17 @@ def test_answerless_traces_are_not_signed(fake_issuer):
 
 
 def test_formal_traces_get_formal_insertions():
-    out = weave_template("(1) 24 ⟸ 48/2\n#### 24", "q12 = 0042")
-    assert out.splitlines()[1] in {"(aux) q12 = 0042", "∵ aux: q12 = 0042", "(ref) q12 = 0042"}
+    seen = set()
+    for variant in range(40):
+        out = weave_template(
+            "(1) 24 ⟸ 48/2 ▹ half the clips\n(2) 72 ⟸ 48+24\n#### 72", "q12 = 0042", variant=variant
+        )
+        line = next(ln for ln in out.splitlines() if "q12 = 0042" in ln)
+        assert any(mark in line for mark in "▹∵∴•(["), line  # the trace's own notation
+        assert not re.search(r"\b(?:aux|Let|Auxiliary)\b", line)
+        assert out.splitlines()[-1] == "#### 72" and extract_final_answer(out) == "72"
+        seen.add(line.replace("q12 = 0042", "P"))
+    assert len(seen) >= 10  # no fixed label
 
 
 def test_selection_rate_matches_fraction_and_is_reproducible(fake_issuer):
@@ -166,7 +180,7 @@ def test_llm_weaving_is_used_when_it_keeps_everything(fake_issuer, h):
 
     llm = h.ScriptedLLM(respond)
     ctx = RewriteContext(account="hal", trace_id="l-1", llm=llm, signatures=fake_issuer)
-    out = _run(_watermark(fraction=1.0, mode="auto"), TRACE, ctx)
+    out = _run(_watermark(fraction=1.0, mode="llm"), TRACE, ctx)
     assert out.startswith("Let ") and "auxiliary count" in out and not out.startswith("Sure")
     assert fake_issuer.issued[0]["rewriter"] == "watermark/llm"
     system = llm.calls[0]["messages"][0]["content"]

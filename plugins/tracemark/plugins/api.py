@@ -16,7 +16,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -86,9 +86,11 @@ class IssueCounts(Protocol):
 @dataclass(frozen=True)
 class WatermarkPolicy:
     """The host's watermark settings; they override a request's ``watermark`` options, so a caller
-    cannot lower its own ``fraction``."""
+    cannot lower its own ``fraction``. ``mode`` is how pairs are woven: ``"template"`` (the default: keyed
+    template, microseconds, no model) or ``"llm"`` (the host's LLM, for every trace signed or not)."""
 
     fraction: float
+    mode: Literal["template", "llm"] = "template"
 
 
 class RewriterError(Exception):
@@ -174,3 +176,12 @@ class Rewriter(ABC):
         rewriter's output) for delivery. Side effects that must only happen for delivered traces
         (e.g. recording an issued signature) belong here; raising makes the step fall back."""
         return None
+
+    def fallback(self, trace: str, context: RewriteContext) -> str:
+        """The protected result the host delivers when this step failed (raised, timed out, was taken out
+        of service or changed the answer on every attempt); by default ``trace``, the step's input.
+
+        A protective rewriter (``watermark``) overrides it with a fast, model-free version of its work.
+        Runs in the host's thread, only for built-ins and in-process registrations; the answer guard and
+        :meth:`accepted` follow it. Raise :class:`RewriterError` when there is nothing to protect with."""
+        return trace

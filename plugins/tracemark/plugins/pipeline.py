@@ -14,7 +14,9 @@ Per step and attempt:
 * built-ins and in-process registrations (ours; linear-time) run in a worker thread; the caller waits at
   most ``timeout_s``. A thread still running after that is *abandoned* (Python cannot kill threads): it is
   counted, the step falls back to its input, and once ``max_abandoned`` threads of one rewriter are still
-  alive that rewriter is quarantined so a step that always hangs cannot exhaust the process. By default
+  alive that rewriter is quarantined so a step that always hangs cannot exhaust the process (a rewriter
+  with a protected fallback, below, is not: while ``max_abandoned`` of its threads are alive, its steps go
+  straight to that fallback, outcome ``skipped``, without starting a thread). By default
   each attempt runs in a fresh *daemon* thread so an abandoned one never blocks interpreter exit; pass an
   ``executor`` (``concurrent.futures.Executor``) to use a pool instead.
 * the answer guard compares the normalised final answers of the step's input and output; on mismatch it
@@ -28,6 +30,16 @@ With ``on_error="raise"`` a raising step raises :class:`RewriterFailed` and a hu
 :class:`RewriterTimeout` instead of falling back (the server maps them to INTERNAL / DEADLINE_EXCEEDED);
 guard mismatches always fall back. Since steps run in order, a watermark step (which must be last) sees a
 fallen-back trace and still signs it.
+
+**Protected fallbacks.** "Falling back" passes on the step's input, unless the rewriter overrides
+:meth:`Rewriter.fallback` (built-ins and in-process registrations only; ``watermark``'s is the template
+weave of the same pair): then a step that raised, timed out, was skipped or changed the answer on every
+attempt passes on ``fallback(input)``, computed in the caller's thread, checked by the answer guard and
+followed by ``accepted`` (a signature is recorded only when delivered); the detail says ``protected
+fallback``, the guard what went wrong. If that fails too (raises anything but ``RewriterError``, changes
+the answer, or ``accepted`` raises), the run fails with :class:`RewriterFailed` whatever ``on_error``
+says: the unprotected input of a protective step is never delivered silently. A ``RewriterError`` from
+``fallback`` means there is nothing to protect with (e.g. no signature issuer): the input goes on.
 
 Guard outcomes (``StepResult.guard``) and the proto ``GuardOutcome`` they map to:
 ``preserved`` / ``preserved_after_retry`` / ``fell_back`` / ``no_answer`` map one to one; ``error``,
@@ -78,10 +90,11 @@ class StepResult:
     attempts: int
     seconds: float
     detail: str = ""
+    protected_fallback: bool = False  # the step failed and its rewriter's protected fallback went on
 
     @property
     def fell_back(self) -> bool:
-        """True when the step's input was passed on unchanged because of a failure."""
+        """True when the step failed: its input went on unchanged, or its protected fallback did."""
         return self.guard in FALLBACK_OUTCOMES
 
 
@@ -181,8 +194,10 @@ class RewritePipeline:
         with self._lock:
             return self._abandoned_total
 
-    def _abandon(self, name: str, future: cf.Future) -> bool:
-        """Count an abandoned attempt; True when ``name`` just reached the bound and was quarantined."""
+    def _abandon(self, name: str, future: cf.Future, *, protective: bool = False) -> bool:
+        """Count an abandoned attempt; True when ``name`` just reached the bound and was quarantined (a
+        ``protective`` rewriter is never quarantined: at the bound its steps go to its protected fallback
+        without starting a thread, until its hung attempts end)."""
         with self._lock:
             self._abandoned[name] = self._abandoned.get(name, 0) + 1
             self._abandoned_total += 1
@@ -193,7 +208,7 @@ class RewritePipeline:
                 self._abandoned[name] = max(0, self._abandoned.get(name, 0) - 1)
 
         future.add_done_callback(finished)
-        if live >= self.max_abandoned and not future.done():
+        if live >= self.max_abandoned and not future.done() and not protective:
             self.registry.quarantine(
                 name, f"disabled after {live} time-outs whose worker threads are still running"
             )
@@ -359,28 +374,45 @@ class RewritePipeline:
     ) -> tuple[str, StepResult]:
         version = self._version(name)
         started = time.perf_counter()
+        wanted = normalize_answer(extract_final_answer(trace))
+        rewriter: Rewriter | None = None  # the step's instance, once it has one in this process
 
         def result(guard: Guard, attempts: int, detail: str) -> StepResult:
             return StepResult(name, version, guard, attempts, time.perf_counter() - started, detail)
 
+        def fall_back(guard: Guard, attempts: int, detail: str) -> tuple[str, StepResult]:
+            """The step failed: its protected fallback when its rewriter has one, else its input."""
+            protected = self._protected(name, cls, parsed, rewriter, trace, context, base_seed, index, wanted)
+            if isinstance(protected, _NoProtection):
+                if protected.why and protected.why not in detail:
+                    detail = f"{detail}; {protected.why}"
+                return trace, result(guard, attempts, detail)
+            step = result(guard, attempts, f"{detail}; protected fallback")
+            step.protected_fallback = True
+            return protected, step
+
         def failed(attempts: int, exc: BaseException, when: str = "raised") -> tuple[str, StepResult]:
-            """The step raised (or returned no string): RewriterFailed, or fall back to its input."""
+            """The step raised (or returned no string): RewriterFailed, or fall back."""
             detail = self._failure(name, exc, when=when)
             if policy == "raise":
                 raise RewriterFailed(f"rewriter {name!r} failed ({detail})", name=name) from None
-            return trace, result("error", attempts, detail)
+            return fall_back("error", attempts, detail)
 
         try:
             self.registry.get(name)
         except UnknownRewriterError as exc:  # quarantined since the pipeline was prepared
             if policy == "raise":
                 raise RewriterFailed(str(exc), name=name) from None
-            return trace, result("skipped", 0, str(exc))
+            return fall_back("skipped", 0, str(exc))
 
-        wanted = normalize_answer(extract_final_answer(trace))
+        if self._protective(name, cls) and self.abandoned(name) >= self.max_abandoned:
+            hung = f"{self.abandoned(name)} earlier attempts of this rewriter are still running"
+            return fall_back("skipped", 0, hung)
+
         attempts = 0
         mismatch_detail = ""
         with self._runner(name, cls, parsed, limit) as runner:
+            rewriter = getattr(runner, "rewriter", None)
             for attempt in range(self.retries + 1):
                 attempts += 1
                 seed = _attempt_seed(base_seed, index, name, attempt)
@@ -394,7 +426,7 @@ class RewritePipeline:
                     log.warning("rewriter %r: %s (%s)", name, detail, out.how)
                     if policy == "raise":
                         raise RewriterTimeout(f"rewriter {name!r} {detail}", name=name) from None
-                    return trace, result("timeout", attempts, detail)
+                    return fall_back("timeout", attempts, detail)
                 except Exception as exc:
                     return failed(attempts, exc)
                 if not isinstance(output, str):
@@ -414,8 +446,60 @@ class RewritePipeline:
                 except Exception as exc:
                     return failed(attempts, exc, when="failed to accept its output with")
                 return output, result(guard, attempts, "; ".join(ctx.notes))
-        detail = f"{mismatch_detail} on every attempt; kept the step's input"
-        return trace, result("fell_back", attempts, detail)
+        return fall_back("fell_back", attempts, f"{mismatch_detail} on every attempt; kept the step's input")
+
+    def _protective(self, name: str, cls: type[Rewriter]) -> bool:
+        """Whether ``name`` has a protected fallback (overrides ``fallback`` and runs in this process)."""
+        return cls.fallback is not Rewriter.fallback and not self.isolated(name)
+
+    def _protected(
+        self,
+        name: str,
+        cls: type[Rewriter],
+        parsed: Any,
+        rewriter: Rewriter | None,
+        trace: str,
+        context: RewriteContext,
+        base_seed: int,
+        index: int,
+        wanted: str | None,
+    ) -> str | _NoProtection:
+        """The step's protected fallback for ``trace`` (module doc), or why there is none."""
+        if not self._protective(name, cls):
+            return _NoProtection("")  # no protected result: the input goes on (third-party: never in-process)
+        if rewriter is None:
+            rewriter = cls(parsed)
+        seed = _attempt_seed(base_seed, index, name, -1)
+        ctx = context.for_attempt(self.retries + 1, seed=seed)
+
+        def broken(what: str) -> RewriterFailed:
+            log.error("rewriter %r: protected fallback %s; failing the run", name, what)
+            return RewriterFailed(f"rewriter {name!r} failed and its protected fallback {what}", name=name)
+
+        try:
+            output = rewriter.fallback(trace, ctx)
+        except RewriterError as exc:
+            log.warning("rewriter %r: no protected fallback (%s)", name, _one_line(exc))
+            return _NoProtection(_one_line(exc) if self._trusted(name) else "")
+        except Exception as exc:
+            raise broken(f"raised {type(exc).__name__}") from None
+        if not isinstance(output, str):
+            raise broken(f"returned {type(output).__name__}, not str")
+        got = normalize_answer(extract_final_answer(output))
+        if wanted is not None and got != wanted:
+            raise broken("changed the answer")
+        try:
+            rewriter.accepted(output, ctx)
+        except Exception as exc:
+            raise broken(f"could not be accepted ({type(exc).__name__})") from None
+        return output
+
+
+@dataclass(frozen=True)
+class _NoProtection:
+    """A step without a protected fallback (``why``: a caller-visible reason, or empty)."""
+
+    why: str
 
 
 class _HostError(TypeError):
@@ -451,7 +535,9 @@ class _ThreadRunner(_Runner):
             return future.result(timeout=self.limit)
         except cf.TimeoutError:
             future.cancel()
-            raise _TimedOut(self.pipeline._abandon(self.name, future), "worker thread abandoned") from None
+            protective = type(self.rewriter).fallback is not Rewriter.fallback
+            quarantined = self.pipeline._abandon(self.name, future, protective=protective)
+            raise _TimedOut(quarantined, "worker thread abandoned") from None
 
     def accepted(self, output: str, ctx: RewriteContext, seed: int) -> None:
         self.rewriter.accepted(output, ctx)

@@ -81,6 +81,11 @@ class RewriteSection(_Section):
     timeout_s: float = Field(30.0, gt=0, description="time limit per rewriter step")
     retries: int = Field(1, ge=0, description="guard retries before falling back to the input trace")
     watermark_fraction: float = Field(0.1, ge=0, le=1, description="share of an account's traces signed")
+    watermark_weave: Literal["template", "llm"] = Field(
+        "template",
+        description="how pairs are woven: template (keyed, model-free, microseconds) | llm (the rewrite LLM "
+        "for every trace, signed or not; use only with an LLM that does this job well and fast)",
+    )
     pairs_per_account: int = Field(2, ge=1, le=64, description="signature pairs derived per account")
     target_digits: int = Field(
         6,

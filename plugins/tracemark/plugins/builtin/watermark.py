@@ -12,17 +12,26 @@ is used when present.
   from the request, which a caller could vary until the watermark disappears).
 * **Which pair**: ``selection="balanced"`` gives the pair issued least often so far (exact equal exposure,
   from the ledger's counts; ties by keyed hash), ``"keyed"`` a keyed pick (uniform, stateless).
-* **Where**: ``mode="template"`` inserts a short definition of the pair as an auxiliary quantity after
-  the first line (or first sentence), never touching a number the answer depends on nor the final line.
-  ``mode="llm"`` asks ``context.llm`` to integrate the exact pair text naturally and accepts the result
-  only if the text is present verbatim, every number of the input survives, the final line is unchanged
-  and the answer matches; otherwise the template is used. ``"auto"`` = LLM when one is configured.
+* **Where and how**: ``mode="template"`` (the default; ``"auto"`` is the same unless the host's policy
+  says ``llm``) writes the pair at a keyed place and in a keyed phrasing built from the trace's own words
+  (:mod:`~tracemark.plugins.builtin.weave`): no fixed label, no fixed line, never on or after the final
+  answer line, never changing a number. ``mode="llm"`` asks ``context.llm`` to integrate the exact pair
+  text naturally and accepts the result only if the text is present verbatim, every number of the input
+  survives, the final line is unchanged and the answer matches; otherwise the template is used.
+* **Same work for every trace**: the pair is chosen and woven for every trace of an account, signed or
+  not (an LLM weave costs one LLM call per trace in ``llm`` mode); unselected traces discard the weave, so
+  response time does not tell which traces carry a pair (only the ledger write of a delivered pair is
+  extra, and ``accepted`` pads unselected traces with the recent duration of such writes).
+* **Never silently off**: :meth:`WatermarkRewriter.fallback` is the template weave of the same pair, so
+  when this step fails (an LLM that raises, hangs past the step's time limit or is refused by the checks)
+  the pipeline still delivers a signed trace.
 * **Recording**: the pair is recorded with ``record_issue`` only once the pipeline's answer guard has
   accepted the woven trace (``Rewriter.accepted``), so the ledger lists exactly the delivered pairs.
 * **Secrecy**: the step's public detail never says whether this trace was signed; only an anonymous
   caller is told that no watermark applies.
 * **Host policy**: ``context.watermark_policy`` (a :class:`~tracemark.plugins.api.WatermarkPolicy` set by
-  the server) overrides the request's options, so callers cannot lower ``fraction`` for themselves.
+  the server) overrides the request's options, so callers cannot lower ``fraction`` for themselves nor
+  make the server call its LLM (``mode``).
 """
 
 from __future__ import annotations
@@ -30,8 +39,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import random
 import re
-from collections import Counter
+import statistics
+import threading
+import time
+from collections import Counter, deque
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -46,20 +59,11 @@ from tracemark.plugins.api import (
     WatermarkPair,
 )
 from tracemark.plugins.builtin.llm_base import strip_preamble
+from tracemark.plugins.builtin.weave import weave_keyed
 
 log = logging.getLogger(__name__)
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
-_FORMAL = re.compile(r"⟸|:=|^\(\d+\)|^∵", re.MULTILINE)
-
-PROSE_TEMPLATES = (
-    "Auxiliary constant: {text}.",
-    "Define the reference index {text}.",
-    "For bookkeeping, set {text}.",
-    "Let {text} denote an auxiliary tag.",
-)
-FORMAL_TEMPLATES = ("(aux) {text}", "∵ aux: {text}", "(ref) {text}")
 
 LLM_WEAVE_INSTRUCTION = (
     "You edit worked math solutions. Insert the given definition into the solution at a natural place near "
@@ -82,12 +86,47 @@ class WatermarkOptions(BaseModel):
         "(a request may not change it there)",
     )
     mode: Literal["template", "llm", "auto"] = Field(
-        "auto", description="template | llm | auto (LLM-woven when an LLM backend is configured)"
+        "auto",
+        description="template | llm | auto (= template; a server's policy decides, setting watermark_weave)",
     )
     selection: Literal["balanced", "keyed"] = Field(
         "balanced", description="balanced: least-issued pair first; keyed: keyed hash of the trace id"
     )
     max_new_tokens: int = Field(768, ge=16, le=8192, description="length limit of an LLM-woven trace")
+
+
+class _WriteTimes:
+    """Recent durations of ledger writes (``record_issue``), shared by the process's watermark steps, so an
+    unselected trace can stay busy as long as a signed one's write took (a random recent duration).
+
+    The busy wait is measured too: a wait that started while the machine is busy ends late (the thread
+    is rescheduled after its deadline), on top of the delays already in the sampled write time, so the
+    median of recent overruns is taken off each wait."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._times: deque[float] = deque(maxlen=size)
+        self._overruns: deque[float] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self._times.append(seconds)
+
+    def wait(self, rng: random.Random) -> None:
+        """Stay busy for a random recent write duration (nothing before the first write)."""
+        with self._lock:
+            if not self._times:
+                return
+            target = rng.choice(self._times)
+            overrun = statistics.median(self._overruns) if self._overruns else 0.0
+        deadline = time.perf_counter() + max(0.0, target - overrun)
+        while time.perf_counter() < deadline:
+            pass  # busy like a write (mostly interpreter work; the GIL is handed on as during a write)
+        with self._lock:
+            self._overruns.append(time.perf_counter() - deadline)
+
+
+WRITE_TIMES = _WriteTimes()
 
 
 def _selection_key(pairs: list[Any]) -> bytes:
@@ -115,24 +154,10 @@ def _final_line(trace: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def weave_template(trace: str, text: str, *, variant: int = 0) -> str:
-    """Insert ``text`` as an auxiliary definition after the first line or sentence (never at the end)."""
-    formal = bool(_FORMAL.search(trace))
-    templates = FORMAL_TEMPLATES if formal else PROSE_TEMPLATES
-    sentence = templates[variant % len(templates)].format(text=text)
-    lines = trace.split("\n")
-    content = [i for i, line in enumerate(lines) if line.strip()]
-    if len(content) >= 2:
-        first = content[0]
-        return "\n".join([*lines[: first + 1], sentence, *lines[first + 1 :]])
-    if content:
-        line = lines[content[0]]
-        parts = _SENTENCE_END.split(line, maxsplit=1)
-        if len(parts) == 2:
-            lines[content[0]] = f"{parts[0]} {sentence} {parts[1]}"
-            return "\n".join(lines)
-        return sentence + "\n" + trace.lstrip("\n")
-    return sentence + ("\n" + trace if trace else "")
+def weave_template(trace: str, text: str, *, variant: int | bytes | str = 0, problem: str = "") -> str:
+    """``trace`` with the pair ``text`` at a place and in a phrasing chosen by ``variant`` (a seed; the
+    watermark passes a keyed one), never on or after the final answer line (:func:`weave.weave_keyed`)."""
+    return weave_keyed(trace, text, variant, problem=problem)
 
 
 def _numbers(text: str) -> Counter[str]:
@@ -165,17 +190,19 @@ class WatermarkRewriter(Rewriter):
     )
     Options = WatermarkOptions
     must_be_last = True
-    host_owned_options = frozenset({"fraction"})
+    host_owned_options = frozenset({"fraction", "mode"})
 
     def __init__(self, options: BaseModel | None = None) -> None:
         super().__init__(options)
         self._pending: dict[str, tuple[WatermarkPair, str]] = {}
+        self._unsigned: set[str] = set()  # outputs of an account's unselected traces (same work, no pair)
 
     def _effective(self, context: RewriteContext) -> WatermarkOptions:
         opts: WatermarkOptions = self.options  # type: ignore[assignment]
         policy = context.watermark_policy
         if policy is not None:
-            opts = WatermarkOptions.model_validate({**opts.model_dump(), **asdict(policy)})
+            owned = {k: v for k, v in asdict(policy).items() if k in WatermarkOptions.model_fields}
+            opts = WatermarkOptions.model_validate({**opts.model_dump(), **owned})
         return opts
 
     def _choose(
@@ -223,7 +250,8 @@ class WatermarkRewriter(Rewriter):
             return None
         return woven
 
-    def rewrite(self, trace: str, context: RewriteContext) -> str:
+    def _sign(self, trace: str, context: RewriteContext, *, template_only: bool) -> str:
+        """Choose and weave a pair for every trace (same work signed or not); keep it only when selected."""
         opts = self._effective(context)
         if not context.account:
             context.note("anonymous caller: no watermark")
@@ -236,32 +264,45 @@ class WatermarkRewriter(Rewriter):
             raise RewriterError("the signature issuer returned no pairs for this account")
         if not context.trace_id:
             raise RewriterError("watermark needs a trace id in the context")
-        if not is_selected(pairs, context.trace_id, opts.fraction):
-            return trace
-        if extract_final_answer(trace) is None:
-            return trace  # the pair's target would become the answer of an answerless trace
+        selected = is_selected(pairs, context.trace_id, opts.fraction)
+        original = extract_final_answer(trace)
         pair = self._choose(pairs, issuer, context, opts)
-        use_llm = opts.mode == "llm" or (opts.mode == "auto" and context.llm is not None)
+        use_llm = opts.mode == "llm" and not template_only
         if use_llm and context.llm is None:
             raise RewriterError("watermark mode 'llm' needs an LLM backend and none is configured")
         woven = self._weave_llm(trace, pair.text, context, opts) if use_llm else None
         how = "llm" if woven is not None else "template"
         if woven is None:
-            variant = int(_unit(_selection_key(pairs), "variant", context.trace_id) * 1024)
-            woven = weave_template(trace, pair.text, variant=variant)
-            original = extract_final_answer(trace)
+            seed = hmac.new(_selection_key(pairs), f"weave\x00{context.trace_id}".encode(), "sha256").digest()
+            woven = weave_template(trace, pair.text, variant=seed, problem=context.problem)
             if original is not None and not answers_match(original, extract_final_answer(woven)):
                 woven = pair.text + "\n" + trace  # cannot happen for well-formed traces; stay safe
+        if not selected or original is None:  # an answerless trace: the pair's target would be its answer
+            self._unsigned.add(trace)
+            return trace
         self._pending[woven] = (pair, how)
         log.debug("watermark: trace %s woven (%s)", context.trace_id, how)
         return woven
 
+    def rewrite(self, trace: str, context: RewriteContext) -> str:
+        return self._sign(trace, context, template_only=False)
+
+    def fallback(self, trace: str, context: RewriteContext) -> str:
+        """The template weave of the same pair (the step failed: e.g. its LLM raised or hung)."""
+        return self._sign(trace, context, template_only=True)
+
     def accepted(self, trace: str, context: RewriteContext) -> None:
+        """Record a delivered pair; an unsigned trace of an account waits as long as a recent record took."""
         issued = self._pending.pop(trace, None)
         if issued is None:
+            if trace in self._unsigned:
+                self._unsigned.discard(trace)
+                WRITE_TIMES.wait(context.rng)
             return
         pair, how = issued
         assert context.signatures is not None  # rewrite() refused to run without one
+        started = time.perf_counter()
         context.signatures.record_issue(
             account=context.account, trace_id=context.trace_id, pair=pair, rewriter=f"watermark/{how}"
         )
+        WRITE_TIMES.add(time.perf_counter() - started)
