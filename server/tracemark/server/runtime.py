@@ -219,7 +219,8 @@ class Runtime:
         """The server's watermark policy (None without a ledger); requests cannot change it."""
         if self.issuer is None:
             return None
-        return WatermarkPolicy(fraction=self.settings.rewrite.watermark_fraction)
+        rw = self.settings.rewrite
+        return WatermarkPolicy(fraction=rw.watermark_fraction, mode=rw.watermark_weave)
 
     def close(self) -> None:
         """Stop the plugin worker processes."""
