@@ -270,3 +270,21 @@ def test_openai_teacher_without_tokenizer_carries_no_channel():
     assert teacher.configure_channel(ChannelSpec()) is None
     assert teacher.info.extra["channel"].startswith("unavailable: logit_bias not configured")
     teacher.close()
+
+
+def test_runtime_gives_an_openai_teacher_the_unigram_channel(tmp_path, tiny_model_dir):
+    channel = {"openai_logit_bias": True, "openai_tokenizer": str(tiny_model_dir), "max_bias_tokens": 50}
+    teacher = OpenAITeacher("http://endpoint.test/v1", "m")
+    bodies: list[dict] = []
+    teacher._client = httpx.Client(base_url="http://endpoint.test/v1", transport=_mock_openai(bodies))
+    rt = _runtime(_settings(tmp_path, channel=channel), teacher)
+    try:
+        assert rt.channel_spec.context_width == 0 and rt.channel_spec.tokenizer
+        rt.queue.generate(MSG, GenerationParams(max_new_tokens=4), timeout=30, account="alice")
+        bias = bodies[-1]["logit_bias"]
+        alice = GreenLists(rt.master.channel_key("alice"), rt.channel_spec.gamma)
+        assert 0 < len(bias) <= 50 and any(alice.green(NO_CONTEXT, np.array([int(t) for t in bias])))
+    finally:
+        rt.queue.close(timeout=5)
+        rt.close()
+        teacher.close()

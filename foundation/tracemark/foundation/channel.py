@@ -111,11 +111,34 @@ class ChannelKey:
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's output function on a uint64 array (wrapping arithmetic)."""
+    """splitmix64's output function on a uint64 array (wrapping arithmetic); overwrites ``x``."""
+    if not isinstance(x, np.ndarray):  # a numpy scalar (0-d input): make it writable in place
+        x = np.array(x, dtype=np.uint64)
+    t = np.empty_like(x)
     with np.errstate(over="ignore"):
-        z = (x ^ (x >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        return z ^ (z >> np.uint64(31))
+        np.right_shift(x, np.uint64(30), out=t)
+        x ^= t
+        x *= _M1
+        np.right_shift(x, np.uint64(27), out=t)
+        x ^= t
+        x *= _M2
+        np.right_shift(x, np.uint64(31), out=t)
+        x ^= t
+        return x
+
+
+_SPREAD: dict[int, np.ndarray] = {}  # vocab size -> arange(vocab) * golden (read-only), for whole rows
+
+
+def _spread(vocab_size: int) -> np.ndarray:
+    spread = _SPREAD.get(vocab_size)
+    if spread is None:
+        with np.errstate(over="ignore"):
+            spread = np.arange(vocab_size, dtype=np.uint64) * _GOLDEN
+        spread.setflags(write=False)
+        if len(_SPREAD) < 16:
+            _SPREAD[vocab_size] = spread
+    return spread
 
 
 def _threshold(gamma: float) -> np.uint64:
@@ -150,6 +173,12 @@ class GreenLists:
             x = self.seed(prev) + np.asarray(tokens, dtype=np.uint64) * _GOLDEN
         return _mix(x) < self._threshold
 
+    def _whole_row(self, prev: int, vocab_size: int) -> np.ndarray:
+        """``green(prev, arange(vocab_size))`` without recomputing the token spread."""
+        with np.errstate(over="ignore"):
+            x = _spread(vocab_size) + self.seed(prev)
+        return _mix(x) < self._threshold
+
     def row(self, prev: int, vocab_size: int) -> np.ndarray:
         """The green mask of the whole vocabulary ``[0, vocab_size)`` after ``prev`` (cached)."""
         cache_key = (prev, vocab_size)
@@ -157,7 +186,7 @@ class GreenLists:
         if mask is not None:
             self._rows.move_to_end(cache_key)
             return mask
-        mask = self.green(prev, np.arange(vocab_size, dtype=np.uint64))
+        mask = self._whole_row(prev, vocab_size)
         self._rows[cache_key] = mask
         if len(self._rows) > self._cache_rows:
             self._rows.popitem(last=False)
@@ -210,23 +239,35 @@ def count_green(lists: GreenLists, tuples: Iterable[tuple[int, int]]) -> GreenCo
 
 
 def row_bias(
-    lists: Sequence[tuple[GreenLists, float]], prev: int, vocab_size: int, *, width: int = 1
+    lists: Sequence[tuple[GreenLists, float]],
+    prev: int,
+    vocab_size: int,
+    *,
+    width: int = 1,
+    out: np.ndarray | None = None,
 ) -> np.ndarray | None:
-    """The additive logit bias (float32, length ``vocab_size``) of several keys after ``prev``."""
+    """The additive logit bias (float32, length ``vocab_size``) of several keys after ``prev``; with
+    ``out`` (a zeroed float32 array of that length) it is written there."""
     if not lists:
         return None
     ctx = context_of(prev, width)
-    bias = np.zeros(vocab_size, dtype=np.float32)
+    bias = np.zeros(vocab_size, dtype=np.float32) if out is None else out
+    scratch = None
     for green_lists, delta in lists:
         if delta:
-            bias[green_lists.row(ctx, vocab_size)] += np.float32(delta)
+            scratch = np.empty(vocab_size, dtype=np.float32) if scratch is None else scratch
+            # mask * delta then a dense add: same float32 values as ``bias[mask] += delta``, ~10x faster
+            np.multiply(green_lists.row(ctx, vocab_size), np.float32(delta), out=scratch)
+            bias += scratch
     return bias
 
 
 class Keyring:
     """The green lists a decoder applies for each account: the provider key on every row, plus the
     account's own key when the caller is known. ``account_key(name)`` derives an account's key (the
-    server passes the master secret's derivation); lists are cached for ``max_accounts`` accounts."""
+    server passes the master secret's derivation); lists are cached for ``max_accounts`` accounts. Each
+    cached row is ``vocab_size`` bytes: the row caches (``*_cache_rows``) bound the memory, e.g. a server
+    keeps many rows for the provider key (every trace) and few per account."""
 
     def __init__(
         self,
@@ -235,17 +276,20 @@ class Keyring:
         account_key,
         *,
         max_accounts: int = 1024,
+        provider_cache_rows: int = 512,
+        account_cache_rows: int = 512,
     ) -> None:
         self.spec = spec
-        self.provider = GreenLists(provider, spec.gamma)
+        self.provider = GreenLists(provider, spec.gamma, cache_rows=provider_cache_rows)
         self._account_key = account_key
         self._accounts: OrderedDict[str, GreenLists] = OrderedDict()
         self._max_accounts = max_accounts
+        self._account_cache_rows = account_cache_rows
 
     def account(self, name: str) -> GreenLists:
         lists = self._accounts.get(name)
         if lists is None:
-            lists = GreenLists(self._account_key(name), self.spec.gamma)
+            lists = GreenLists(self._account_key(name), self.spec.gamma, cache_rows=self._account_cache_rows)
             self._accounts[name] = lists
             if len(self._accounts) > self._max_accounts:
                 self._accounts.popitem(last=False)

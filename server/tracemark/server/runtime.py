@@ -41,6 +41,12 @@ def _load_tokenizer(path: str):
 
 
 PLUGIN_WORKERS = 4  # third-party plugin steps running at once (each in its own worker process)
+# Green-list row caches (one row = vocab_size bytes, ~49 KB for the embedded model): the provider key marks
+# every trace, so its rows for common tokens are reused across requests; an account's rows mostly within one
+# request. Worst case 2048 + 128 * 32 rows: ~300 MB at a 49K vocabulary.
+CHANNEL_PROVIDER_ROWS = 2048
+CHANNEL_ACCOUNTS = 128
+CHANNEL_ACCOUNT_ROWS = 32
 
 
 @dataclass
@@ -147,7 +153,14 @@ class Runtime:
         if spec is None:
             return None, None
         master = self.master
-        keyring = Keyring(spec, master.channel_key(None), lambda account: master.channel_key(account))
+        keyring = Keyring(
+            spec,
+            master.channel_key(None),
+            lambda account: master.channel_key(account),
+            max_accounts=CHANNEL_ACCOUNTS,
+            provider_cache_rows=CHANNEL_PROVIDER_ROWS,
+            account_cache_rows=CHANNEL_ACCOUNT_ROWS,
+        )
         return spec, ChannelKeys(keyring)
 
     def channel_description(self) -> str:

@@ -35,9 +35,7 @@ class ChannelLogitsProcessor(LogitsProcessor):
         bias = np.zeros((batch, vocab), dtype=np.float32)
         touched = False
         for i, (p, lists) in enumerate(zip(prev, self.rows)):
-            row = row_bias(lists, p, vocab, width=self.width)
-            if row is not None:
-                bias[i] = row
+            if row_bias(lists, p, vocab, width=self.width, out=bias[i]) is not None:
                 touched = True
         if touched:
             scores = scores + torch.from_numpy(bias).to(device=scores.device, dtype=scores.dtype)

@@ -142,6 +142,7 @@ class LocalTeacher(TeacherBackend):
         )
 
     channel_width = 1  # context width of the channel's green lists (set by configure_channel)
+    channel_seconds = 0.0  # time spent in the channel's logits processor, all batches together
 
     def configure_channel(self, spec: ChannelSpec) -> ChannelSpec:
         """Carry the channel over this model's vocabulary (a logits processor: quantized models too)."""
@@ -175,6 +176,7 @@ class LocalTeacher(TeacherBackend):
         if not params.greedy:
             kwargs.update(temperature=params.temperature, top_p=1.0, top_k=0)
         processors = []
+        channel = None
         if self.ads is not None:
             processors.append(
                 self.ads.make_logits_processor(
@@ -186,7 +188,8 @@ class LocalTeacher(TeacherBackend):
         if channels is not None and any(channels):
             if len(channels) != len(conversations):
                 raise TeacherError(f"{len(channels)} channel rows for {len(conversations)} conversations")
-            processors.append(ChannelLogitsProcessor(channels, width=self.channel_width))
+            channel = ChannelLogitsProcessor(channels, width=self.channel_width)
+            processors.append(channel)
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         if on_text and any(on_text):
@@ -200,6 +203,8 @@ class LocalTeacher(TeacherBackend):
             except Exception as exc:
                 raise TeacherError(f"generation failed: {type(exc).__name__}") from exc
         seconds = time.perf_counter() - start
+        if channel is not None:
+            self.channel_seconds += channel.seconds
         results = []
         for row, mask in enumerate(enc["attention_mask"]):
             new = out[row, prompt_len:].tolist()
