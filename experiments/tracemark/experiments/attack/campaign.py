@@ -32,7 +32,8 @@ from tracemark.experiments.attack.suite import (
     sampling_prompts,
 )
 from tracemark.experiments.attack.transforms import ATTACKS
-from tracemark.foundation.channel import ChannelSpec, tokenizer_fingerprint
+from tracemark.forensics.channel.score import tokenize_texts
+from tracemark.foundation.channel import ChannelSpec, distinct_tuples, tokenizer_fingerprint
 from tracemark.foundation.problems import generate_problems
 
 Log = Callable[[str], None]
@@ -87,6 +88,11 @@ def load_channel_tokenizer(folder: str, spec: ChannelSpec | None):
     if spec is not None and spec.tokenizer and spec.tokenizer != tokenizer_fingerprint(tokenizer):
         raise HarvestError("the channel tokenizer's fingerprint differs from the one the teacher used")
     return tokenizer
+
+
+def with_tokenizer(spec: ChannelSpec, tokenizer) -> ChannelSpec:
+    """``spec`` naming ``tokenizer`` by fingerprint (a teacher without the channel logs none)."""
+    return spec if spec.tokenizer else replace(spec, tokenizer=tokenizer_fingerprint(tokenizer))
 
 
 def _student_size(cfg: CampaignConfig) -> StudentSize:
@@ -210,7 +216,7 @@ def run_campaign(cfg: CampaignConfig, workdir: Path, *, log: Log = lambda _: Non
         detector = Detector.from_master(
             server.master,
             [*harvesters, *spread],
-            spec or ChannelSpec(),
+            with_tokenizer(spec or ChannelSpec(), tokenizer),
             tokenizer,
             alpha=cfg.alpha,
             address=server.address if cfg.investigate else "",
@@ -218,11 +224,12 @@ def run_campaign(cfg: CampaignConfig, workdir: Path, *, log: Log = lambda _: Non
         )
         student = _student_size(cfg)
         # the teacher's own output, scored like a suspect's text: how strong the channel is at the source
-        texts = [r.trace for r in records]
         source = channel_verdict(
-            texts,
+            distinct_tuples(
+                tokenize_texts([r.trace for r in records], tokenizer), width=detector.spec.context_width
+            ),
+            mode="harvest",
             spec=detector.spec,
-            tokenizer=tokenizer,
             provider_key=detector.provider_key,
             account_keys={a: detector.account_keys[a] for a in harvesters},
             harvesters=harvesters,
@@ -313,7 +320,13 @@ def run_on_harvest(
         tokenizer = load_channel_tokenizer(channel_tokenizer, spec)
         names = sorted(set(accounts) | {r.account for r in records})
         detector = Detector.from_master(
-            master, names, spec or ChannelSpec(), tokenizer, alpha=alpha, address=address, token=token
+            master,
+            names,
+            with_tokenizer(spec or ChannelSpec(), tokenizer),
+            tokenizer,
+            alpha=alpha,
+            address=address,
+            token=token,
         )
     rows = attack_rows(
         records,

@@ -1,6 +1,6 @@
 """Distil a student from a (possibly attacked) harvest and test it: the pair channel through the server's
 investigation, the distributional channel from texts sampled from the student (radioactivity-style,
-black-box: :func:`tracemark.forensics.channel.score.score_texts`)."""
+black-box and white-box evidence from :mod:`tracemark.forensics.channel.detect`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tracemark.experiments.distill import distill_student, load_student, prompt_ids, save_student
-from tracemark.forensics.channel.score import ChannelTest, score_texts
-from tracemark.foundation.channel import ChannelSpec
+from tracemark.experiments.distill import distill_student, save_student
+from tracemark.forensics.adapters import parse_suspect
+from tracemark.forensics.channel.detect import blackbox_evidence, sample_completions, whitebox_evidence
+from tracemark.forensics.channel.score import ChannelTest, score_tuples
+from tracemark.foundation.channel import ChannelSpec, tokenizer_fingerprint
 
 
 @dataclass(frozen=True)
@@ -83,79 +85,70 @@ def train_student(
     return save_student(model, tokenizer, out)
 
 
-def sample_texts(student: Path, prompts: Sequence[str], size: StudentSize, *, seed: int = 0) -> list[str]:
-    """Completions sampled from ``student`` for ``prompts`` (chat template when it has one)."""
-    model, tokenizer = load_student(student)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-    texts = []
-    batch = 8
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    for start in range(0, len(prompts), batch):
-        rows = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):  # left padding
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                do_sample=True,
-                temperature=size.temperature,
-                top_k=0,
-                max_new_tokens=size.sample_tokens,
-                pad_token_id=pad,
-            )
-        texts.extend(tokenizer.batch_decode(out[:, width:], skip_special_tokens=True))
-    return texts
+def student_evidence(
+    student: Path,
+    prompts: Sequence[str],
+    size: StudentSize,
+    *,
+    spec: ChannelSpec,
+    tokenizer: Any,
+    beacon: str,
+) -> tuple[list[str], dict[str, Any]]:
+    """The student's sampled completions of ``prompts`` and the channel evidence they give: black-box
+    (re-tokenized with the channel ``tokenizer``) always, white-box (argmax over prompt + own completion)
+    when the student decodes over the channel's vocabulary (the forensics code path of the investigation)."""
+    suspect = parse_suspect(f"hf:{student}", device="cpu")
+    texts = sample_completions(
+        suspect, prompts, max_new_tokens=size.sample_tokens, temperature=size.temperature, beacon=beacon
+    )
+    evidence = {"black-box": blackbox_evidence(texts, spec=spec, tokenizer=tokenizer, prompts=prompts)}
+    if tokenizer_fingerprint(suspect.tokenizer) == spec.tokenizer:
+        joined = [p + t for p, t in zip(prompts, texts, strict=True)]
+        evidence["white-box"] = whitebox_evidence(suspect, joined, spec=spec, prompts=prompts)
+    return texts, evidence
 
 
 @dataclass
 class ChannelVerdict:
-    """The distributional channel's tests of one student: provider key, and every account key."""
+    """The distributional channel's tests of one student (one evidence mode): provider key, every account
+    key, the attribution (smallest Bonferroni-adjusted account p)."""
 
+    mode: str
+    tuples: int
     provider: dict
     accounts: dict[str, dict] = field(default_factory=dict)
     attributed: str = ""
     attributed_p: float = 1.0  # Bonferroni-adjusted over the accounts tested
-    expected_account_p: float | None = None  # the harvesting account's own (adjusted) p when it is one
+    harvester_p: float | None = None  # the best adjusted p among the accounts that harvested
 
     def as_dict(self) -> dict:
         data = asdict(self)
-        data["accounts"] = {
-            a: t for a, t in sorted(self.accounts.items(), key=lambda kv: kv[1]["p_value"])[:5]
-        }
+        best = sorted(self.accounts.items(), key=lambda kv: kv[1]["p_value"])[:5]
+        data["accounts"] = dict(best)
         return data
 
 
 def channel_verdict(
-    texts: Sequence[str],
+    tuples: Any,
     *,
+    mode: str,
     spec: ChannelSpec,
-    tokenizer: Any,
-    provider_key,
+    provider_key: Any,
     account_keys: dict[str, Any],
     harvesters: Sequence[str] = (),
 ) -> ChannelVerdict:
-    """Score ``texts`` under the provider key and every account key; attribute to the smallest
-    Bonferroni-adjusted account p. ``harvesters`` (when one account harvested) gives its own p."""
-    provider: ChannelTest = score_texts(texts, key=provider_key, spec=spec, tokenizer=tokenizer)
-    tests = {
-        a: score_texts(texts, key=k, spec=spec, tokenizer=tokenizer).as_dict()
-        for a, k in account_keys.items()
-    }
+    """Exact binomial tests of the distinct ``tuples`` under the provider key and every account key."""
+    provider: ChannelTest = score_tuples(tuples, key=provider_key, spec=spec)
+    tests = {a: score_tuples(tuples, key=k, spec=spec).as_dict() for a, k in account_keys.items()}
     m = max(1, len(tests))
-    verdict = ChannelVerdict(provider=provider.as_dict(), accounts=tests)
+    verdict = ChannelVerdict(mode=mode, tuples=len(tuples), provider=provider.as_dict(), accounts=tests)
     if tests:
         best = min(tests, key=lambda a: tests[a]["p_value"])
         verdict.attributed = best
         verdict.attributed_p = min(1.0, tests[best]["p_value"] * m)
         own = [min(1.0, tests[a]["p_value"] * m) for a in harvesters if a in tests]
         if own:
-            verdict.expected_account_p = min(own)
+            verdict.harvester_p = min(own)
     return verdict
 
 

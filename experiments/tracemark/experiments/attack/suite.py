@@ -15,7 +15,7 @@ from tracemark.experiments.attack.detect import (
     build_student_base,
     channel_verdict,
     investigate_pairs,
-    sample_texts,
+    student_evidence,
     train_student,
 )
 from tracemark.experiments.attack.harvest import HarvestError, HarvestRecord, write_harvest
@@ -140,19 +140,25 @@ def evaluate(
         path = train_student(
             base, [(r.prompt, r.trace) for r in after], workdir / "students" / name, student, seed=seed
         )
-        log(f"{name}: sample {len(sample_prompts)} texts")
-        texts = sample_texts(path, sample_prompts, student, seed=seed)
+        log(f"{name}: sample {len(sample_prompts)} completions, channel evidence")
+        texts, evidence = student_evidence(
+            path, sample_prompts, student, spec=detector.spec, tokenizer=detector.tokenizer, beacon=name
+        )
         (workdir / "samples").mkdir(parents=True, exist_ok=True)
         (workdir / "samples" / f"{name}.json").write_text(json.dumps(texts, ensure_ascii=False))
-        verdict = channel_verdict(
-            texts,
-            spec=detector.spec,
-            tokenizer=detector.tokenizer,
-            provider_key=detector.provider_key,
-            account_keys=detector.account_keys,
-            harvesters=harvesters,
-        )
-        row.channel = verdict.as_dict()
+        modes = {
+            mode: channel_verdict(
+                ev.tuples,
+                mode=mode,
+                spec=detector.spec,
+                provider_key=detector.provider_key,
+                account_keys=detector.account_keys,
+                harvesters=harvesters,
+            ).as_dict()
+            for mode, ev in evidence.items()
+        }
+        # the verdict reads the strongest evidence the student allows (white-box when it has our vocabulary)
+        row.channel = {**modes.get("white-box", modes["black-box"]), "modes": modes}
         if detector.address:
             log(f"{name}: investigate (pair channel)")
             row.pair = investigate_pairs(detector.address, detector.token, path, alpha=detector.alpha)
@@ -199,7 +205,12 @@ def table_rows(result: SuiteResult) -> list[list[str]]:
     out = []
     for r in result.rows:
         pair_p = r.pair["p_value"] if r.pair else None
-        prov = r.channel["provider"]["p_value"] if r.channel else None
+        prov = None
+        if r.channel:
+            modes = r.channel.get("modes", {})
+            prov = " / ".join(
+                f"{_fmt_p(m['provider']['p_value'])} ({k[0]}b)" for k, m in modes.items()
+            ) or _fmt_p(r.channel["provider"]["p_value"])
         acct = (
             f"{r.channel['attributed']} ({_fmt_p(r.channel['attributed_p'])})"
             if r.channel and r.channel.get("attributed")
@@ -212,7 +223,7 @@ def table_rows(result: SuiteResult) -> list[list[str]]:
                 _fmt_share(r.removed),
                 _fmt_share(r.clean_altered),
                 _fmt_p(pair_p),
-                _fmt_p(prov),
+                prov or "-",
                 acct,
                 verdict,
             ]
@@ -225,7 +236,7 @@ COLUMNS = (
     "pair signal removed",
     "clean altered",
     "pair p",
-    "channel p (provider)",
+    "channel p provider (wb / bb)",
     "channel account (adj. p)",
     "verdict",
 )
