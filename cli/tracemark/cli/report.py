@@ -362,19 +362,30 @@ def reveal_command(
     ] = None,
     ledger: Ledger = None,
     key_file: KeyFile = None,
+    include_provider_key: Annotated[
+        bool,
+        typer.Option(
+            "--include-provider-key",
+            help="Also disclose the provider channel key (it marks EVERY account's traces: rotate the master "
+            "key with `tracemark keys rotate` before serving more traces).",
+        ),
+    ] = False,
 ) -> None:
     """Write the disclosure bundle of ONE account of a report, for a third party to re-derive its result.
 
     The bundle holds the signed report, the account's keys for the key versions its registered pairs use,
     and an inclusion proof (with a signed checkpoint) of the account's key commitments, the investigation's
-    pre-registration and the report's log entry. It discloses that account's signature pairs and nothing
-    else: never the master secret, never another account's key. The recipient runs
+    pre-registration and the report's log entry. It discloses that account's signature pairs and channel
+    key and nothing else: never the master secret, never another account's key, and the provider channel
+    key only with --include-provider-key (which forces a key rotation). The recipient runs
     `tracemark rescore BUNDLE --suspect MODEL --public-key KEY.pem`. Needs the master secret and the ledger.
     """
     engine = _open_ledger(ledger)
     try:
         master = MasterSecret.load(path=key_file, create=False)
-        bundle = build_disclosure(engine, master, report_id=report_id, account=account)
+        bundle = build_disclosure(
+            engine, master, report_id=report_id, account=account, include_provider=include_provider_key
+        )
     except (DisclosureError, LogError, MasterKeyError) as exc:
         fail(str(exc))
     except (DisclosureInconsistent, LogCorrupted) as exc:
@@ -386,6 +397,12 @@ def reveal_command(
         f"report {bundle['report_id']}",
         err=True,
     )
+    if bundle.get("provider_keys"):
+        typer.echo(
+            "warning: this bundle also discloses the PROVIDER channel key (it marks every account's traces): "
+            "rotate the master key now (`tracemark keys rotate`) so no further trace is decoded under it",
+            err=True,
+        )
     text = json.dumps(bundle, indent=2, sort_keys=True)
     if out is None:
         typer.echo(text)

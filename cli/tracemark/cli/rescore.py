@@ -47,6 +47,17 @@ def _print(result: RescoreResult) -> None:
         console.print(
             f"combined p-value: report {result.p_value_report!r}, re-computed {result.p_value_rescored!r}"
         )
+    if result.channel:
+        table = Table("channel key", "report green / n", "re-scored green / n", "report p", "re-scored p")
+        for c in result.channel:
+            table.add_row(
+                str(c["key"]),
+                f"{c['green_report']} / {c['n_report']}",
+                f"{c['green_rescored']} / {c['n_rescored']}",
+                f"{c['p_value_report']!r}",
+                f"{c['p_value_rescored']!r}",
+            )
+        console.print(table)
     if result.anytime_p_value_rescored is not None:
         console.print(
             f"anytime p-value:  report {result.anytime_p_value_report!r}, "
@@ -99,6 +110,13 @@ def rescore_command(
             show_default=False,
         ),
     ] = None,
+    channel_tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            help="Tokenizer folder of the channel (a black-box channel test re-tokenizes with it).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Re-derive an evidence report's result for one account, without the operator's master secret or
     ledger: for the accused's expert.
@@ -116,13 +134,23 @@ def rescore_command(
     public ids; and that your model's weights, tokenizer and chat-template hashes are the registered
     ones. Then it re-scores every pair the report scored for the account, exactly as the investigation
     did, and recomputes the account's combined rank p-value and its adjusted p-value (the other
-    accounts' p-values come from the signed report).
+    accounts' p-values come from the signed report). With the distributional channel it re-collects the
+    model's tuples from the registered public prompts and seeds and re-tests the account's channel key
+    (n, green, p) and the combined p-value.
 
     Exit code 0: reproduced exactly (every rank and p-value equal to the report's); 1: not reproduced
     (the problems are listed); 2: bad input (unreadable bundle, key or model).
     """
     keys = read_public_keys(public_key)
     data = _read_bundle(bundle)
+    tokenizer = None
+    if channel_tokenizer is not None:
+        from transformers import AutoTokenizer  # deferred: transformers only when a tokenizer is given
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(channel_tokenizer), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            fail(f"cannot load the channel tokenizer from {channel_tokenizer}: {first_line(exc)}")
     try:
         adapter = parse_suspect(suspect)
     except SuspectSpecError as exc:
@@ -134,7 +162,7 @@ def rescore_command(
             def progress(done: int, total: int) -> None:
                 status.update(f"re-scored {done}/{total} pairs")
 
-            result = rescore(data, adapter, public_key=keys, progress=progress)
+            result = rescore(data, adapter, public_key=keys, progress=progress, channel_tokenizer=tokenizer)
     except InvalidInput as exc:
         fail(first_line(exc))
     except SuspectError as exc:

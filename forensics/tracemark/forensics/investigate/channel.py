@@ -95,6 +95,34 @@ class ChannelPlan:
         }
 
 
+def plan_from_registration(
+    section: Any, *, account: str | None = None, provider: bool = False
+) -> ChannelPlan:
+    """The plan a registration's ``channel`` section records, restricted to ``account``'s keys (and the
+    provider's when ``provider``): what a third party re-runs. Malformed: :class:`ValueError`."""
+    if not isinstance(section, dict):
+        raise ValueError("the registration has no channel section")
+    specs = {int(v): ChannelSpec.from_dict(dict(d)) for v, d in section["specs"].items()}
+    accounts: dict[str, dict[int, int]] = {}
+    for row in section.get("account_keys", []):
+        if account is None or row["account"] == account:
+            accounts.setdefault(row["account"], {})[int(row["key_version"])] = int(row["key_entry"])
+    keys = {int(r["key_version"]): int(r["key_entry"]) for r in section.get("provider_keys", [])}
+    first = next(iter(specs.values()))
+    return ChannelPlan(
+        specs=specs,
+        provider=keys if provider else {},
+        accounts=accounts,
+        prompts=tuple(section["prompts"]),
+        samples=int(section["samples_per_prompt"]),
+        max_new_tokens=int(section["max_new_tokens"]),
+        temperature=float(section["temperature"]),
+        decoys=int(section["decoy_keys"]),
+        tokenizer=str(section["tokenizer"]),
+        width=first.context_width,
+    )
+
+
 def plan_channel(family: Any, members: dict[str, Any], params: InvestigationParams) -> ChannelPlan | None:
     """The channel plan of an investigation, or ``None`` when no logged scheme carries a channel (or
     ``params.channel`` is off). All specs must share one tokenizer and context width (one tuple set)."""
@@ -265,10 +293,11 @@ def run_channel(
     beacon: str,
     outer_budget: int | None = None,
 ) -> ChannelRun:
-    """Collect the suspect's evidence as registered and score every planned key; a suspect that fails
-    or runs out of budget leaves ``error`` set (its channel p-values then count as 1). The sampled
-    completions (prompts x samples, on top of the pair test's budget) are capped by the adapter's own
-    ``outer_budget``."""
+    """Collect the suspect's evidence as registered and score every planned key (``master``: anything
+    with ``channel_key(account or None, version=v)``: the master secret, or a disclosure's keys); a
+    suspect that fails or runs out of budget leaves ``error`` set (its channel p-values then count as 1).
+    The sampled completions (prompts x samples, on top of the pair test's budget) are capped by the
+    adapter's own ``outer_budget``."""
     from tracemark.forensics.adapters import SuspectError  # deferred: adapters import is heavy
 
     out = ChannelRun(mode=mode)

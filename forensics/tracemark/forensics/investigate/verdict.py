@@ -154,19 +154,34 @@ def decide(runs: list[SuspectRun], *, alpha: float, correction: str, sequential:
         r.adjusted_p_value = adj
 
 
+def fold_channel(
+    pair_log10: float | None, pair_anytime: float | None, channel_log10: float
+) -> tuple[float, str, float | None]:
+    """(log10 p, evidence, anytime p) of an account once its channel p joins its pair evidence (Fisher;
+    see investigate.channel). ``pair_log10`` is ``None`` when no pair of the account was registered. The
+    re-score uses the same rule."""
+    log10, evidence = combine_evidence(pair_log10, channel_log10)
+    anytime = None
+    if pair_anytime is not None:
+        anytime_log10 = math.log10(pair_anytime) if pair_anytime > 0 else -300.0
+        anytime = (
+            10.0 ** combine_evidence(anytime_log10 if pair_log10 is not None else None, channel_log10)[0]
+        )
+    return log10, evidence, anytime
+
+
 def add_channel(res: AccountResult, channel: Any, *, has_pairs: bool) -> None:
-    """Fold the account's channel p-value into ``res`` (Fisher with the pair p; see investigate.channel)."""
+    """Fold the account's channel p-value into ``res`` (:func:`fold_channel`)."""
     section = channel.account_section(res.account)
     if section is None:
         return
     res.channel = section
     res.pair_p_value, res.pair_log10_p = (res.p_value, res.log10_p) if has_pairs else (None, None)
-    log10, res.evidence = combine_evidence(res.pair_log10_p, section["log10_p"])
+    res.pair_anytime_p = res.anytime_p
+    log10, res.evidence, anytime = fold_channel(res.pair_log10_p, res.anytime_p, section["log10_p"])
     res.log10_p, res.p_value = log10, 10.0**log10
-    if res.anytime_p is not None:
-        res.pair_anytime_p = res.anytime_p
-        anytime_log10 = math.log10(res.anytime_p) if res.anytime_p > 0 else -300.0
-        res.anytime_p = 10.0 ** combine_evidence(anytime_log10 if has_pairs else None, section["log10_p"])[0]
+    if anytime is not None:
+        res.anytime_p = anytime
 
 
 @dataclass(frozen=True)

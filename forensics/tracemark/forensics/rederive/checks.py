@@ -16,7 +16,9 @@ from tracemark.forensics.rederive.disclosure import (
     DISCLOSURE_FORMAT,
     INVESTIGATION_KIND,
     DisclosureError,
+    registered_channel_keys,
     registered_pairs,
+    registered_provider_keys,
 )
 from tracemark.forensics.reports import EnvelopeError, decode_report, report_hash, verify_envelope
 from tracemark.forensics.reports.dsse import envelope_body
@@ -24,12 +26,15 @@ from tracemark.forensics.scheme import SchemeError, SignatureScheme
 from tracemark.forensics.signatures import SignaturePair
 from tracemark.forensics.tlog import (
     ACCOUNT_KEY_KIND,
+    PROVIDER_KEY_KIND,
     LogEntryView,
     LogError,
     key_subject,
+    open_channel_commitment,
     open_key_commitment,
     verify_inclusion,
 )
+from tracemark.foundation.channel import ChannelKey
 
 IDENTITY_FIELDS = ("weights_sha256", "tokenizer_sha256", "chat_template_sha256")
 ACCOUNT_KEY_HEX = 64
@@ -44,6 +49,8 @@ class Bundle:
     envelope: Any
     log: Any
     keys: dict[int, bytes] = field(repr=False)  # never show key material
+    channel_keys: dict[int, bytes] = field(default_factory=dict, repr=False)
+    provider_keys: dict[int, bytes] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -55,6 +62,8 @@ class Verified:
     registration: LogEntryView | None = None
     report_entry: LogEntryView | None = None
     pairs: list[tuple[SignaturePair, SignatureScheme]] = field(default_factory=list)
+    channel_keys: dict[int, ChannelKey] = field(default_factory=dict, repr=False)  # opened account keys
+    provider_keys: dict[int, ChannelKey] = field(default_factory=dict, repr=False)  # opened, if disclosed
     passed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -89,7 +98,30 @@ def parse_bundle(bundle: Any) -> Bundle:
         if version in keys:
             raise DisclosureError(f"keys[{number}]: key version {version} is disclosed twice")
         keys[version] = key
-    return Bundle(account, report_id, bundle["report"], bundle["log"], keys)
+    channel = _hex_keys(bundle.get("channel_keys") or [], "channel_keys", "channel_key")
+    provider = _hex_keys(bundle.get("provider_keys") or [], "provider_keys", "provider_key")
+    return Bundle(account, report_id, bundle["report"], bundle["log"], keys, channel, provider)
+
+
+def _hex_keys(items: Any, name: str, field_name: str) -> dict[int, bytes]:
+    """``{version: 32 bytes}`` of a bundle's optional channel key list."""
+    if not isinstance(items, list):
+        raise DisclosureError(f"the bundle's {name} must be a list")
+    out: dict[int, bytes] = {}
+    for number, item in enumerate(items, start=1):
+        version = item.get("key_version") if isinstance(item, Mapping) else None
+        text = item.get(field_name) if isinstance(item, Mapping) else None
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1 or version in out:
+            raise DisclosureError(f"{name}[{number}]: key_version must be a new positive integer")
+        try:
+            if not isinstance(text, str) or len(text) != ACCOUNT_KEY_HEX:
+                raise ValueError
+            out[version] = bytes.fromhex(text)
+        except ValueError:
+            raise DisclosureError(
+                f"{name}[{number}]: {field_name} must be {ACCOUNT_KEY_HEX} hex digits"
+            ) from None
+    return out
 
 
 def check_log(bundle: Bundle, public_key: Any, out: Verified) -> None:
@@ -193,12 +225,14 @@ def check_keys(bundle: Bundle, out: Verified) -> None:
         return
     account = bundle.account
     wanted = registered_pairs(reg.body, account)
-    if not wanted:
-        out.problems.append(f"keys: the registration lists no pair of account {account!r}")
+    channel = registered_channel_keys(reg.body, account)
+    if not wanted and not channel:
+        out.problems.append(f"keys: the registration lists no pair or channel key of account {account!r}")
         return
     before = len(out.problems)
     schemes: dict[int, SignatureScheme] = {}
-    for version, seq in sorted({(p.get("key_version"), p.get("key_entry")) for p in wanted}, key=str):
+    entries = {(p.get("key_version"), p.get("key_entry")) for p in wanted} | set(channel.items())
+    for version, seq in sorted(entries, key=str):
         entry = _entry(out, seq, f"the commitment to key version {version}")
         if entry is None:
             continue
@@ -224,7 +258,7 @@ def check_keys(bundle: Bundle, out: Verified) -> None:
             )
             continue
         schemes[version] = scheme
-    extra = sorted(set(bundle.keys) - {p.get("key_version") for p in wanted})
+    extra = sorted(set(bundle.keys) - {p.get("key_version") for p in wanted} - set(channel))
     if extra:
         out.problems.append(
             f"keys: the bundle discloses key version(s) {extra} the registration does not use"
@@ -253,6 +287,56 @@ def check_keys(bundle: Bundle, out: Verified) -> None:
         out.passed.append(
             f"keys: {len(schemes)} key commitment(s) opened; {len(out.pairs)} derived pair id(s) equal the "
             "registration's"
+        )
+        check_channel_keys(bundle, out, channel)
+
+
+def check_channel_keys(bundle: Bundle, out: Verified, channel: dict[int, int]) -> None:
+    """(d') each registered channel key of the account (and the provider's, when disclosed) opens its
+    commitment in the log under the channel spec the registration tests."""
+    reg = out.registration
+    section = reg.body.get("channel") if reg is not None else None
+    specs = section.get("specs") if isinstance(section, Mapping) else None
+    before = len(out.problems)
+    for version, seq in sorted(channel.items()):
+        entry = out.entries.get(seq)
+        secret = bundle.channel_keys.get(version)
+        if entry is None or secret is None:
+            out.problems.append(
+                f"channel: no disclosed channel key or log entry #{seq} for version {version}"
+            )
+            continue
+        scheme = entry.body.get("scheme") if isinstance(entry.body.get("scheme"), Mapping) else {}
+        if not isinstance(specs, Mapping) or scheme.get("channel") != specs.get(str(version)):
+            out.problems.append(
+                f"channel: entry #{seq} was logged under another spec than the registered one"
+            )
+        elif not open_channel_commitment(entry.body, secret, scope="account"):
+            out.problems.append(
+                f"channel: the disclosed channel key of version {version} does not open entry #{seq}"
+            )
+        else:
+            out.channel_keys[version] = ChannelKey(
+                secret=secret, scope="account", name=bundle.account, version=version
+            )
+    provider = registered_provider_keys(reg.body) if reg is not None else {}
+    for version, secret in sorted(bundle.provider_keys.items()):
+        entry = out.entries.get(provider.get(version, -1))
+        if entry is None or entry.kind != PROVIDER_KEY_KIND:
+            out.problems.append(
+                f"channel: the provider key of version {version} has no registered entry in the proof"
+            )
+        elif not open_channel_commitment(entry.body, secret, scope="provider"):
+            out.problems.append(f"channel: the disclosed provider key does not open entry #{entry.seq}")
+        else:
+            out.provider_keys[version] = ChannelKey(secret=secret, scope="provider", version=version)
+    extra = sorted(set(bundle.channel_keys) - set(channel))
+    if extra:
+        out.problems.append(f"channel: the bundle discloses channel key version(s) {extra} not registered")
+    if len(out.problems) == before and (channel or bundle.provider_keys):
+        out.passed.append(
+            f"channel: {len(out.channel_keys)} account channel key(s) and {len(out.provider_keys)} provider "
+            "key(s) open their commitments under the registered spec"
         )
 
 

@@ -10,9 +10,15 @@
              with a signed checkpoint>,
      "public_key_pem": <the report signer's public key: informational, never a trust anchor>}
 
-It discloses A's account keys (so A's signature pairs) and nothing else: never the master secret, never
-another account's key. The expert checks it with the operator's public key obtained independently
-(:func:`~tracemark.forensics.rederive.rescore.rescore`).
+With the distributional channel the bundle also holds ``"channel_keys": [{"key_version": v, "channel_key":
+"<64 hex>"}]`` (A's channel keys, opening the ``channel_commitment`` of A's key entries). The **provider
+channel key** is disclosed only with ``include_provider=True`` (``--include-provider-key``): it marks every
+trace of every account, so once disclosed anyone can detect, and steer around, the channel in all of them.
+Disclosing it forces a master-key rotation (``tracemark keys rotate``) before further traces are served.
+
+It discloses A's account keys (so A's signature pairs and channel) and nothing else unless asked: never
+the master secret, never another account's key. The expert checks it with the operator's public key
+obtained independently (:func:`~tracemark.forensics.rederive.rescore.rescore`).
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ from tracemark.forensics.ledger.db import ReportNotFound
 from tracemark.forensics.reports import load_report
 from tracemark.forensics.tlog import (
     ACCOUNT_KEY_KIND,
+    PROVIDER_KEY_KIND,
     LogEntryNotFound,
     get_entry,
     inclusion_proof,
     key_subject,
+    open_channel_commitment,
     open_key_commitment,
 )
 from tracemark.foundation.errors import Failed, InvalidInput
@@ -52,6 +60,28 @@ def registered_pairs(registration_body: Mapping[str, Any], account: str) -> list
     if not isinstance(pairs, list):
         return []
     return [p for p in pairs if isinstance(p, Mapping) and p.get("account") == account]
+
+
+def registered_channel_keys(registration_body: Mapping[str, Any], account: str) -> dict[int, int]:
+    """``{key version: key entry seq}`` of ``account``'s channel keys a registration lists for testing."""
+    section = registration_body.get("channel")
+    rows = section.get("account_keys") if isinstance(section, Mapping) else None
+    out: dict[int, int] = {}
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, Mapping) and row.get("account") == account:
+            out[int(row["key_version"])] = int(row["key_entry"])
+    return out
+
+
+def registered_provider_keys(registration_body: Mapping[str, Any]) -> dict[int, int]:
+    """``{key version: provider-key entry seq}`` a registration lists for testing."""
+    section = registration_body.get("channel")
+    rows = section.get("provider_keys") if isinstance(section, Mapping) else None
+    return {
+        int(r["key_version"]): int(r["key_entry"])
+        for r in (rows if isinstance(rows, list) else [])
+        if isinstance(r, Mapping)
+    }
 
 
 def _report_entries(engine: Engine, report_id: str) -> tuple[Any, dict, Any, Any]:
@@ -79,8 +109,11 @@ def _report_entries(engine: Engine, report_id: str) -> tuple[Any, dict, Any, Any
     return stored, report, reg_entry, report_entry
 
 
-def build_disclosure(engine: Engine, master: Any, *, report_id: str, account: str) -> dict:
-    """The disclosure bundle of ``account`` for report ``report_id`` (module doc).
+def build_disclosure(
+    engine: Engine, master: Any, *, report_id: str, account: str, include_provider: bool = False
+) -> dict:
+    """The disclosure bundle of ``account`` for report ``report_id`` (module doc); ``include_provider``
+    also discloses the provider channel key (forces a key rotation: see the module doc).
 
     ``report_id`` may be a unique prefix or ``latest``. An unknown report, a report that is not an
     investigation, or an account the report's registration does not list: :class:`DisclosureError`. A fresh
@@ -90,13 +123,14 @@ def build_disclosure(engine: Engine, master: Any, *, report_id: str, account: st
         raise DisclosureError("account must be a non-empty name")
     stored, report, reg_entry, report_entry = _report_entries(engine, report_id)
     pairs = registered_pairs(reg_entry.body, account)
-    if not pairs:
+    channel_versions = registered_channel_keys(reg_entry.body, account)
+    if not pairs and not channel_versions:
         listed = reg_entry.body.get("accounts") or []
         raise DisclosureError(
             f"account {account!r} is not in the registration of report {stored.report_id} "
             f"(registered: {', '.join(map(str, listed)) or 'none'})"[:300]
         )
-    key_entries: dict[int, int] = {}
+    key_entries: dict[int, int] = dict(channel_versions)
     for p in pairs:
         key_entries.setdefault(int(p["key_version"]), int(p["key_entry"]))
     keys = []
@@ -113,7 +147,22 @@ def build_disclosure(engine: Engine, master: Any, *, report_id: str, account: st
                 "under this master secret"
             )
         keys.append({"key_version": version, "account_key": key.hex()})
-    seqs = sorted({*key_entries.values(), reg_entry.seq, report_entry.seq})
+    channel_keys = []
+    for version, seq in sorted(channel_versions.items()):
+        secret = master.channel_key(account, version=version).secret
+        if not open_channel_commitment(get_entry(engine, seq=seq).body, secret, scope="account"):
+            raise DisclosureInconsistent(f"log entry #{seq} does not commit to {account!r}'s channel key")
+        channel_keys.append({"key_version": version, "channel_key": secret.hex()})
+    provider_keys = []
+    provider_seqs = registered_provider_keys(reg_entry.body) if include_provider else {}
+    for version, seq in sorted(provider_seqs.items()):
+        entry = get_entry(engine, seq=seq)
+        secret = master.channel_key(None, version=version).secret
+        opened = open_channel_commitment(entry.body, secret, scope="provider")
+        if entry.kind != PROVIDER_KEY_KIND or not opened:
+            raise DisclosureInconsistent(f"log entry #{seq} is not the commitment to the provider key")
+        provider_keys.append({"key_version": version, "provider_key": secret.hex()})
+    seqs = sorted({*key_entries.values(), *provider_seqs.values(), reg_entry.seq, report_entry.seq})
     proof = inclusion_proof(engine, seqs=seqs, master=master)
     signer = {master.key_id(v): v for v in master.versions}.get(stored.key_id)
     return {
@@ -125,6 +174,8 @@ def build_disclosure(engine: Engine, master: Any, *, report_id: str, account: st
         "keys": keys,
         "log": proof,
         "public_key_pem": master.signing_public_key_pem(signer) if signer is not None else None,
+        "channel_keys": channel_keys,
+        "provider_keys": provider_keys,
         "note": f"discloses account {account!r}'s key material (its signature pairs) and nothing else; "
         "verify with the operator's public key obtained independently, not with public_key_pem",
     }

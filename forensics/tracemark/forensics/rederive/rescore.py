@@ -8,6 +8,11 @@ investigation did (:func:`~tracemark.forensics.investigate.make_scorer` and
 the report's per-pair sample counts in black-box mode), recomputes the account's combined rank p-value
 and its family-wise adjusted p-value from the report's other accounts, and compares everything with the
 report **exactly** (no tolerance: the test is deterministic).
+
+With the distributional channel, the account's channel keys from the bundle (and the provider key, when
+disclosed) are re-tested on evidence re-collected exactly as registered (the registration's public prompts,
+sampling settings and beacon-derived seeds; :func:`~tracemark.forensics.investigate.channel.run_channel`):
+n, green and p per key, the decoy check, and the account's combined p must equal the report's.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from typing import Any
 
 from tracemark.forensics import stats
 from tracemark.forensics.investigate import make_scorer, score_registered_pair
-from tracemark.forensics.investigate.verdict import adjust_over_family
+from tracemark.forensics.investigate.channel import plan_from_registration, run_channel
+from tracemark.forensics.investigate.verdict import adjust_over_family, fold_channel
 from tracemark.forensics.rederive.checks import (
     Verified,
     check_identity,
@@ -29,8 +35,9 @@ from tracemark.forensics.rederive.checks import (
     check_report,
     parse_bundle,
 )
-from tracemark.forensics.rederive.disclosure import DisclosureError
+from tracemark.forensics.rederive.disclosure import DisclosureError, registered_pairs
 from tracemark.forensics.sequential import EProcess
+from tracemark.foundation.channel import ChannelError
 
 ProgressFn = Callable[[int, int], None]
 
@@ -79,6 +86,7 @@ class RescoreResult:
     adjusted_p_value_rescored: float | None = None
     anytime_p_value_report: float | None = None  # sequential investigations only
     anytime_p_value_rescored: float | None = None
+    channel: list[dict] = field(default_factory=list)  # per key: n/green/p reported and re-scored
 
     def as_dict(self) -> dict:
         """Plain JSON (pair ids and figures only: no trigger, target or key)."""
@@ -115,6 +123,7 @@ class RescoreResult:
                 "report": self.anytime_p_value_report,
                 "rescored": self.anytime_p_value_rescored,
             },
+            "channel": list(self.channel),
         }
 
     def summary(self) -> str:
@@ -240,7 +249,87 @@ def _family_pvalues(
     return ps, index
 
 
-def _recompute(report: Mapping, result: RescoreResult) -> None:
+class _DisclosedKeys:
+    """The bundle's opened channel keys, in the shape :func:`run_channel` asks of a master secret."""
+
+    def __init__(self, accounts: dict, providers: dict) -> None:
+        self._accounts, self._providers = accounts, providers
+
+    def channel_key(self, account: str | None, *, version: int) -> Any:
+        return self._providers[version] if account is None else self._accounts[version]
+
+
+def _channel_rows(kind: str, reported: Any, rescored: list[dict]) -> list[dict]:
+    by_version = {r.get("key_version"): r for r in reported if isinstance(r, Mapping)} if reported else {}
+    rows = []
+    for new in rescored:
+        old = by_version.get(new["key_version"], {})
+        rows.append(
+            {
+                "key": new["key"],
+                "kind": kind,
+                "key_version": new["key_version"],
+                **{f"{f}_report": old.get(f) for f in ("n", "green", "p_value")},
+                **{f"{f}_rescored": new[f] for f in ("n", "green", "p_value")},
+            }
+        )
+    return rows
+
+
+def _rescore_channel(
+    suspect: Any, verified: Verified, report: Mapping, result: RescoreResult, tokenizer: Any
+) -> float | None:
+    """(g') re-run the channel tests of the bundle's keys; the account's channel log10 p (``None``: the
+    report has no channel test of the account)."""
+    reg = verified.registration
+    section = reg.body.get("channel")
+    reported = report.get("statistics", {}).get("channel")
+    if not isinstance(section, Mapping) or not isinstance(reported, Mapping):
+        return None
+    if not verified.channel_keys and not verified.provider_keys:
+        return None
+    try:
+        plan = plan_from_registration(dict(section), account=result.account, provider=True)
+    except (KeyError, TypeError, ValueError, ChannelError) as exc:
+        result.problems.append(f"channel: the registration's channel section is unreadable: {exc}"[:200])
+        return None
+    plan.provider = {v: seq for v, seq in plan.provider.items() if v in verified.provider_keys}
+    plan.accounts = {a: v for a, v in plan.accounts.items() if a == result.account}
+    keys = _DisclosedKeys(verified.channel_keys, verified.provider_keys)
+    try:
+        run = run_channel(
+            suspect, plan, master=keys, mode=section.get("mode"), tokenizer=tokenizer, beacon=reg.entry_hash
+        )
+    except ValueError as exc:
+        result.problems.append(f"channel: {exc}"[:200])
+        return None
+    if run.error:
+        result.problems.append(f"channel: {run.error}")
+        return None
+    mine = run.account_section(result.account) or {"tests": []}
+    theirs = (reported.get("accounts") or {}).get(result.account) or {}
+    result.channel = _channel_rows("account", theirs.get("tests"), mine["tests"])
+    if verified.provider_keys:
+        provider = run.as_dict()["provider"]["tests"]
+        result.channel += _channel_rows("provider", reported.get("provider", {}).get("tests"), provider)
+    for row in result.channel:
+        if any(row[f"{f}_report"] != row[f"{f}_rescored"] for f in ("n", "green", "p_value")):
+            result.problems.append(
+                f"channel: {row['key']}: {row['green_rescored']}/{row['n_rescored']} green re-scored, "
+                f"{row['green_report']}/{row['n_report']} in the report"
+            )
+    if bool(reported.get("usable")) != run.usable:
+        result.problems.append("channel: the decoy-key check does not reproduce the report's")
+    result.notes.append(
+        f"channel: {run.evidence.n} distinct tuples re-collected ({run.mode}); decoy check "
+        f"{'passed' if run.decoys and run.decoys.passed else 'failed'}"
+    )
+    return run.account_log10(result.account)
+
+
+def _recompute(
+    report: Mapping, result: RescoreResult, channel_log10: float | None = None, has_pairs: bool = True
+) -> None:
     """(h) + (i): the account's combined p (and anytime p), its adjusted p, compared with the report."""
     row = _account_row(report, result.account)
     decision = report.get("decision") if isinstance(report.get("decision"), Mapping) else {}
@@ -258,12 +347,20 @@ def _recompute(report: Mapping, result: RescoreResult) -> None:
     else:
         result.p_value_rescored, result.log10_p_rescored = 1.0, 0.0
     own = result.p_value_rescored
+    anytime = None
     if report.get("parameters", {}).get("sequential"):
         process = EProcess(result.account)
         for rank, n in zip(ranks, ns, strict=True):
             process.update(rank, n)
         result.anytime_p_value_report = row.get("anytime_p_value")
-        result.anytime_p_value_rescored = own = process.anytime_p
+        result.anytime_p_value_rescored = own = anytime = process.anytime_p
+    if channel_log10 is not None:  # the account's evidence: pair p and channel p (Fisher)
+        pair_log10 = result.log10_p_rescored if has_pairs else None
+        log10, _, anytime = fold_channel(pair_log10, anytime, channel_log10)
+        result.log10_p_rescored, result.p_value_rescored = log10, 10.0**log10
+        own = result.p_value_rescored
+        if anytime is not None:
+            result.anytime_p_value_rescored = own = anytime
     family_size, scored = decision.get("family_size"), decision.get("accounts_scored")
     alpha, correction = decision.get("alpha"), decision.get("correction")
     if not isinstance(family_size, int) or not isinstance(scored, int) or not 0 < scored <= family_size:
@@ -306,11 +403,19 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def rescore(
-    bundle: Any, suspect: Any, *, public_key: Any, progress: ProgressFn | None = None
+    bundle: Any,
+    suspect: Any,
+    *,
+    public_key: Any,
+    progress: ProgressFn | None = None,
+    channel_tokenizer: Any = None,
 ) -> RescoreResult:
     """Re-derive a report's result for the bundle's account (module doc) against ``suspect`` (an adapter
     from :func:`~tracemark.forensics.adapters.parse_suspect`), trusting only ``public_key`` (the operator's
     report-signing key: an ``Ed25519PublicKey``, PEM text, or a list/mapping of them).
+
+    ``channel_tokenizer`` re-tokenizes the completions of a channel test registered black-box (default:
+    the suspect's own tokenizer when it is the channel's).
 
     A malformed bundle, or a suspect that cannot be scored as registered: :class:`DisclosureError`. Every
     failed check is a problem in the result; the suspect is queried only when all checks pass.
@@ -336,6 +441,8 @@ def rescore(
         result.problems.append("re-scoring skipped: the bundle or the suspect did not pass the checks above")
         return result
     if _rescore_pairs(suspect, verified, report, result, progress):
-        _recompute(report, result)
+        channel_log10 = _rescore_channel(suspect, verified, report, result, channel_tokenizer)
+        has_pairs = bool(registered_pairs(verified.registration.body, result.account))
+        _recompute(report, result, channel_log10, has_pairs)
     result.matches = not result.problems
     return result

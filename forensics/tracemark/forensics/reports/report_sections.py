@@ -521,11 +521,16 @@ def build_sections(
     *,
     null_caption: str = "",
 ) -> list[Section]:
-    """Sections (a)-(g) of a report, in reading order (see the module docstring)."""
+    """Sections (a)-(g) of a report, in reading order (see the module docstring), with the channel's
+    after the accounts when the investigation tested it."""
+    from tracemark.forensics.reports.report_channel import channel_section  # deferred: it imports this module
+
+    channel = channel_section(report)
     return [
         decision_section(report),
         registration_section(report),
         accounts_section(report),
+        *([channel] if channel is not None else []),
         pairs_section(report),
         null_section(report, null_caption),
         rederivation_section(report),
