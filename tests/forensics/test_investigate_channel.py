@@ -263,3 +263,24 @@ def test_disclosure_and_rescore_reproduce_the_channel(world, tiny, master, engin
 
 def rows_p(out, account):
     return next(a.p_value for a in out.accounts if a.account == account)
+
+
+def test_attach_channel_logs_the_provider_key_or_refuses_a_logged_version(master, engine, spec):
+    issuer = SignatureIssuer(master=master, engine=engine, scheme=SignatureScheme(digits=4, contexts=SHORT))
+    assert provider_entries(engine) == {}
+    issuer.attach_channel(spec)
+    assert issuer.scheme.channel == spec and 1 in provider_entries(engine)
+    issuer.ensure_channel_account("erin")
+    erin = next(e for e in find_entries(engine, kind="account-key") if e.body["account"] == "erin")
+    assert open_channel_commitment(erin.body, master.channel_key("erin").secret, scope="account")
+    with pytest.raises(SchemeMismatch):  # version 1 already logged under this channel: no change
+        issuer.attach_channel(None)
+    assert issuer.scheme.channel == spec
+
+
+def test_attach_channel_refuses_when_accounts_were_logged_without_it(master, engine, spec):
+    issuer = SignatureIssuer(master=master, engine=engine, scheme=SignatureScheme(digits=4, contexts=SHORT))
+    issuer.ensure_channel_account("frank")  # committed under the pair-only scheme
+    with pytest.raises(SchemeMismatch, match="rotate"):
+        issuer.attach_channel(spec)
+    assert issuer.scheme.channel is None and provider_entries(engine) == {}

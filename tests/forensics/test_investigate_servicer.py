@@ -73,7 +73,9 @@ def test_good_request_streams_progress_and_the_result(servicer, tiny_model_dir):
 
 
 @pytest.mark.parametrize("roots", [[], ["elsewhere"]])
-def test_local_suspect_outside_model_roots_is_permission_denied(issuer, engine, master, tiny_model_dir, roots):
+def test_local_suspect_outside_model_roots_is_permission_denied(
+    issuer, engine, master, tiny_model_dir, roots
+):
     servicer = _servicer(issuer, engine, master, model_roots=roots)
     context = FakeContext()
     with pytest.raises(Aborted):
@@ -88,3 +90,20 @@ def test_a_bare_runtime_allows_no_suspect(issuer, engine, master, tiny_model_dir
     with pytest.raises(Aborted):
         list(servicer.Investigate(forensics_pb2.InvestigateRequest(suspect=f"hf:{tiny_model_dir}"), context))
     assert context.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_result_carries_the_channel_tests(issuer, engine, master, tiny_model_dir):
+    """With the channel logged, the result names the provider test and each account's channel p."""
+    from tracemark.foundation.channel import ChannelSpec, tokenizer_fingerprint
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    issuer.attach_channel(ChannelSpec(tokenizer=tokenizer_fingerprint(tok)))
+    issuer.ensure_channel_account("alice")
+    servicer = _servicer(issuer, engine, master, model_roots=[tiny_model_dir.parent])
+    request = forensics_pb2.InvestigateRequest(suspect=f"hf:{tiny_model_dir}", mode="white-box")
+    result = list(servicer.Investigate(request, FakeContext()))[-1].result
+    assert result.provider_tested and not result.distilled_from_us
+    assert 0 < result.provider_p_value <= 1 and result.provider_adjusted_p_value >= result.provider_p_value
+    (alice,) = result.accounts
+    assert alice.channel_tested and 0 < alice.channel_p_value <= 1 and alice.pairs == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from sqlalchemy.engine import Engine
@@ -13,6 +14,7 @@ from tracemark.forensics.signatures import CandidateSpace, SignaturePair
 from tracemark.forensics.tlog import ACCOUNT_KEY_KIND, LogConflict, find_entries
 from tracemark.forensics.tlog.accounts import ensure_key_commitment
 from tracemark.forensics.tlog.channel import ensure_provider_commitment
+from tracemark.foundation.channel import ChannelSpec
 from tracemark.foundation.errors import Failed
 
 
@@ -95,6 +97,24 @@ class SignatureIssuer:
                     fingerprint=self.master.fingerprint(v),
                     signing_key_id=self.master.key_id(v),
                 )
+
+    def attach_channel(self, spec: ChannelSpec | None) -> None:
+        """Issue under ``spec`` from now on (the channel the teacher decodes with; ``None``: off): the scheme
+        gains it, it is checked against the log (:class:`SchemeMismatch` when this key version was logged
+        under another scheme: a channel is switched on or changed only with a key rotation) and the provider
+        key's commitment is logged before any trace is decoded."""
+        scheme = dataclasses.replace(self.scheme, channel=spec)
+        if scheme == self.scheme:
+            return
+        previous, self.scheme = self.scheme, scheme
+        try:
+            self.check_scheme()
+            self.ensure_provider_commitment()
+        except BaseException:
+            self.scheme = previous
+            raise
+        with self._lock:
+            self._committed.clear()
 
     def ensure_provider_commitment(self) -> None:
         """Log the commitment to the provider channel key of the current version (before any trace is

@@ -24,33 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctracemark/v1/forensics.proto\x12\x0ctracemark.v1\"\x8a\x01\n\x12InvestigateRequest\x12\x0f\n\x07suspect\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63ounts\x18\x02 \x03(\t\x12\r\n\x05\x61lpha\x18\x03 \x01(\x01\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x14\n\x0cquery_budget\x18\x05 \x01(\x05\x12\x12\n\ncorrection\x18\x07 \x01(\tJ\x04\x08\x06\x10\x07R\x04seed\"R\n\x13InvestigateProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\"l\n\rAccountResult\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0f\n\x07p_value\x18\x02 \x01(\x01\x12\x18\n\x10\x61\x64justed_p_value\x18\x03 \x01(\x01\x12\x10\n\x08rejected\x18\x04 \x01(\x08\x12\r\n\x05pairs\x18\x05 \x01(\x05\"\xf1\x01\n\x11InvestigateResult\x12\x11\n\treport_id\x18\x01 \x01(\t\x12&\n\x07verdict\x18\x02 \x01(\x0e\x32\x15.tracemark.v1.Verdict\x12\x1a\n\x12\x61ttributed_account\x18\x03 \x01(\t\x12\x0f\n\x07p_value\x18\x04 \x01(\x01\x12-\n\x08\x61\x63\x63ounts\x18\x05 \x03(\x0b\x32\x1b.tracemark.v1.AccountResult\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x18\n\x10registration_seq\x18\x07 \x01(\x03\x12\x1b\n\x13prior_registrations\x18\x08 \x01(\x05\"\x88\x01\n\x13InvestigateResponse\x12\x35\n\x08progress\x18\x01 \x01(\x0b\x32!.tracemark.v1.InvestigateProgressH\x00\x12\x31\n\x06result\x18\x02 \x01(\x0b\x32\x1f.tracemark.v1.InvestigateResultH\x00\x42\x07\n\x05\x65vent\"%\n\x10GetReportRequest\x12\x11\n\treport_id\x18\x01 \x01(\t\"y\n\x11GetReportResponse\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x15\n\renvelope_json\x18\x02 \x01(\t\x12&\n\x07verdict\x18\x03 \x01(\x0e\x32\x15.tracemark.v1.Verdict\x12\x12\n\ncreated_at\x18\x04 \x01(\t\"?\n\x13VerifyReportRequest\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x15\n\renvelope_json\x18\x02 \x01(\t\"u\n\x14VerifyReportResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x17\n\x0fsignature_valid\x18\x02 \x01(\x08\x12\x13\n\x0b\x63hain_valid\x18\x03 \x01(\x08\x12\x10\n\x08problems\x18\x04 \x03(\t\x12\x0e\n\x06key_id\x18\x05 \x01(\t*l\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x14\n\x10VERDICT_DETECTED\x10\x01\x12\x18\n\x14VERDICT_NOT_DETECTED\x10\x02\x12\x18\n\x14VERDICT_INCONCLUSIVE\x10\x03\x32\x8d\x02\n\x10\x46orensicsService\x12T\n\x0bInvestigate\x12 .tracemark.v1.InvestigateRequest\x1a!.tracemark.v1.InvestigateResponse0\x01\x12L\n\tGetReport\x12\x1e.tracemark.v1.GetReportRequest\x1a\x1f.tracemark.v1.GetReportResponse\x12U\n\x0cVerifyReport\x12!.tracemark.v1.VerifyReportRequest\x1a\".tracemark.v1.VerifyReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctracemark/v1/forensics.proto\x12\x0ctracemark.v1\"\x8a\x01\n\x12InvestigateRequest\x12\x0f\n\x07suspect\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63ounts\x18\x02 \x03(\t\x12\r\n\x05\x61lpha\x18\x03 \x01(\x01\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x14\n\x0cquery_budget\x18\x05 \x01(\x05\x12\x12\n\ncorrection\x18\x07 \x01(\tJ\x04\x08\x06\x10\x07R\x04seed\"R\n\x13InvestigateProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xb3\x01\n\rAccountResult\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0f\n\x07p_value\x18\x02 \x01(\x01\x12\x18\n\x10\x61\x64justed_p_value\x18\x03 \x01(\x01\x12\x10\n\x08rejected\x18\x04 \x01(\x08\x12\r\n\x05pairs\x18\x05 \x01(\x05\x12\x16\n\x0e\x63hannel_tested\x18\x06 \x01(\x08\x12\x17\n\x0f\x63hannel_p_value\x18\x07 \x01(\x01\x12\x14\n\x0cpair_p_value\x18\x08 \x01(\x01\"\xe2\x02\n\x11InvestigateResult\x12\x11\n\treport_id\x18\x01 \x01(\t\x12&\n\x07verdict\x18\x02 \x01(\x0e\x32\x15.tracemark.v1.Verdict\x12\x1a\n\x12\x61ttributed_account\x18\x03 \x01(\t\x12\x0f\n\x07p_value\x18\x04 \x01(\x01\x12-\n\x08\x61\x63\x63ounts\x18\x05 \x03(\x0b\x32\x1b.tracemark.v1.AccountResult\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x18\n\x10registration_seq\x18\x07 \x01(\x03\x12\x1b\n\x13prior_registrations\x18\x08 \x01(\x05\x12\x17\n\x0fprovider_tested\x18\t \x01(\x08\x12\x19\n\x11\x64istilled_from_us\x18\n \x01(\x08\x12\x18\n\x10provider_p_value\x18\x0b \x01(\x01\x12!\n\x19provider_adjusted_p_value\x18\x0c \x01(\x01\"\x88\x01\n\x13InvestigateResponse\x12\x35\n\x08progress\x18\x01 \x01(\x0b\x32!.tracemark.v1.InvestigateProgressH\x00\x12\x31\n\x06result\x18\x02 \x01(\x0b\x32\x1f.tracemark.v1.InvestigateResultH\x00\x42\x07\n\x05\x65vent\"%\n\x10GetReportRequest\x12\x11\n\treport_id\x18\x01 \x01(\t\"y\n\x11GetReportResponse\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x15\n\renvelope_json\x18\x02 \x01(\t\x12&\n\x07verdict\x18\x03 \x01(\x0e\x32\x15.tracemark.v1.Verdict\x12\x12\n\ncreated_at\x18\x04 \x01(\t\"?\n\x13VerifyReportRequest\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x15\n\renvelope_json\x18\x02 \x01(\t\"u\n\x14VerifyReportResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x17\n\x0fsignature_valid\x18\x02 \x01(\x08\x12\x13\n\x0b\x63hain_valid\x18\x03 \x01(\x08\x12\x10\n\x08problems\x18\x04 \x03(\t\x12\x0e\n\x06key_id\x18\x05 \x01(\t*l\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x14\n\x10VERDICT_DETECTED\x10\x01\x12\x18\n\x14VERDICT_NOT_DETECTED\x10\x02\x12\x18\n\x14VERDICT_INCONCLUSIVE\x10\x03\x32\x8d\x02\n\x10\x46orensicsService\x12T\n\x0bInvestigate\x12 .tracemark.v1.InvestigateRequest\x1a!.tracemark.v1.InvestigateResponse0\x01\x12L\n\tGetReport\x12\x1e.tracemark.v1.GetReportRequest\x1a\x1f.tracemark.v1.GetReportResponse\x12U\n\x0cVerifyReport\x12!.tracemark.v1.VerifyReportRequest\x1a\".tracemark.v1.VerifyReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tracemark.v1.forensics_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERDICT']._serialized_start=1110
-  _globals['_VERDICT']._serialized_end=1218
+  _globals['_VERDICT']._serialized_start=1295
+  _globals['_VERDICT']._serialized_end=1403
   _globals['_INVESTIGATEREQUEST']._serialized_start=47
   _globals['_INVESTIGATEREQUEST']._serialized_end=185
   _globals['_INVESTIGATEPROGRESS']._serialized_start=187
   _globals['_INVESTIGATEPROGRESS']._serialized_end=269
-  _globals['_ACCOUNTRESULT']._serialized_start=271
-  _globals['_ACCOUNTRESULT']._serialized_end=379
-  _globals['_INVESTIGATERESULT']._serialized_start=382
-  _globals['_INVESTIGATERESULT']._serialized_end=623
-  _globals['_INVESTIGATERESPONSE']._serialized_start=626
-  _globals['_INVESTIGATERESPONSE']._serialized_end=762
-  _globals['_GETREPORTREQUEST']._serialized_start=764
-  _globals['_GETREPORTREQUEST']._serialized_end=801
-  _globals['_GETREPORTRESPONSE']._serialized_start=803
-  _globals['_GETREPORTRESPONSE']._serialized_end=924
-  _globals['_VERIFYREPORTREQUEST']._serialized_start=926
-  _globals['_VERIFYREPORTREQUEST']._serialized_end=989
-  _globals['_VERIFYREPORTRESPONSE']._serialized_start=991
-  _globals['_VERIFYREPORTRESPONSE']._serialized_end=1108
-  _globals['_FORENSICSSERVICE']._serialized_start=1221
-  _globals['_FORENSICSSERVICE']._serialized_end=1490
+  _globals['_ACCOUNTRESULT']._serialized_start=272
+  _globals['_ACCOUNTRESULT']._serialized_end=451
+  _globals['_INVESTIGATERESULT']._serialized_start=454
+  _globals['_INVESTIGATERESULT']._serialized_end=808
+  _globals['_INVESTIGATERESPONSE']._serialized_start=811
+  _globals['_INVESTIGATERESPONSE']._serialized_end=947
+  _globals['_GETREPORTREQUEST']._serialized_start=949
+  _globals['_GETREPORTREQUEST']._serialized_end=986
+  _globals['_GETREPORTRESPONSE']._serialized_start=988
+  _globals['_GETREPORTRESPONSE']._serialized_end=1109
+  _globals['_VERIFYREPORTREQUEST']._serialized_start=1111
+  _globals['_VERIFYREPORTREQUEST']._serialized_end=1174
+  _globals['_VERIFYREPORTRESPONSE']._serialized_start=1176
+  _globals['_VERIFYREPORTRESPONSE']._serialized_end=1293
+  _globals['_FORENSICSSERVICE']._serialized_start=1406
+  _globals['_FORENSICSSERVICE']._serialized_end=1675
 # @@protoc_insertion_point(module_scope)

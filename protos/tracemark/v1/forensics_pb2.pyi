@@ -47,21 +47,27 @@ class InvestigateProgress(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class AccountResult(_message.Message):
-    __slots__ = ("account", "p_value", "adjusted_p_value", "rejected", "pairs")
+    __slots__ = ("account", "p_value", "adjusted_p_value", "rejected", "pairs", "channel_tested", "channel_p_value", "pair_p_value")
     ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     P_VALUE_FIELD_NUMBER: _ClassVar[int]
     ADJUSTED_P_VALUE_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     PAIRS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_TESTED_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    PAIR_P_VALUE_FIELD_NUMBER: _ClassVar[int]
     account: str
     p_value: float
     adjusted_p_value: float
     rejected: bool
     pairs: int
-    def __init__(self, account: _Optional[str] = ..., p_value: _Optional[float] = ..., adjusted_p_value: _Optional[float] = ..., rejected: _Optional[bool] = ..., pairs: _Optional[int] = ...) -> None: ...
+    channel_tested: bool
+    channel_p_value: float
+    pair_p_value: float
+    def __init__(self, account: _Optional[str] = ..., p_value: _Optional[float] = ..., adjusted_p_value: _Optional[float] = ..., rejected: _Optional[bool] = ..., pairs: _Optional[int] = ..., channel_tested: _Optional[bool] = ..., channel_p_value: _Optional[float] = ..., pair_p_value: _Optional[float] = ...) -> None: ...
 
 class InvestigateResult(_message.Message):
-    __slots__ = ("report_id", "verdict", "attributed_account", "p_value", "accounts", "detail", "registration_seq", "prior_registrations")
+    __slots__ = ("report_id", "verdict", "attributed_account", "p_value", "accounts", "detail", "registration_seq", "prior_registrations", "provider_tested", "distilled_from_us", "provider_p_value", "provider_adjusted_p_value")
     REPORT_ID_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTED_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +76,10 @@ class InvestigateResult(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     REGISTRATION_SEQ_FIELD_NUMBER: _ClassVar[int]
     PRIOR_REGISTRATIONS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_TESTED_FIELD_NUMBER: _ClassVar[int]
+    DISTILLED_FROM_US_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_ADJUSTED_P_VALUE_FIELD_NUMBER: _ClassVar[int]
     report_id: str
     verdict: Verdict
     attributed_account: str
@@ -78,7 +88,11 @@ class InvestigateResult(_message.Message):
     detail: str
     registration_seq: int
     prior_registrations: int
-    def __init__(self, report_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., attributed_account: _Optional[str] = ..., p_value: _Optional[float] = ..., accounts: _Optional[_Iterable[_Union[AccountResult, _Mapping]]] = ..., detail: _Optional[str] = ..., registration_seq: _Optional[int] = ..., prior_registrations: _Optional[int] = ...) -> None: ...
+    provider_tested: bool
+    distilled_from_us: bool
+    provider_p_value: float
+    provider_adjusted_p_value: float
+    def __init__(self, report_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., attributed_account: _Optional[str] = ..., p_value: _Optional[float] = ..., accounts: _Optional[_Iterable[_Union[AccountResult, _Mapping]]] = ..., detail: _Optional[str] = ..., registration_seq: _Optional[int] = ..., prior_registrations: _Optional[int] = ..., provider_tested: _Optional[bool] = ..., distilled_from_us: _Optional[bool] = ..., provider_p_value: _Optional[float] = ..., provider_adjusted_p_value: _Optional[float] = ...) -> None: ...
 
 class InvestigateResponse(_message.Message):
     __slots__ = ("progress", "result")

@@ -80,6 +80,9 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
                     engine=self.rt.engine,
                     master=self.rt.master,
                     progress=progress,
+                    # the vocabulary the channel was decoded over, for suspects without it (None: those
+                    # suspects' investigations are refused with INVALID_ARGUMENT while the channel is logged)
+                    channel_tokenizer=getattr(self.rt, "channel_tokenizer", None),
                 )
             except Exception as exc:  # re-raised in the RPC thread, mapped to a status there
                 outcome["error"] = exc
@@ -96,6 +99,7 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
         if "error" in outcome:
             raise outcome["error"]
         result = outcome["result"]
+        provider = result.provider or {}
         yield forensics_pb2.InvestigateResponse(
             result=forensics_pb2.InvestigateResult(
                 report_id=result.report_id,
@@ -105,6 +109,10 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
                 detail=result.detail or "",
                 registration_seq=result.report["registration"]["log_seq"],
                 prior_registrations=len(result.report["registration"]["prior"]),
+                provider_tested=result.provider is not None,
+                distilled_from_us=bool(result.distilled_from_us),
+                provider_p_value=float(provider.get("p_value") or 0.0) if provider else 1.0,
+                provider_adjusted_p_value=float(provider.get("adjusted_p_value", 1.0)) if provider else 1.0,
                 accounts=[
                     forensics_pb2.AccountResult(
                         account=a.account,
@@ -112,6 +120,9 @@ class ForensicsServicer(forensics_pb2_grpc.ForensicsServiceServicer):
                         adjusted_p_value=a.adjusted_p_value,
                         rejected=a.rejected,
                         pairs=a.pairs,
+                        channel_tested=a.channel is not None,
+                        channel_p_value=float(a.channel["p_value"]) if a.channel is not None else 1.0,
+                        pair_p_value=a.pair_p_value if a.pair_p_value is not None else a.p_value,
                     )
                     for a in result.accounts
                 ],
