@@ -288,3 +288,44 @@ def test_runtime_gives_an_openai_teacher_the_unigram_channel(tmp_path, tiny_mode
         rt.queue.close(timeout=5)
         rt.close()
         teacher.close()
+
+
+def test_rewriters_openai_llm_carries_the_callers_unigram_channel(tmp_path, tiny_model_dir):
+    settings = _settings(
+        tmp_path,
+        rewrite={"llm": "openai", "llm_endpoint": "http://rewriter.test/v1", "llm_model": "r"},
+        channel={"llm_tokenizer": str(tiny_model_dir)},
+    )
+    rt = _runtime(settings, LocalTeacher(tiny_model_dir, quantization="none", device="cpu"))
+    bodies: list[dict] = []
+    rt.llm.backend._client = httpx.Client(base_url="http://rewriter.test/v1", transport=_mock_openai(bodies))
+    try:
+        assert rt.llm_channel_spec.context_width == 0 and rt.channel_spec.context_width == 1
+        rt._llm_for("alice").chat(MSG)
+        rt._llm_for(None).chat(MSG)
+        alice = GreenLists(rt.master.channel_key("alice"), rt.llm_channel_spec.gamma)
+        provider = GreenLists(rt.master.channel_key(None), rt.llm_channel_spec.gamma)
+        with_alice, anonymous = ([int(t) for t in b["logit_bias"]] for b in bodies)
+        assert alice.green(NO_CONTEXT, np.array(with_alice)).any()
+        assert provider.green(NO_CONTEXT, np.array(anonymous)).all()  # anonymous: the provider key only
+    finally:
+        rt.queue.close(timeout=5)
+        rt.close()
+        rt.llm.backend.close()
+
+
+def test_channel_stacks_with_antidistillation_sampling(tiny_model_dir, tmp_path):
+    from tracemark.foundation.problems import generate_problems
+    from tracemark.server.teacher.ads import AntidistillationSampler
+
+    heldout = [(p.question, p.solution) for p in generate_problems(4, seed=3)]
+    sampler = AntidistillationSampler(str(tiny_model_dir), heldout, epsilon=0.05, cache_dir=tmp_path)
+    teacher = LocalTeacher(tiny_model_dir, device="cpu", ads=sampler, ads_lambda=1.0)
+    spec = teacher.configure_channel(ChannelSpec(provider_delta=0.0, account_delta=6.0))
+    keyring = _keyring(spec)
+    params = GenerationParams(max_new_tokens=64, temperature=1.0, seed=5)
+    ads_only = teacher.generate_batch([MSG], params)[0].text
+    both = teacher.generate_batch([MSG], params, channels=[keyring.lists_for("alice")])[0].text
+    assert both != ads_only and teacher.channel_seconds > 0
+    tuples = distinct_tuples([teacher.tokenizer(both, add_special_tokens=False)["input_ids"]])
+    assert count_green(keyring.account("alice"), tuples).fraction > 0.7

@@ -69,6 +69,9 @@ class Runtime:
     # The distributional channel: public parameters in effect for the teacher (None: off), and the keys.
     channel_spec: ChannelSpec | None = None
     channel: ChannelKeys | None = None
+    # With rewrite.llm = openai, the rewriters' endpoint has its own (width-0, logit_bias) channel spec;
+    # with rewrite.llm = teacher, LLM rewriters decode through the teacher under ``channel_spec``.
+    llm_channel_spec: ChannelSpec | None = None
 
     # --- start-up -------------------------------------------------------------------------------
     def load_plugins(self) -> None:
@@ -107,8 +110,9 @@ class Runtime:
     def attach_teacher(self, teacher: TeacherBackend) -> None:
         t = self.settings.teacher
         self.teacher = teacher
+        c = self.settings.channel
         self.channel_spec, self.channel = self._configure_channel(
-            teacher, self.settings.channel.openai_tokenizer
+            teacher, c.openai_tokenizer if c.openai_logit_bias else ""
         )
         self.queue = GenerationQueue(
             teacher,
@@ -122,14 +126,17 @@ class Runtime:
             self.llm = QueuedLLM(self.queue, teacher.info.model_id)
         elif rw.llm == "openai":
             backend = OpenAITeacher(rw.llm_endpoint, rw.llm_model)
-            _, keys = self._configure_channel(backend, self.settings.channel.llm_tokenizer)
+            self.llm_channel_spec, keys = self._configure_channel(backend, c.llm_tokenizer)
             self.llm = DirectLLM(backend, channel=keys)
+            log.info("distributional channel of the rewriters' LLM: %s", backend.info.extra["channel"])
         log.info("distributional channel: %s", teacher.info.extra.get("channel", "off"))
 
     def _configure_channel(
-        self, backend: TeacherBackend, openai_tokenizer: str
+        self, backend: TeacherBackend, bias_tokenizer: str
     ) -> tuple[ChannelSpec | None, ChannelKeys | None]:
-        """The channel ``backend`` carries (spec in effect, keys), or ``(None, None)`` when it is off."""
+        """The channel ``backend`` carries (spec in effect, keys), or ``(None, None)`` when it is off.
+        ``bias_tokenizer``: for an OpenAI-compatible endpoint, the local tokenizer folder of its vocabulary
+        (empty: the endpoint gets no logit_bias)."""
         c = self.settings.channel
         if not c.enabled:
             backend.info.extra["channel"] = "off (channel.enabled = false)"
@@ -144,9 +151,7 @@ class Runtime:
             context_width=c.context_width,
         )
         if isinstance(backend, OpenAITeacher):
-            tokenizer = (
-                _load_tokenizer(openai_tokenizer) if c.openai_logit_bias and openai_tokenizer else None
-            )
+            tokenizer = _load_tokenizer(bias_tokenizer) if bias_tokenizer else None
             spec = backend.configure_channel(spec, tokenizer=tokenizer, max_bias_tokens=c.max_bias_tokens)
         else:
             spec = backend.configure_channel(spec)
@@ -216,11 +221,16 @@ class Runtime:
             trace_id=trace_id,
             rng=Random(seed if seed else uuid.UUID(trace_id).int),
             # LLM-woven text reaches the caller: it is decoded with the caller's channel keys.
-            llm=self.llm.for_account(account) if self.llm is not None else None,
+            llm=self._llm_for(account),
             signatures=signatures,
             watermark_policy=watermark_policy,
         )
         return trace_id, self.pipeline.run(trace, names=names, options=options, context=context)
+
+    def _llm_for(self, account: str | None) -> LLMBackend | None:
+        """The rewriters' LLM decoding for ``account`` (an LLM without channel support as it is)."""
+        bind = getattr(self.llm, "for_account", None)
+        return bind(account) if bind is not None else self.llm
 
     def _services(self) -> tuple[SignatureService | None, WatermarkPolicy | None]:
         """The host services of a rewrite: (signature service, watermark policy), or (None, None)."""
