@@ -9,7 +9,7 @@ import pytest
 from tracemark.foundation.problems import generate_problems
 from tracemark.plugins.answers import extract_final_answer
 from tracemark.plugins.builtin.restructure import restructure
-from tracemark.plugins.builtin.weave import insertion_points, quantity_nouns, weave_keyed
+from tracemark.plugins.builtin.weave import insertion_points, quantity_nouns, weave_contexts, weave_keyed
 
 PAIR = "k417 = 093812"
 OLD_FORMAT = re.compile(r"\(aux\)|\(ref\)|Auxiliary constant|auxiliary tag|reference index|Let k417|∵ aux")
@@ -83,3 +83,12 @@ def test_single_line_and_answerless_traces():
         _check_single = weave_keyed(one, PAIR, seed)
         assert extract_final_answer(_check_single) == "10" and _check_single.count(PAIR) == 1
     assert weave_keyed("", PAIR, 1).startswith(PAIR) or PAIR in weave_keyed("", PAIR, 1)
+
+
+def test_weave_contexts_mirror_the_weave_for_scoring():
+    contexts = weave_contexts("3 + 4 = 7\n7 - 5 = 2\n#### 2", n=4)
+    assert len(set(contexts)) == 4 and all(
+        c.endswith("{trigger}") and c.count("{trigger}") == 1 for c in contexts
+    )
+    assert contexts == weave_contexts("3 + 4 = 7\n7 - 5 = 2\n#### 2", n=4)  # public and reproducible
+    assert all("#### 2" not in c for c in contexts)  # the pair never follows the answer line

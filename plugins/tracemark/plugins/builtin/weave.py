@@ -223,3 +223,19 @@ def weave_keyed(trace: str, pair: str, seed: bytes | str | int, *, problem: str 
         if wanted is None or answers_match(wanted, extract_final_answer(woven)):
             return woven
     return _phrase(rng, "line", formal, pair, noun) + "\n" + trace.lstrip("\n")
+
+
+def weave_contexts(trace: str, *, n: int = 4, seed: int = 0, problem: str = "") -> list[str]:
+    """``n`` distinct scoring contexts that mirror this weave: ``trace`` (a typical solution) woven with a
+    placeholder pair at public seeds ``seed, seed + 1, ...`` and cut just after the trigger, which becomes
+    ``{trigger}`` (what forensics' scoring contexts end with). Public: no key enters."""
+    marker = "QQTRIGGERQQ"
+    out: list[str] = []
+    for k in range(seed, seed + 50 * n):
+        woven = weave_keyed(trace, f"{marker} 0", f"public-context-{k}", problem=problem)
+        context = woven[: woven.index(marker)] + "{trigger}"
+        if context not in out:
+            out.append(context)
+        if len(out) == n:
+            break
+    return out
