@@ -31,7 +31,9 @@ def ledger_setup(tmp_path, clean_key_env):
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     master = MasterSecret.load(path=key)
     engine = make_engine(url)
-    issuer = SignatureIssuer(master=master, engine=engine, scheme=SignatureScheme(digits=4, contexts=("{trigger}",)))
+    issuer = SignatureIssuer(
+        master=master, engine=engine, scheme=SignatureScheme(digits=4, contexts=("{trigger}",))
+    )
     for a in ("alice", "bob"):
         for p in issuer.pairs_for(a):
             issuer.record_issue(account=a, trace_id=f"t-{a}-{p.index}", pair=p, rewriter="watermark")
@@ -125,3 +127,35 @@ def test_investigate_without_master_key_is_exit_2(app, tmp_path, tiny_model_dir,
         ],
     )
     assert res.exit_code == 2 and "no master secret" in res.stderr
+
+
+def test_investigate_shows_the_channel_tests(app, tmp_path, clean_key_env, tiny_model_dir):
+    from tracemark.forensics.issuer import SignatureIssuer
+    from tracemark.forensics.keys import MasterSecret
+    from tracemark.forensics.ledger.db import make_engine
+    from tracemark.forensics.scheme import SignatureScheme
+    from tracemark.foundation.channel import ChannelSpec, tokenizer_fingerprint
+    from transformers import AutoTokenizer
+
+    key, url = tmp_path / "master.key", f"sqlite:///{tmp_path / 'ledger.db'}"
+    master, engine = MasterSecret.load(path=key), make_engine(url)
+    spec = ChannelSpec(tokenizer=tokenizer_fingerprint(AutoTokenizer.from_pretrained(tiny_model_dir)))
+    issuer = SignatureIssuer(master=master, engine=engine, scheme=SignatureScheme(digits=4, channel=spec))
+    issuer.ensure_channel_account("carol")
+    engine.dispose()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is 2 + 3?\n\nName a colour.\n")
+    out_json = tmp_path / "out.json"
+    args = ["investigate", "--suspect", f"hf:{tiny_model_dir}", "--ledger", url, "--key-file", str(key)]
+    args += ["--channel-prompts", str(prompts), "--channel-tokens", "24", "--json", str(out_json)]
+    res = _runner().invoke(app, args, env={"COLUMNS": "220"})
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())  # rich wraps table titles to the table's width
+    assert "channel test (white-box" in text and "provider@v1" in text
+    assert "account:carol@v1" in text and "provider key: not detected" in text
+    assert "decoy-key check: 400 decoys" in text and "channel p" in text
+    (data,) = json.loads(out_json.read_text())
+    assert data["distilled_from_us"] is False and data["provider"]["verdict"] == "not_detected"
+    assert master.channel_key(None).secret.hex() not in res.stdout + out_json.read_text()
+    bad = _runner().invoke(app, [*args[:7], "--channel-tokenizer", str(tmp_path / "missing")])
+    assert bad.exit_code == 2
