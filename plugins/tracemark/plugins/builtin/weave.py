@@ -42,6 +42,7 @@ _STOP_WORDS = (
     "got most much many some also just only like about after before of to in on at by is are was"
 )
 _STOP = frozenset(_STOP_WORDS.split())
+INLINE_SHARE = 0.6  # how often the pair goes inside an existing sentence when the chosen line allows it
 FALLBACK_NOUNS = ("items", "values", "steps", "amounts", "quantities", "totals", "counts", "figures")
 
 # {p}: the pair text; {n}: a quantity noun of the trace. Labels and references, never definitions.
@@ -218,7 +219,10 @@ def weave_keyed(trace: str, pair: str, seed: bytes | str | int, *, problem: str 
         points = _line_points(lines, content, rng.randrange(len(content)))
         if not points:
             continue
-        point = rng.choice(points)
+        inline = [p for p in points if p.kind == "inline"]
+        # inside a sentence that also carries live numbers most of the time: a filter that drops "lines
+        # whose numbers are used nowhere else" misses it, and one that drops the whole sentence loses it
+        point = rng.choice(inline if inline and rng.random() < INLINE_SHARE else points)
         woven = _apply(lines, point, _phrase(rng, point.kind, formal, pair, noun))
         if wanted is None or answers_match(wanted, extract_final_answer(woven)):
             return woven
