@@ -8,6 +8,7 @@ import logging
 import pytest
 from tracemark.forensics.channel.score import binomial_p
 from tracemark.forensics.keys import ENV_KEY, MasterSecret
+from tracemark.forensics.tlog import find_entries, open_channel_commitment, provider_entries
 from tracemark.foundation.channel import GreenLists, count_green, distinct_tuples
 from tracemark.server.app import TracemarkServer
 from tracemark.server.auth import TokenStore, hash_token
@@ -81,6 +82,15 @@ def test_generated_text_carries_the_callers_key(server):
     assert alice.n >= 100
     assert p_alice < 1e-6 and p_provider < 1e-6, (alice, p_provider)
     assert p_bob > 1e-3, bob
+    # The keys were committed in the transparency log before text was decoded under them.
+    engine = server.runtime.engine
+    assert server.runtime.issuer.scheme.channel == spec
+    assert open_channel_commitment(
+        provider_entries(engine)[1].body, master.channel_key(None).secret, scope="provider"
+    )
+    entry = next(e for e in find_entries(engine, kind="account-key") if e.body["account"] == "alice")
+    assert open_channel_commitment(entry.body, master.channel_key("alice").secret, scope="account")
+    assert server.runtime.channel_tokenizer is server.runtime.teacher.tokenizer
     print(f"alice {alice.green}/{alice.n} p={p_alice:.2e}; provider p={p_provider:.2e}; bob p={p_bob:.3f}")
 
 

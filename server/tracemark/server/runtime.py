@@ -7,6 +7,7 @@ import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 from random import Random
+from typing import Any
 
 import grpc
 from sqlalchemy.engine import Engine
@@ -72,6 +73,8 @@ class Runtime:
     # With rewrite.llm = openai, the rewriters' endpoint has its own (width-0, logit_bias) channel spec;
     # with rewrite.llm = teacher, LLM rewriters decode through the teacher under ``channel_spec``.
     llm_channel_spec: ChannelSpec | None = None
+    # A tokenizer with the channel's vocabulary (the teacher's), for black-box channel detection.
+    channel_tokenizer: Any = None
 
     # --- start-up -------------------------------------------------------------------------------
     def load_plugins(self) -> None:
@@ -114,6 +117,15 @@ class Runtime:
         self.channel_spec, self.channel = self._configure_channel(
             teacher, c.openai_tokenizer if c.openai_logit_bias else ""
         )
+        self.channel_tokenizer = None
+        if self.channel_spec is not None:
+            self.channel_tokenizer = getattr(teacher, "channel_tokenizer", None) or getattr(
+                teacher, "tokenizer", None
+            )
+        if self.issuer is not None:
+            # The scheme gains the channel spec and the provider key's commitment is logged before the
+            # first decoded trace (SchemeMismatch when this key version was logged under another scheme).
+            self.issuer.attach_channel(self.channel_spec)
         self.queue = GenerationQueue(
             teacher,
             max_batch=t.max_batch_size,
@@ -215,6 +227,8 @@ class Runtime:
     ):
         trace_id = trace_id or uuid.uuid4().hex
         signatures, watermark_policy = self._services()
+        if self.llm is not None:
+            self.decoding_for(account)  # LLM rewriters may decode under the caller's channel key
         context = RewriteContext(
             problem=problem,
             account=account,
@@ -226,6 +240,15 @@ class Runtime:
             watermark_policy=watermark_policy,
         )
         return trace_id, self.pipeline.run(trace, names=names, options=options, context=context)
+
+    def decoding_for(self, account: str | None) -> None:
+        """Call before decoding text for ``account`` under its channel key: the key's commitment is logged
+        first (once per account and key version)."""
+        if account and self.issuer is not None and (self.channel is not None or self._llm_channel()):
+            self.issuer.ensure_channel_account(account)
+
+    def _llm_channel(self) -> bool:
+        return getattr(self.llm, "channel", None) is not None
 
     def _llm_for(self, account: str | None) -> LLMBackend | None:
         """The rewriters' LLM decoding for ``account`` (an LLM without channel support as it is)."""

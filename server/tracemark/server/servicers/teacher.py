@@ -90,7 +90,9 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     @grpc_errors
     def Generate(self, request, context):
         problem, names, options, params, messages = self._prepare(request, context)
-        future = self.rt.queue.submit(messages, params, account=current_account())
+        account = current_account()
+        self.rt.decoding_for(account)
+        future = self.rt.queue.submit(messages, params, account=account)
         generation = self._wait(future, context)
         _remaining(context)
         return self._protect(generation, problem, names, options, params.seed)
@@ -102,7 +104,9 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         # progress counts, then the protected text once the pipeline has run.
         live = set(names) <= PASS_THROUGH
         events: queue_mod.Queue[str] = queue_mod.Queue()
-        future = self.rt.queue.submit(messages, params, on_text=events.put, account=current_account())
+        account = current_account()
+        self.rt.decoding_for(account)
+        future = self.rt.queue.submit(messages, params, on_text=events.put, account=account)
         produced = 0
         while True:
             remaining = _remaining(context)

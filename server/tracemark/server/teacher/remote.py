@@ -92,6 +92,7 @@ class OpenAITeacher(TeacherBackend):
         self._client = httpx.Client(base_url=endpoint.rstrip("/"), headers=headers, timeout=timeout_s)
         self._pool = ThreadPoolExecutor(max_workers=max_batch_size, thread_name_prefix="openai-teacher")
         self._bias_candidates: list[int] = []  # set by configure_channel when logit_bias is on
+        self.channel_tokenizer = None  # the endpoint's vocabulary, when the channel is on
         self.max_bias_tokens = OPENAI_MAX_BIAS
         self.info = TeacherInfo(
             model_id=model,
@@ -124,6 +125,7 @@ class OpenAITeacher(TeacherBackend):
         if not self._bias_candidates:
             raise TeacherError("the channel tokenizer has no ordinary-word tokens to bias")
         self.max_bias_tokens = max_bias_tokens
+        self.channel_tokenizer = tokenizer
         effective = replace(spec, context_width=0, tokenizer=tokenizer_fingerprint(tokenizer))
         self.info.extra["channel"] = (
             describe_channel(effective) + f" via logit_bias (<= {max_bias_tokens} ids)"
