@@ -90,6 +90,14 @@ def load_channel_tokenizer(folder: str, spec: ChannelSpec | None):
     return tokenizer
 
 
+def _progress(log: Log, what: str) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            log(f"{what}: {done}/{total} traces")
+
+    return report
+
+
 def with_tokenizer(spec: ChannelSpec, tokenizer) -> ChannelSpec:
     """``spec`` naming ``tokenizer`` by fingerprint (a teacher without the channel logs none)."""
     return spec if spec.tokenizer else replace(spec, tokenizer=tokenizer_fingerprint(tokenizer))
@@ -199,12 +207,20 @@ def run_campaign(cfg: CampaignConfig, workdir: Path, *, log: Log = lambda _: Non
         log(f"server on {server.address}: {server.teacher_info}")
         plan = plan_requests(items[: cfg.problems], harvesters, repeats=cfg.repeats, overlap=cfg.overlap)
         t0 = time.perf_counter()
-        records = harvest_grpc(server.address, server.tokens, plan, workers=cfg.workers)
+        records = harvest_grpc(
+            server.address, server.tokens, plan, workers=cfg.workers, progress=_progress(log, "harvest")
+        )
         harvest_s = time.perf_counter() - t0
         spread_records: list[HarvestRecord] = []
         if spread:
             spread_plan = plan_requests(items[cfg.problems :], spread)
-            spread_records = harvest_grpc(server.address, server.tokens, spread_plan, workers=cfg.workers)
+            spread_records = harvest_grpc(
+                server.address,
+                server.tokens,
+                spread_plan,
+                workers=cfg.workers,
+                progress=_progress(log, "spread"),
+            )
         issuer = server.runtime.issuer
         truth = truth_from_ledger(issuer.engine, issuer, [r.trace_id for r in [*records, *spread_records]])
         write_harvest(records, workdir / "harvest.jsonl")

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import torch
 from tracemark.experiments.distill import distill_student, save_student
 from tracemark.forensics.adapters import parse_suspect
@@ -163,19 +164,52 @@ def investigate_pairs(
     try:
         request = forensics_pb2.InvestigateRequest(suspect=f"hf:{student}", alpha=alpha, mode="white-box")
         final = None
-        for event in stubs.forensics.Investigate(request, timeout=1800):
-            if event.HasField("result"):
-                final = event.result
-            elif progress is not None:
-                progress(event.progress.stage)
+        try:
+            for event in stubs.forensics.Investigate(request, timeout=1800):
+                if event.HasField("result"):
+                    final = event.result
+                elif progress is not None:
+                    progress(event.progress.stage)
+        except grpc.RpcError as exc:  # one refused investigation must not end the campaign
+            details = (exc.details() or "").splitlines()[:1]
+            return {
+                "p_value": 1.0,
+                "verdict": "error",
+                "attributed": "",
+                "error": f"{exc.code().name}: {details}",
+            }
     finally:
         stubs.close()
     if final is None:
         return {"p_value": 1.0, "verdict": "none", "attributed": ""}
     names = {1: "detected", 2: "not_detected", 3: "inconclusive"}
+    accounts = sorted(final.accounts, key=lambda a: a.p_value)
+    pair_only = [a.pair_p_value if a.channel_tested else a.p_value for a in final.accounts]
     return {
-        "p_value": float(final.p_value) if not math.isnan(final.p_value) else 1.0,
+        "p_value": _p(final.p_value),
         "verdict": names.get(final.verdict, "unknown"),
         "attributed": final.attributed_account,
         "report_id": final.report_id,
+        # the pair channel alone: the smallest per-account pair p (unadjusted; the verdict's p combines
+        # it with the account's channel p when the investigation tested the channel)
+        "pair_only_p": _p(min(pair_only)) if pair_only else 1.0,
+        "provider_tested": bool(final.provider_tested),
+        "distilled_from_us": bool(final.distilled_from_us),
+        "provider_p": _p(final.provider_p_value) if final.provider_tested else None,
+        "provider_adjusted_p": _p(final.provider_adjusted_p_value) if final.provider_tested else None,
+        "accounts": [
+            {
+                "account": a.account,
+                "p": _p(a.p_value),
+                "adjusted_p": _p(a.adjusted_p_value),
+                "rejected": bool(a.rejected),
+                "channel_p": _p(a.channel_p_value) if a.channel_tested else None,
+                "pair_p": _p(a.pair_p_value) if a.channel_tested else _p(a.p_value),
+            }
+            for a in accounts[:3]
+        ],
     }
+
+
+def _p(value: float) -> float:
+    return 1.0 if math.isnan(value) else float(value)

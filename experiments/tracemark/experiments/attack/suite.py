@@ -108,7 +108,10 @@ def _verdict(row: AttackRow, alpha: float) -> dict:
             attributed in row.harvesters and row.channel.get("attributed_p", 1.0) <= alpha
         )
     if row.pair:
-        out["pair_detects"] = row.pair.get("verdict") == "detected"
+        out["investigation_detects"] = row.pair.get("verdict") == "detected"
+        out["pair_only_p_le_alpha"] = row.pair.get("pair_only_p", 1.0) <= alpha
+        if row.pair.get("provider_tested"):
+            out["investigation_provider"] = bool(row.pair.get("distilled_from_us"))
     return out
 
 
@@ -204,7 +207,7 @@ def table_rows(result: SuiteResult) -> list[list[str]]:
     """The summary table's rows (attack, removed, clean altered, pair p, provider p, account, verdict)."""
     out = []
     for r in result.rows:
-        pair_p = r.pair["p_value"] if r.pair else None
+        pair_p = r.pair.get("pair_only_p", r.pair["p_value"]) if r.pair else None
         prov = None
         if r.channel:
             modes = r.channel.get("modes", {})
