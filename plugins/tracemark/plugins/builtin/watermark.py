@@ -101,7 +101,7 @@ class _WriteTimes:
 
     The busy wait is measured too: a wait that started while the machine is busy ends late (the thread
     is rescheduled after its deadline), on top of the delays already in the sampled write time, so the
-    median of recent overruns is taken off each wait."""
+    mean of recent overruns is taken off each wait."""
 
     def __init__(self, size: int = 64) -> None:
         self._times: deque[float] = deque(maxlen=size)
@@ -118,7 +118,7 @@ class _WriteTimes:
             if not self._times:
                 return
             target = rng.choice(self._times)
-            overrun = statistics.median(self._overruns) if self._overruns else 0.0
+            overrun = statistics.fmean(self._overruns) if self._overruns else 0.0
         deadline = time.perf_counter() + max(0.0, target - overrun)
         while time.perf_counter() < deadline:
             pass  # busy like a write (mostly interpreter work; the GIL is handed on as during a write)
