@@ -21,10 +21,10 @@ is used when present.
 * **Same work for every trace**: the pair is chosen and woven for every trace of an account, signed or
   not (an LLM weave costs one LLM call per trace in ``llm`` mode); unselected traces discard the weave, so
   response time does not tell which traces carry a pair (only the ledger write of a delivered pair is
-  extra, and ``accepted`` pads unselected traces with the recent duration of such writes).
-* **Never silently off**: :meth:`WatermarkRewriter.fallback` is the template weave of the same pair, so
-  when this step fails (an LLM that raises, hangs past the step's time limit or is refused by the checks)
-  the pipeline still delivers a signed trace.
+  extra: ``accepted`` keeps an unselected trace busy for a recent write's duration instead).
+* **Never silently off**: an LLM that raises or whose weave fails the checks makes the step use the
+  template itself; when the step fails anyway (e.g. the LLM hangs past the step's time limit), the
+  pipeline delivers :meth:`WatermarkRewriter.fallback`, the template weave of the same pair.
 * **Recording**: the pair is recorded with ``record_issue`` only once the pipeline's answer guard has
   accepted the woven trace (``Rewriter.accepted``), so the ledger lists exactly the delivered pairs.
 * **Secrecy**: the step's public detail never says whether this trace was signed; only an anonymous
