@@ -70,3 +70,10 @@ ATTACK_ARGS ?= --teacher embedded --accounts 2 --problems 160 --repeats 40 --ove
 bench-attack: $(INSTALLED) ## Attack suite on the embedded teacher (<= 45 min on 2 cores): benchmarks/results/attack.json
 	$(VENV)/bin/tracemark attack campaign $(ATTACK_ARGS) --workdir results/bench-attack \
 		--json benchmarks/results/attack.json
+
+.PHONY: bench-channel-costs
+GSM8K ?= ../shared/data/gsm8k/train.jsonl
+CHANNEL_COSTS_ARGS ?= --n-generated 200 --n-gsm8k 200 --deltas 1.5 --max-new-tokens 200 --threads 2
+bench-channel-costs: $(INSTALLED) ## Channel costs: teacher accuracy with/without, detectability AUC (hours on 2 cores)
+	$(PY) -m tracemark.experiments.channel_costs $(CHANNEL_COSTS_ARGS) --gsm8k $(GSM8K) \
+		--out benchmarks/results/channel_costs
