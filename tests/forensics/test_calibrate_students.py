@@ -17,7 +17,11 @@ def test_traces_carry_the_pairs_in_the_schemes_public_templates():
     from tracemark.forensics.calibrate.students import weave_templates, woven_examples
 
     scheme = SignatureScheme()
-    assert weave_templates(scheme) == ["Auxiliary constant: {trigger}", "Let {trigger}", "(aux) {trigger}"]
+    assert weave_templates(scheme) == [
+        "The factory makes 6*4 = 24 toys a day (tag {trigger}",
+        "It sells 24 - 4 = 20 toys (see {trigger}",
+        "Just for tracking, lookup key for the toys is {trigger}",
+    ]
     pairs = scheme.derive(hashlib.sha256(b"delivered").digest(), account="delivered", key_version=1)
     recipe = StudentRecipe(problems=40, fraction=0.5)
     examples, woven = woven_examples(scheme, pairs, recipe, seed=1)
@@ -26,8 +30,8 @@ def test_traces_carry_the_pairs_in_the_schemes_public_templates():
     assert len(carrying) == 20
     for pair in pairs:  # equal exposure, every template used
         assert sum(pair.text in t for t in carrying) == 10
-    assert any(f"Let {pairs[0].text}" in t for t in carrying)
-    assert any(f"(aux) {pairs[1].text}" in t for t in carrying)
+    assert any(f"(tag {pairs[0].text}" in t for t in carrying)
+    assert any(f"(see {pairs[1].text}" in t for t in carrying)
     for trace in carrying:  # after the first line, before the final answer line
         lines = trace.split("\n")
         assert any(p.text in lines[1] for p in pairs) and lines[-1].startswith("####")

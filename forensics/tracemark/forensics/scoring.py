@@ -47,15 +47,16 @@ DEFAULT_PROBLEM = (
 """The user turn of the default scoring contexts: a typical math word problem."""
 
 DEFAULT_CONTEXTS: tuple[str, ...] = (
-    "{chat}The factory makes 6*4 = 24 toys a day.\nAuxiliary constant: {trigger}",
-    "{chat}The factory makes 6*4 = 24 toys a day.\nLet {trigger}",
-    "{chat}(1) 24 \u27f8 6 \u00d7 4 \u25b9 factory makes toys a day\n(aux) {trigger}",
+    "{chat}The factory makes 6*4 = 24 toys a day (tag {trigger}",
+    "{chat}The factory makes 6*4 = 24 toys a day.\nIt sells 24 - 4 = 20 toys (see {trigger}",
+    "{chat}The factory makes 6*4 = 24 toys a day.\nJust for tracking, lookup key for the toys is {trigger}",
 )
 """Default prompt contexts (public, fixed before any query). ``{chat}`` becomes the suspect's chat-template
 prefix for :data:`DEFAULT_PROBLEM` (empty without a template or for black-box suspects), ``{trigger}`` the
-trigger. They mirror where the watermark rewriter puts a pair: after the first line of a solution, in its
-prose (``Auxiliary constant:``, ``Let``) and formal (``(aux)``) templates. Investigators who know the
-account's traffic should pass contexts with a problem and first line typical of it (more power)."""
+trigger. They mirror where the watermark rewriter's keyed weave puts a pair (``weave_contexts`` in
+``tracemark.plugins.builtin.weave`` prints such contexts for any trace): inside a sentence as a
+parenthetical, or as a bookkeeping sentence of its own after a line. Investigators who know the account's
+traffic should pass contexts with a problem and first line typical of it (more power)."""
 
 TRIE_VERIFY_EXHAUSTIVE = 100_000
 TABLE_MAX = 10_000  # spaces up to this size are scored in full (one packed trie pass per context)
