@@ -70,12 +70,21 @@ class SignatureIssuer:
         """The public scheme written to the transparency log with each account key commitment."""
         return self.scheme.as_dict()
 
-    def check_scheme(self) -> None:
+    def check_scheme(self, *, ignore_channel: bool = False) -> None:
         """Refuse a configured scheme that differs from the one already logged for the current key version
-        (:class:`SchemeMismatch`): a scheme changes only with a key rotation, never for issued accounts."""
+        (:class:`SchemeMismatch`): a scheme changes only with a key rotation, never for issued accounts.
+        ``ignore_channel``: compare all but the channel spec (a server opening its ledger before its teacher
+        has said which channel it decodes with; :meth:`attach_channel` checks the rest)."""
         version, mine = self.key_version, self.scheme_dict()
+
+        def comparable(scheme: object) -> object:
+            if ignore_channel and isinstance(scheme, dict):
+                return {k: v for k, v in scheme.items() if k != "channel"}
+            return scheme
+
         for entry in find_entries(self.engine, kind=ACCOUNT_KEY_KIND):
-            if entry.body.get("key_version") == version and entry.body.get("scheme") != mine:
+            logged = entry.body.get("scheme")
+            if entry.body.get("key_version") == version and comparable(logged) != comparable(mine):
                 raise SchemeMismatch(
                     f"the configured signature scheme differs from the one logged for key version {version} "
                     f"(account {entry.body.get('account')!r}); keep the logged scheme or rotate the master "
@@ -105,6 +114,7 @@ class SignatureIssuer:
         key's commitment is logged before any trace is decoded."""
         scheme = dataclasses.replace(self.scheme, channel=spec)
         if scheme == self.scheme:
+            self.check_scheme()
             return
         previous, self.scheme = self.scheme, scheme
         try:

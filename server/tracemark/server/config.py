@@ -127,6 +127,12 @@ class ChannelSection(_Section):
     context_width: Literal[0, 1] = Field(
         1, description="1: green lists keyed on the previous token (KGW); 0: one fixed list per key"
     )
+    tokenizer: str = Field(
+        "",
+        description="tokenizer folder naming the deployment's channel vocabulary: a teacher that cannot "
+        "decode with the channel (reference solutions) still logs this spec, so replicas with model and "
+        "model-free teachers share one scheme; a model teacher must have this vocabulary",
+    )
     openai_logit_bias: bool = Field(
         False, description="the OpenAI-compatible teacher endpoint accepts logit_bias (width-0 channel)"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import uuid
@@ -15,7 +16,7 @@ from tracemark.forensics.issuer import SignatureIssuer
 from tracemark.forensics.keys import MasterSecret
 from tracemark.forensics.ledger.db import make_engine
 from tracemark.forensics.signatures import CandidateSpace
-from tracemark.foundation.channel import ChannelSpec, Keyring
+from tracemark.foundation.channel import ChannelSpec, Keyring, tokenizer_fingerprint
 from tracemark.plugins.api import LLMBackend, RewriteContext, SignatureService, WatermarkPolicy
 from tracemark.plugins.isolation import WorkerPool
 from tracemark.plugins.loader import RewriterRegistry
@@ -75,6 +76,7 @@ class Runtime:
     llm_channel_spec: ChannelSpec | None = None
     # A tokenizer with the channel's vocabulary (the teacher's), for black-box channel detection.
     channel_tokenizer: Any = None
+    _channel_tokenizer_cache: Any = None
 
     # --- start-up -------------------------------------------------------------------------------
     def load_plugins(self) -> None:
@@ -108,19 +110,22 @@ class Runtime:
             pairs_per_account=self.settings.rewrite.pairs_per_account,
             space=CandidateSpace(digits=self.settings.rewrite.target_digits),
         )
-        self.issuer.check_scheme()
+        # The channel part is checked once the teacher says which channel it decodes with.
+        self.issuer.check_scheme(ignore_channel=True)
 
     def attach_teacher(self, teacher: TeacherBackend) -> None:
         t = self.settings.teacher
         self.teacher = teacher
         c = self.settings.channel
         self.channel_spec, self.channel = self._configure_channel(
-            teacher, c.openai_tokenizer if c.openai_logit_bias else ""
+            teacher, c.openai_tokenizer if c.openai_logit_bias else "", teacher_side=True
         )
         self.channel_tokenizer = None
         if self.channel_spec is not None:
-            self.channel_tokenizer = getattr(teacher, "channel_tokenizer", None) or getattr(
-                teacher, "tokenizer", None
+            self.channel_tokenizer = (
+                getattr(teacher, "channel_tokenizer", None)
+                or getattr(teacher, "tokenizer", None)
+                or self._channel_tokenizer_cache
             )
         if self.issuer is not None:
             # The scheme gains the channel spec and the provider key's commitment is logged before the
@@ -144,11 +149,12 @@ class Runtime:
         log.info("distributional channel: %s", teacher.info.extra.get("channel", "off"))
 
     def _configure_channel(
-        self, backend: TeacherBackend, bias_tokenizer: str
+        self, backend: TeacherBackend, bias_tokenizer: str, *, teacher_side: bool = False
     ) -> tuple[ChannelSpec | None, ChannelKeys | None]:
         """The channel ``backend`` carries (spec in effect, keys), or ``(None, None)`` when it is off.
         ``bias_tokenizer``: for an OpenAI-compatible endpoint, the local tokenizer folder of its vocabulary
-        (empty: the endpoint gets no logit_bias)."""
+        (empty: the endpoint gets no logit_bias). On the teacher side, ``channel.tokenizer`` names the
+        deployment's vocabulary: a teacher that cannot decode with the channel still logs that spec."""
         c = self.settings.channel
         if not c.enabled:
             backend.info.extra["channel"] = "off (channel.enabled = false)"
@@ -167,6 +173,24 @@ class Runtime:
             spec = backend.configure_channel(spec, tokenizer=tokenizer, max_bias_tokens=c.max_bias_tokens)
         else:
             spec = backend.configure_channel(spec)
+        if teacher_side and c.tokenizer:
+            fingerprint = tokenizer_fingerprint(self._deployment_tokenizer())
+            if spec is None:  # cannot decode with it, but logs the deployment's spec (one scheme)
+                spec = dataclasses.replace(
+                    ChannelSpec(
+                        gamma=c.gamma,
+                        provider_delta=c.provider_delta,
+                        account_delta=c.account_delta,
+                        context_width=c.context_width,
+                    ),
+                    tokenizer=fingerprint,
+                )
+                backend.info.extra["channel"] += f"; logged spec over channel.tokenizer {fingerprint}"
+                return spec, None
+            if spec.tokenizer != fingerprint:
+                raise TeacherError(
+                    f"the teacher's vocabulary ({spec.tokenizer}) is not channel.tokenizer's ({fingerprint})"
+                )
         if spec is None:
             return None, None
         master = self.master
@@ -179,6 +203,11 @@ class Runtime:
             account_cache_rows=CHANNEL_ACCOUNT_ROWS,
         )
         return spec, ChannelKeys(keyring)
+
+    def _deployment_tokenizer(self) -> Any:
+        if self._channel_tokenizer_cache is None:
+            self._channel_tokenizer_cache = _load_tokenizer(self.settings.channel.tokenizer)
+        return self._channel_tokenizer_cache
 
     def channel_description(self) -> str:
         """The channel in effect, in words (public parameters only)."""
