@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from tracemark.cli.attack import attack_app
 from tracemark.cli.bench import bench_app
+from tracemark.cli.channel_calibrate import calibrate_channel_command
 from tracemark.cli.demo import demo_command
 from tracemark.cli.investigate import calibrate_command, investigate_command
 from tracemark.cli.keys import keys_app
@@ -28,6 +29,7 @@ app.command("demo")(demo_command)
 app.command("rewrite")(rewrite_command)
 app.command("investigate")(investigate_command)
 app.command("calibrate")(calibrate_command)
+app.command("calibrate-channel")(calibrate_channel_command)
 app.command("rescore")(rescore_command)
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(accounts_app, name="accounts")
