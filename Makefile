@@ -67,7 +67,7 @@ clean: ## Remove the venv, caches and build outputs
 .PHONY: bench-attack
 ATTACK_ARGS ?= --teacher embedded --accounts 2 --problems 160 --repeats 40 --overlap 40 \
 	--spread-accounts 100 --spread-problems 100 --student-tokenizer channel --max-new-tokens 160
-bench-attack: $(INSTALLED) ## Attack suite on the embedded teacher (<= 45 min on 2 cores): benchmarks/results/attack.json
+bench-attack: $(INSTALLED) ## Attack suite, embedded teacher (sized for ~45 min on 2 idle cores, not yet measured): benchmarks/results/attack.json
 	$(VENV)/bin/tracemark attack campaign $(ATTACK_ARGS) --workdir results/bench-attack \
 		--json benchmarks/results/attack.json
 
