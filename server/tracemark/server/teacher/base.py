@@ -33,8 +33,9 @@ class GenerationParams:
         """Requests with equal keys may share one batched ``generate`` call."""
         if self.greedy:
             return ("greedy", self.max_new_tokens)
-        # A seeded sampled request runs alone so its output is reproducible.
-        return ("sample", self.temperature, self.seed if self.seed is not None else object())
+        # A seeded sampled request runs alone so its output is reproducible; unseeded ones at the same
+        # temperature share a batch (each row still samples independently).
+        return ("sample", self.temperature) if self.seed is None else ("seeded", object())
 
 
 @dataclass
