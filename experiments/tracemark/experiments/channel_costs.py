@@ -15,8 +15,9 @@ Method (``make bench-channel-costs``; figures in ``benchmarks/results/channel_co
 * **Free accuracy**: the final answer of the greedy trace (``extract_final_answer``: boxed, ``####``,
   else the last number) against the reference.
 * **Answer-forced accuracy** (issue 14's definition): the greedy trace is cut before the line holding
-  its final answer (that line and everything after it are removed), then the teacher, *without* the
-  channel, continues problem + cut trace + "The final answer is" greedily and the first number is taken.
+  its final answer (that line, or sentence in prose, and everything after it are removed), then the
+  teacher, *without* the channel, continues problem + cut trace + "The final answer is" greedily and the
+  first number is taken.
   It measures whether the reasoning the channel let through still leads the teacher to the answer.
 * Both accuracies are paired per problem (greedy clean vs greedy channel): Wilson 95% intervals, the
   difference (channel - clean) and an exact McNemar test on the discordant pairs (statsmodels).
