@@ -65,9 +65,10 @@ clean: ## Remove the venv, caches and build outputs
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: bench-attack
-ATTACK_ARGS ?= --teacher embedded --accounts 2 --problems 160 --repeats 40 --overlap 40 \
-	--spread-accounts 100 --spread-problems 100 --student-tokenizer channel --max-new-tokens 160
-bench-attack: $(INSTALLED) ## Attack suite, embedded teacher (sized for ~45 min on 2 idle cores, not yet measured): benchmarks/results/attack.json
+ATTACK_ARGS ?= --teacher embedded --accounts 2 --problems 64 --repeats 16 --overlap 16 \
+	--spread-accounts 100 --spread-problems 100 --student-tokenizer channel --max-new-tokens 128 \
+	--samples 48 --sample-tokens 128
+bench-attack: $(INSTALLED) ## Attack suite, embedded teacher, every attack + a 100-account spread: benchmarks/results/attack.json
 	$(VENV)/bin/tracemark attack campaign $(ATTACK_ARGS) --workdir results/bench-attack \
 		--json benchmarks/results/attack.json
 

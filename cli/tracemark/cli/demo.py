@@ -25,8 +25,9 @@ def demo_command(
     """Protect, distill, investigate, report — through real gRPC on localhost.
 
     Starts a server with a fresh ledger, master key and 20 accounts; the 'distiller' account harvests
-    protected traces (restructure → watermark) for generated word problems, the other accounts send their
-    own traffic; a student is distilled from the harvest and a control student from the original traces;
+    protected traces (restructure → watermark) for generated word problems, plus a few from a replica
+    serving the embedded SmolLM2 teacher, decoded with the distributional channel; the other accounts send
+    their own traffic; a student is distilled from the harvest and a control student from the original traces;
     both are investigated against every account with the exact rank test (pre-registered in the
     transparency log); signed reports are written and verified. Exit 0 when both verdicts are
     right (distiller detected and attributed, control not detected), 1 otherwise.
@@ -47,6 +48,8 @@ def demo_command(
         "attributed to",
         "expected",
         "report valid",
+        "provider p",
+        "channel p",
     ):
         table.add_column(column)
     for v in result.verdicts:
@@ -59,12 +62,23 @@ def demo_command(
             v.attributed_account or "-",
             v.expected,
             str(v.report_valid),
+            f"{v.provider_p:.3g}",
+            f"{v.channel_p:.3g}",
         )
     console.print(table)
     console.print(
         f"traces harvested: {result.traces} (watermarked: {result.watermarked_traces}, answers preserved: "
         f"{result.answers_preserved}/{result.traces}); total {result.seconds:.0f} s"
     )
+    if result.channel_in_harvest:
+        shares = ", ".join(
+            f"{k} key {c['green']}/{c['n']} green tuples (p = {c['p_value']:.2g})"
+            for k, c in result.channel_in_harvest.items()
+        )
+        console.print(
+            f"model replica traces in the harvest: {result.model_traces}; channel in them: {shares}; "
+            "provider p / channel p: the investigation's channel tests of each student"
+        )
     for v in result.verdicts:
         console.print(f"report {v.report_id} ({v.student}): {v.report_html}")
     console.print(f"ledger: {out / 'ledger.db'}  summary: {out / 'demo.json'}")

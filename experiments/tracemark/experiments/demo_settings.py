@@ -22,6 +22,10 @@ class DemoSize:
     target_digits: int
     bystanders: int
     alpha: float
+    # Traces the distiller also harvests from a replica serving the embedded SmolLM2 teacher, decoded with
+    # the distributional channel (provider key + the distiller's key), and their length in new tokens.
+    model_traces: int = 48
+    model_max_new_tokens: int = 128
 
 
 DEFAULT = DemoSize(
@@ -45,4 +49,4 @@ DEFAULT = DemoSize(
 # Quick: fewer problems (800 instead of 1,200) at 15% watermarked, so each pair is seen about as often as in
 # the default run (~60 traces): at 10% the quick student saw ~37 per pair, which is too few to memorise a
 # 6-digit target reliably (one of two runs was censored to p = 1). The rest is the same.
-QUICK = replace(DEFAULT, train_problems=800, watermark_fraction=0.15)
+QUICK = replace(DEFAULT, train_problems=800, watermark_fraction=0.15, model_traces=32)

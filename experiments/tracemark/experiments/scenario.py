@@ -13,14 +13,17 @@ import torch
 from rich.console import Console
 from tracemark.experiments.demo_settings import DemoSize
 from tracemark.experiments.distill import distill_student, save_student
+from tracemark.forensics.channel.score import score_token_rows, tokenize_texts
 from tracemark.forensics.reports import export_html
 from tracemark.foundation.console import stage_progress
+from tracemark.foundation.models.embedded import EMBEDDED_MODEL_ID, ensure_embedded_model
 from tracemark.foundation.models.tiny import build_tiny_model
 from tracemark.foundation.problems import generate_problems
 from tracemark.server.app import TracemarkServer
 from tracemark.server.auth import TokenStore, hash_token
 from tracemark.server.client import Stubs, open_channel
 from tracemark.server.config import load_settings
+from tracemark.server.teacher.local import LocalTeacher
 from tracemark.server.teacher.reference import ReferenceTeacher
 from tracemark.v1 import forensics_pb2, teacher_pb2
 
@@ -43,6 +46,11 @@ class StudentVerdict:
     # Accounts other than the distiller whose test rejected: false alarms (should be 0).
     false_alarms: int = 0
     accounts_tested: int = 0
+    # The distributional channel: the provider-key test ("trained on our outputs") and the distiller's
+    # account-key test (1.0 when not tested).
+    provider_p: float = 1.0
+    distilled_from_us: bool = False
+    channel_p: float = 1.0
 
     @property
     def correct(self) -> bool:
@@ -60,6 +68,9 @@ class DemoResult:
     answers_preserved: int
     verdicts: list[StudentVerdict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # Traces from the model replica (embedded teacher with the channel) and what they carry.
+    model_traces: int = 0
+    channel_in_harvest: dict = field(default_factory=dict)
 
     @property
     def correct(self) -> bool:
@@ -90,9 +101,14 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
         BYSTANDER_REQUESTS * size.bystanders, seed=seed + 10_000, difficulty=size.difficulty
     )
     teacher = ReferenceTeacher({p.question: p.solution for p in [*problems, *bystander_problems]})
+    model_problems = generate_problems(size.model_traces, seed=seed + 20_000, difficulty=size.difficulty)
+    embedded = ensure_embedded_model() if size.model_traces else None
     settings = load_settings(
         overrides={
             "server": {"address": "127.0.0.1:0"},
+            # One channel spec for the deployment: the reference replica logs it, the model replica
+            # decodes with it (the embedded model's vocabulary).
+            "channel": {"tokenizer": str(embedded) if embedded else ""},
             "teacher": {"max_batch_size": 16, "max_queue": 256},
             "rewrite": {
                 "default_pipeline": ["restructure", "watermark"],
@@ -119,6 +135,24 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
         f"restructure → watermark ({size.watermark_fraction:.0%} of each account's traces), "
         f"{len(accounts)} accounts"
     )
+    model_server = None
+    if embedded is not None:
+        # A replica on the same ledger and master key serving the embedded model: its traces carry the
+        # distributional channel as well as the pairs.
+        model_teacher = LocalTeacher(
+            embedded,
+            quantization="none",
+            model_id=EMBEDDED_MODEL_ID,
+            backend_name="embedded",
+            max_batch_size=16,
+        )
+        model_server = TracemarkServer(settings, teacher=model_teacher, tokens=store)
+        model_server.start()
+        model_server.wait_ready(120)
+        console.print(
+            f"[bold]model replica[/bold] on 127.0.0.1:{model_server.port}: teacher = {EMBEDDED_MODEL_ID}, "
+            f"decoding {model_server.runtime.channel_description()}"
+        )
     try:
         # 2. The distiller harvests protected traces through real gRPC.
         t0 = time.perf_counter()
@@ -137,6 +171,9 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
                 preserved += int(reply.answer_preserved)
                 progress.advance(task)
         distiller.close()
+        model_harvest = _harvest_model_traces(model_server, model_problems, tokens[DISTILLER], size, console)
+        harvested.extend((q, t) for q, t, _ in model_harvest)
+        preserved += sum(kept for _, _, kept in model_harvest)
         watermarked = sum(server.runtime.issuer.issued_counts(DISTILLER).values())
         # The other accounts are ordinary customers: their own traffic delivers their pairs, which is what
         # makes them accusable (an account with no delivered pair cannot be investigated at all).
@@ -155,6 +192,7 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
                 c.close()
         timings["harvest_s"] = time.perf_counter() - t0
         control_examples = [(p.question, p.solution) for p in problems]
+        channel_in_harvest = _channel_in_harvest(model_server, [t for _, t, _ in model_harvest])
 
         # 3. Two students with the same budget: one on protected traces, one on the originals.
         base = workdir / "students" / "base"
@@ -188,7 +226,16 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
         # 4. Investigate both students against every account, through ForensicsService.
         investigator = Stubs(open_channel(address, token=tokens[INVESTIGATOR]))
         verdict_names = {1: "detected", 2: "not_detected", 3: "inconclusive"}
-        result = DemoResult(str(workdir), 0.0, len(harvested), watermarked, preserved, timings=timings)
+        result = DemoResult(
+            str(workdir),
+            0.0,
+            len(harvested),
+            watermarked,
+            preserved,
+            timings=timings,
+            model_traces=len(model_harvest),
+            channel_in_harvest=channel_in_harvest,
+        )
         for name, trained_on, expected in [
             ("distilled", "protected traces", "detected"),
             ("control", "original traces", "not_detected"),
@@ -232,11 +279,68 @@ def run_demo(size: DemoSize, *, workdir: Path, seed: int = 0, console: Console |
                     expected=expected,
                     false_alarms=sum(a.rejected for a in final.accounts if a.account != DISTILLER),
                     accounts_tested=len(final.accounts),
+                    provider_p=final.provider_p_value if final.provider_tested else 1.0,
+                    distilled_from_us=final.distilled_from_us,
+                    channel_p=next(
+                        (
+                            a.channel_p_value
+                            for a in final.accounts
+                            if a.account == DISTILLER and a.channel_tested
+                        ),
+                        1.0,
+                    ),
                 )
             )
         investigator.close()
     finally:
+        if model_server is not None:
+            model_server.stop(grace=1)
         server.stop(grace=1)
     result.seconds = time.perf_counter() - started
     (workdir / "demo.json").write_text(json.dumps(result.as_dict(), indent=2))
     return result
+
+
+def _harvest_model_traces(model_server, problems, token: str, size: DemoSize, console: Console) -> list:
+    """The distiller's Generate calls to the model replica: ``[(problem, trace, answer_preserved), ...]``."""
+    if model_server is None or not problems:
+        return []
+    stubs = Stubs(open_channel(f"127.0.0.1:{model_server.port}", token=token))
+    params = teacher_pb2.GenerationParams(temperature=0.7, max_new_tokens=size.model_max_new_tokens)
+    out = []
+    try:
+        with stage_progress(console) as progress, ThreadPoolExecutor(16) as pool:
+            task = progress.add_task("distiller: Generate (model replica)", total=len(problems))
+
+            def ask(problem):
+                request = teacher_pb2.GenerateRequest(problem=problem.question, params=params)
+                return problem, stubs.teacher.Generate(request, timeout=900)
+
+            for problem, reply in pool.map(ask, problems):
+                out.append((problem.question, reply.trace, int(reply.answer_preserved)))
+                progress.advance(task)
+    finally:
+        stubs.close()
+    return out
+
+
+def _channel_in_harvest(model_server, traces: list[str]) -> dict:
+    """What the operator (who holds the keys) measures in the model replica's traces: green share of their
+    distinct tuples under the provider key and the distiller's key, with exact binomial p-values."""
+    if model_server is None or not traces:
+        return {}
+    runtime = model_server.runtime
+    rows = tokenize_texts(traces, runtime.channel_tokenizer)
+    out = {}
+    for label, key in (
+        ("provider", runtime.master.channel_key(None)),
+        (DISTILLER, runtime.master.channel_key(DISTILLER)),
+    ):
+        test = score_token_rows(rows, key=key, spec=runtime.channel_spec)
+        out[label] = {
+            "n": test.n,
+            "green": test.green,
+            "fraction": round(test.fraction, 4),
+            "p_value": test.p_value,
+        }
+    return out
