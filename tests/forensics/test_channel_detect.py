@@ -31,20 +31,13 @@ from tracemark.foundation.channel import (
 )
 from tracemark.foundation.models.channel_processor import ChannelLogitsProcessor
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PROMPTS = [f"Problem {i}: add {i} and {i + 3}, then explain." for i in range(12)]
 
 
 def _key(name: str, scope: str = "account") -> ChannelKey:
     return ChannelKey(secret=hashlib.sha256(name.encode()).digest(), scope=scope, name=name)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and the CPUs are shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -23,17 +23,10 @@ from tracemark.foundation.channel import ChannelSpec, GreenLists, Keyring, token
 from tracemark.foundation.models.channel_processor import ChannelLogitsProcessor
 from tracemark.foundation.models.tiny import build_char_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SHORT = ("\nLet {trigger}",)
 PROMPTS = tuple(f"Question {i}: what is {i} times {i + 2}?" for i in range(10))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and the CPUs are shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import torch
 from tracemark.experiments.distill import distill_student, save_student
 from tracemark.forensics.adapters import parse_suspect
 from tracemark.forensics.channel.detect import blackbox_evidence, sample_completions, whitebox_evidence
 from tracemark.forensics.channel.score import ChannelTest, score_tuples
 from tracemark.foundation.channel import ChannelSpec, tokenizer_fingerprint
+from tracemark.foundation.models.tiny import build_tiny_model
+from transformers import AutoTokenizer
 
 
 @dataclass(frozen=True)
@@ -39,34 +40,19 @@ class StudentSize:
 def build_student_base(directory: Path, size: StudentSize, *, seed: int = 0) -> Path:
     """A fresh random small Llama (tied embeddings) with ``size.tokenizer``'s vocabulary."""
     directory = Path(directory)
-    if size.tokenizer == "char":
-        from tracemark.foundation.models.tiny import build_tiny_model  # deferred: as below
-
-        return build_tiny_model(directory, hidden_size=size.hidden, layers=size.layers, seed=seed)
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(size.tokenizer)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    tokenizer = None
+    if size.tokenizer != "char":
+        tokenizer = AutoTokenizer.from_pretrained(size.tokenizer)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    return build_tiny_model(
+        directory,
         hidden_size=size.hidden,
-        intermediate_size=size.hidden * 2,
-        num_hidden_layers=size.layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=max(1024, size.max_length + size.sample_tokens),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
+        layers=size.layers,
+        max_positions=max(1024, size.max_length + size.sample_tokens),
+        seed=seed,
+        tokenizer=tokenizer,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def train_student(

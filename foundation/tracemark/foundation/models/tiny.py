@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -51,10 +52,13 @@ def build_tiny_model(
     heads: int = 4,
     max_positions: int = 1024,
     seed: int = 0,
+    tokenizer: Any = None,
 ) -> Path:
-    """Write a tiny random Llama-style model and its tokenizer to ``directory``; return the path."""
+    """Write a tiny random Llama-style model and its tokenizer to ``directory``; return the path.
+    ``tokenizer``: the vocabulary (default: the character tokenizer), e.g. a teacher's tokenizer for a
+    student that learns token for token; it needs a pad token."""
     directory = Path(directory)
-    tokenizer = build_char_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else build_char_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
