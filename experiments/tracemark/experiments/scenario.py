@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 from tracemark.experiments.demo_settings import DemoSize
 from tracemark.experiments.distill import distill_student, save_student
-from tracemark.forensics.channel.score import score_token_rows, tokenize_texts
+from tracemark.forensics.channel.detect import blackbox_evidence, score_keys
 from tracemark.forensics.reports import export_html
 from tracemark.foundation.console import stage_progress
 from tracemark.foundation.models.embedded import EMBEDDED_MODEL_ID, ensure_embedded_model
@@ -330,17 +330,10 @@ def _channel_in_harvest(model_server, traces: list[str]) -> dict:
     if model_server is None or not traces:
         return {}
     runtime = model_server.runtime
-    rows = tokenize_texts(traces, runtime.channel_tokenizer)
-    out = {}
-    for label, key in (
-        ("provider", runtime.master.channel_key(None)),
-        (DISTILLER, runtime.master.channel_key(DISTILLER)),
-    ):
-        test = score_token_rows(rows, key=key, spec=runtime.channel_spec)
-        out[label] = {
-            "n": test.n,
-            "green": test.green,
-            "fraction": round(test.fraction, 4),
-            "p_value": test.p_value,
-        }
-    return out
+    evidence = blackbox_evidence(traces, spec=runtime.channel_spec, tokenizer=runtime.channel_tokenizer)
+    keys = [runtime.master.channel_key(None), runtime.master.channel_key(DISTILLER)]
+    tests = score_keys(evidence, keys, spec=runtime.channel_spec)
+    return {
+        label: {"n": t.n, "green": t.green, "fraction": round(t.fraction, 4), "p_value": t.p_value}
+        for label, t in zip(("provider", DISTILLER), tests)
+    }
