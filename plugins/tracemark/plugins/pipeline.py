@@ -21,6 +21,9 @@ Per step and attempt:
   ``executor`` (``concurrent.futures.Executor``) to use a pool instead.
 * the answer guard compares the normalised final answers of the step's input and output; on mismatch it
   retries (``context.attempt`` 1, 2, ...) up to ``retries`` times, then falls back to the step's input.
+  The intermediate-result guard (``equations.check_rewrite``: no false equation introduced, every result
+  of the input kept) is checked the same way on the steps ``equation_guard`` selects (``None``: the
+  ``equations.EQUATION_GUARDED`` rewriters; ``True``/``False``: all/none; or a collection of names).
 * a step that raises falls back as well (outcome ``error``). Its detail is ``"error id <12 hex>: the
   rewriter raised an error ..."``; the exception's text goes to the log under that id only, since a
   plugin's message may hold anything (a ``RewriterError`` of a built-in or in-process rewriter is
@@ -54,7 +57,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -62,14 +65,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 from tracemark.plugins.answers import answers_match, extract_final_answer, normalize_answer
 from tracemark.plugins.api import RewriteContext, Rewriter, RewriterError
+from tracemark.plugins.equations import check_rewrite, guard_applies
 from tracemark.plugins.errors import (
     InvalidRewriterOptions,
     RewriterFailed,
     RewriterTimeout,
     UnknownRewriterError,
 )
-from tracemark.plugins.isolation import StepTask, WorkerPool, WorkerTimeout, class_ref
+from tracemark.plugins.isolation import WorkerPool
 from tracemark.plugins.loader import RewriterRegistry
+from tracemark.plugins.pipeline_runners import _ProcessRunner, _Runner, _ThreadRunner, _TimedOut
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +166,7 @@ class RewritePipeline:
         on_error: OnError = "fallback",
         max_abandoned: int = 4,
         pool: WorkerPool | None = None,
+        equation_guard: bool | Collection[str] | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
@@ -180,6 +186,10 @@ class RewritePipeline:
         self._abandoned: dict[str, int] = {}
         self._abandoned_total = 0
         self._pool = pool
+        # which steps the intermediate-result guard checks (see the module doc)
+        self.equation_guard: bool | set[str] | None = (
+            equation_guard if isinstance(equation_guard, bool | None) else set(equation_guard)
+        )
         self._hung: dict[str, int] = {}  # consecutive time-outs of an isolated rewriter
 
     # -- bookkeeping for abandoned threads ---------------------------------------------------------
@@ -441,6 +451,11 @@ class RewritePipeline:
                 else:
                     mismatch_detail = f"answer changed ({got!r} instead of {wanted!r})"
                     continue
+                if guard_applies(self.equation_guard, name):
+                    check = check_rewrite(trace, output)  # intermediate-result guard
+                    if not check.ok:
+                        mismatch_detail = f"intermediate-result guard: {check.detail()}"
+                        continue
                 try:
                     runner.accepted(output, ctx, seed)
                 except Exception as exc:
@@ -504,96 +519,3 @@ class _NoProtection:
 
 class _HostError(TypeError):
     """A failure the host detected and described itself (safe to show)."""
-
-
-class _TimedOut(Exception):
-    def __init__(self, quarantined: bool, how: str) -> None:
-        super().__init__(how)
-        self.quarantined = quarantined
-        self.how = how
-
-
-class _Runner:
-    """Runs one step's attempts (and its ``accepted`` hook) somewhere the pipeline can bound in time."""
-
-    def rewrite(self, trace: str, ctx: RewriteContext, seed: int) -> Any:
-        raise NotImplementedError
-
-    def accepted(self, output: str, ctx: RewriteContext, seed: int) -> None:
-        raise NotImplementedError
-
-
-class _ThreadRunner(_Runner):
-    """In-process: built-ins and in-process registrations (ours, linear-time), in worker threads."""
-
-    def __init__(self, pipeline: RewritePipeline, name: str, rewriter: Rewriter, limit: float) -> None:
-        self.pipeline, self.name, self.rewriter, self.limit = pipeline, name, rewriter, limit
-
-    def rewrite(self, trace: str, ctx: RewriteContext, seed: int) -> Any:
-        future = self.pipeline._executor.submit(self.rewriter.rewrite, trace, ctx)
-        try:
-            return future.result(timeout=self.limit)
-        except cf.TimeoutError:
-            future.cancel()
-            protective = type(self.rewriter).fallback is not Rewriter.fallback
-            quarantined = self.pipeline._abandon(self.name, future, protective=protective)
-            raise _TimedOut(quarantined, "worker thread abandoned") from None
-
-    def accepted(self, output: str, ctx: RewriteContext, seed: int) -> None:
-        self.rewriter.accepted(output, ctx)
-
-
-class _ProcessRunner(_Runner):
-    """Third-party plugins: in a worker process of the pipeline's pool, killed at the time limit."""
-
-    def __init__(
-        self, pipeline: RewritePipeline, name: str, cls: type[Rewriter], options: dict, limit: float
-    ) -> None:
-        self.pipeline, self.name, self.cls, self.options, self.limit = pipeline, name, cls, options, limit
-        self.step = uuid.uuid4().hex
-        self._lease: Any = None
-        self._worker: Any = None
-
-    def _call(self, op: str, trace: str, ctx: RewriteContext, seed: int) -> Any:
-        if self._worker is None:
-            try:
-                self._lease = self.pipeline._pool.lease(self.limit)  # type: ignore[union-attr]
-                self._worker = self._lease.__enter__()
-            except WorkerTimeout:
-                self._lease = None
-                raise _TimedOut(False, "no plugin worker free") from None
-        task = StepTask(
-            op,
-            self.step,
-            class_ref(self.cls),
-            self.options,
-            trace,
-            {
-                "problem": ctx.problem,
-                "account": ctx.account,
-                "trace_id": ctx.trace_id,
-                "seed": seed,
-                "attempt": ctx.attempt,
-                "watermark_policy": ctx.watermark_policy,
-                "llm_model": getattr(ctx.llm, "model_id", ""),
-            },
-            ctx.llm is not None,
-        )
-        try:
-            output, notes = self._worker.call(task, self.limit, ctx.llm)
-        except WorkerTimeout:
-            raise _TimedOut(self.pipeline._killed(self.name), "worker process killed") from None
-        self.pipeline._answered(self.name)
-        ctx.notes.extend(notes)
-        return output
-
-    def rewrite(self, trace: str, ctx: RewriteContext, seed: int) -> Any:
-        return self._call("rewrite", trace, ctx, seed)
-
-    def accepted(self, output: str, ctx: RewriteContext, seed: int) -> None:
-        if self.cls.accepted is not Rewriter.accepted:  # the default hook does nothing: skip the round trip
-            self._call("accepted", output, ctx, seed)
-
-    def close(self) -> None:
-        if self._lease is not None:
-            self._lease.__exit__(None, None, None)

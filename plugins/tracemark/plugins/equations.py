@@ -1,0 +1,400 @@
+"""The intermediate-result guard: a rewrite must state only true equations and keep every result.
+
+Pure functions, linear time (one tokenizer pass, a recursive-descent evaluator over short segments):
+
+* :func:`extract_equations` finds the equations a text states: ``a op b = c`` chains in plain text,
+  ``restructure``'s result-first ``c ⟸ a op b`` / ``c := a op b`` forms, and GSM8K calculator annotations
+  ``<<a*b=c>>``. Operators ``+ - * / x × ÷ · ^`` and ``−``; ``$``, thousands commas and ``%`` (= /100) in
+  numbers. A side cut off by a variable (``x + 4 = 28``: the ``4`` is not the left side) is not taken.
+* an equation is *true* when all its sides have the same value, within a relative 1e-6 or the precision of
+  a side written as a plain number (``10/3 = 3.33`` and ``10/3 = 3.3`` are true, ``10/3 = 3.4`` is not).
+* :func:`intermediate_results` are the numbers an input derives (annotation results and the plain-number
+  sides of its equations but a chain's first); :func:`check_rewrite` says what a rewrite got wrong: false
+  equations it *introduced* (one the input states as well is the input's, not the rewriter's) and results of
+  the input its output no longer states.
+
+The rewrite pipeline calls :func:`check_rewrite` on every attempt of a guarded step (see ``pipeline``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+
+__all__ = [
+    "EQUATION_GUARDED",
+    "Equation",
+    "GuardReport",
+    "check_rewrite",
+    "extract_equations",
+    "false_equations",
+    "guard_applies",
+    "intermediate_results",
+    "missing_results",
+    "numbers_in",
+    "number_value",
+]
+
+_NUMBER_TEXT = r"\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?|\$?\.\d+%?"
+_ANNOTATION = re.compile(r"<<(?P<expr>[^<>=]*)=(?P<result>[^<>]*)>>")
+_TOKEN = re.compile(
+    rf"(?P<num>(?<![\w.]){_NUMBER_TEXT}(?!\w)|(?<=[xX])\.\d+(?!\w))"
+    r"|(?P<rel>⟸|⇐|:=|=)"
+    r"|(?P<op>[+\-*/×÷·^−]|\\times|\\cdot|\\div|(?<=[\d\s)])[xX](?=[\s\d(.$]))"
+    r"|(?P<open>\()|(?P<close>\))|(?P<sp>[ \t]+)|(?P<word>\w+|\S|\n)"
+)
+_NUMBER_ANYWHERE = re.compile(r"(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\w.])\.\d+")
+_OP_WORDS = frozenset({"of", "times", "by", "plus", "minus", "than", "multiplied", "divided", "per", "over"})
+_OP_NAMES = {"×": "*", "x": "*", "X": "*", "·": "*", "\\times": "*", "\\cdot": "*", "÷": "/", "\\div": "/",
+             "−": "-"}
+_MAX_SEGMENT = 64  # tokens: longer "expressions" are not derivations a guard needs to check
+_REL_TOL = 1e-6
+
+
+def number_value(text: str) -> Decimal | None:
+    """The value of a written number (``$1,200`` -> 1200, ``.5`` -> 0.5; ``%`` ignored), or None."""
+    cleaned = text.replace("$", "").replace(",", "").rstrip("%").strip()
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() else None
+
+
+def numbers_in(text: str) -> set[Decimal]:
+    """Every number written in ``text`` (absolute values, normalised: ``24.0`` == ``24``)."""
+    out = set()
+    for match in _NUMBER_ANYWHERE.finditer(_ANNOTATION.sub(" ", text)):
+        value = number_value(match.group())
+        if value is not None:
+            out.add(abs(value).normalize())
+    return out
+
+
+@dataclass(frozen=True)
+class Equation:
+    """One stated equation: its sides in reading order (normalised text) and their values."""
+
+    sides: tuple[str, ...]
+    values: tuple[float, ...]
+    tolerance: float
+    text: str = field(default="", compare=False)
+
+    @property
+    def true(self) -> bool:
+        """All sides equal within the tolerance."""
+        first = self.values[0]
+        return all(abs(v - first) <= self.tolerance for v in self.values[1:])
+
+    def pairs(self) -> set[frozenset[str]]:
+        return {frozenset((a, b)) for i, a in enumerate(self.sides) for b in self.sides[i + 1 :] if a != b}
+
+
+# -- evaluation --------------------------------------------------------------------------------------
+class _Invalid(Exception):
+    pass
+
+
+def _evaluate(tokens: list[tuple[str, str]]) -> float:
+    """Value of ``tokens`` (kind, text) as an arithmetic expression; _Invalid when it is not one."""
+    pos = 0
+
+    def peek() -> tuple[str, str] | None:
+        return tokens[pos] if pos < len(tokens) else None
+
+    def expr() -> float:
+        nonlocal pos
+        value = term()
+        while (tok := peek()) is not None and tok[0] == "op" and tok[1] in "+-":
+            pos += 1
+            value = value + term() if tok[1] == "+" else value - term()
+        return value
+
+    def term() -> float:
+        nonlocal pos
+        value = unary()
+        while (tok := peek()) is not None and tok[0] == "op" and tok[1] in "*/":
+            pos += 1
+            right = unary()
+            if tok[1] == "*":
+                value *= right
+            elif right == 0:
+                raise _Invalid
+            else:
+                value /= right
+        return value
+
+    def unary() -> float:
+        nonlocal pos
+        tok = peek()
+        if tok is not None and tok[0] == "op" and tok[1] == "-":
+            pos += 1
+            return -unary()
+        base = atom()
+        tok = peek()
+        if tok is not None and tok[0] == "op" and tok[1] == "^":
+            pos += 1
+            exponent = unary()
+            if abs(exponent) > 64 or abs(base) > 1e9 or (base == 0 and exponent < 0):
+                raise _Invalid
+            try:
+                result = base**exponent
+            except (OverflowError, ZeroDivisionError):
+                raise _Invalid from None
+            if isinstance(result, complex):
+                raise _Invalid
+            return result
+        return base
+
+    def atom() -> float:
+        nonlocal pos
+        tok = peek()
+        if tok is None:
+            raise _Invalid
+        pos += 1
+        if tok[0] == "num":
+            value = number_value(tok[1])
+            if value is None:
+                raise _Invalid
+            return float(value) / (100.0 if tok[1].endswith("%") else 1.0)
+        if tok[0] == "open":
+            value = expr()
+            closing = peek()
+            if closing is None or closing[0] != "close":
+                raise _Invalid
+            pos += 1
+            return value
+        raise _Invalid
+
+    if not tokens or len(tokens) > _MAX_SEGMENT:
+        raise _Invalid
+    value = expr()
+    if pos != len(tokens):
+        raise _Invalid
+    return value
+
+
+def _value(tokens: list[tuple[str, str]]) -> float | None:
+    try:
+        return _evaluate(tokens)
+    except (_Invalid, RecursionError, OverflowError):
+        return None
+
+
+def _precision(text: str) -> float:
+    """Half a unit of the last digit of a plain number (``3.33`` -> 0.005), scaled for ``%``."""
+    digits = text.rstrip("%").split(".")
+    half = 0.5 * 10.0 ** (-len(digits[1])) if len(digits) == 2 else 0.5
+    return half / 100.0 if text.endswith("%") else half
+
+
+def _side_text(tokens: list[tuple[str, str]]) -> str:
+    return "".join(_OP_NAMES.get(t, t).replace("$", "").replace(",", "") for _, t in tokens)
+
+
+def _make(sides: list[list[tuple[str, str]]], text: str) -> Equation | None:
+    if len(sides) < 2 or not any(k == "op" for side in sides for k, _ in side):
+        return None  # "2 = 2", "Step 1 = 5": no derivation stated
+    values = []
+    for side in sides:
+        value = _value(side)
+        if value is None:
+            return None
+        values.append(value)
+    plain = [_precision(s[0][1]) for s in sides if len(s) == 1 and s[0][0] == "num"]
+    scale = max(abs(v) for v in values)
+    tolerance = max(_REL_TOL * scale, 1e-9, *(p * (1 + 1e-9) for p in plain))
+    return Equation(tuple(_side_text(s) for s in sides), tuple(values), tolerance, text)
+
+
+def _valid(tokens: list[tuple[str, str]]) -> bool:
+    return 0 < len(tokens) <= _MAX_SEGMENT and _value(tokens) is not None
+
+
+def _longest(tokens: list[tuple[str, str]], *, suffix: bool) -> tuple[list[tuple[str, str]], int]:
+    """The longest valid suffix (or prefix) of ``tokens`` and where it starts (ends)."""
+    n = len(tokens)
+    span = range(max(0, n - _MAX_SEGMENT), n) if suffix else range(min(n, _MAX_SEGMENT), 0, -1)
+    for cut in span:
+        part = tokens[cut:] if suffix else tokens[:cut]
+        if part and part[0][0] != "close" and part[-1][0] != "open" and _valid(part):
+            return part, cut
+    return [], n if suffix else 0
+
+
+def _chains(text: str) -> list[Equation]:
+    """Equations written in plain text (annotations must already be removed)."""
+    tokens = [
+        (kind, _OP_NAMES.get(m.group(), m.group()) if kind == "op" else m.group())
+        for m in _TOKEN.finditer(text)
+        if (kind := m.lastgroup or "word")
+    ]
+    equations: list[Equation] = []
+    i, n = 0, len(tokens)
+    while i < n:
+        if tokens[i][0] != "rel":
+            i += 1
+            continue
+        # a relation: collect the segments around consecutive relations of one run
+        start = i
+        while start > 0 and tokens[start - 1][0] not in ("word", "rel"):
+            start -= 1
+        segments: list[list[tuple[str, str]]] = [[t for t in tokens[start:i] if t[0] != "sp"]]
+        j = i
+        while j < n and tokens[j][0] == "rel":
+            k = j + 1
+            while k < n and tokens[k][0] not in ("word", "rel"):
+                k += 1
+            segments.append([t for t in tokens[j + 1 : k] if t[0] != "sp"])
+            j = k
+        words_before = [t for t in tokens[:start] if t[0] != "sp"][-1:]
+        equations.extend(_chain(segments, words_before, tokens[start:j]))
+        i = max(j, i + 1)
+    return equations
+
+
+def _chain(
+    segments: list[list[tuple[str, str]]], before: list[tuple[str, str]], raw: list[tuple[str, str]]
+) -> list[Equation]:
+    first, cut = _longest(segments[0], suffix=True)
+    dropped = segments[0][:cut]
+    if first and (
+        (dropped and dropped[-1][0] == "op")
+        or (not dropped and before and before[0][0] == "word" and before[0][1].lower() in _OP_WORDS)
+        or (not dropped and before and before[0][1] in "+-*/×÷^")
+    ):
+        first = []  # "x + 4 = 28", "20% of 30 = 6": the left side is cut off, not "4" / "30"
+    sides = [first] if first else []
+    out: list[Equation] = []
+    text = "".join(t for _, t in raw).strip()
+    for index, segment in enumerate(segments[1:], start=1):
+        last = index == len(segments) - 1
+        if _valid(segment):
+            sides.append(segment)
+            continue
+        part, end = _longest(segment, suffix=False)
+        rest = segment[end:]
+        if part and not (rest and rest[0][0] == "op"):
+            sides.append(part)  # "= 12 (15 minutes)": the side is "12"
+        equation = _make(sides, text)
+        if equation is not None:
+            out.append(equation)
+        sides = []
+        if not last:
+            tail, tail_cut = _longest(segment, suffix=True)
+            if tail and not (segment[:tail_cut] and segment[:tail_cut][-1][0] == "op"):
+                sides = [tail]
+    equation = _make(sides, text)
+    if equation is not None:
+        out.append(equation)
+    return out
+
+
+def extract_equations(text: str) -> list[Equation]:
+    """Every equation ``text`` states (annotations ``<<a*b=c>>`` included), in reading order."""
+    equations: list[Equation] = []
+    for match in _ANNOTATION.finditer(text):
+        chain = _chains(f"{match.group('expr')} = {match.group('result')}")
+        equations.extend(chain)
+    plain = _ANNOTATION.sub("", text)
+    for line in plain.split("\n"):
+        equations.extend(_chains(line))
+    return equations
+
+
+def false_equations(text: str, *, reference: str | None = None) -> list[Equation]:
+    """The false equations of ``text``; with ``reference`` (the input of a rewrite) only those whose
+    false pair of sides the reference does not state itself (the input's own slips are not the rewriter's)."""
+    wrong = [e for e in extract_equations(text) if not e.true]
+    if reference is None or not wrong:
+        return wrong
+    stated: set[frozenset[str]] = set()
+    for equation in extract_equations(reference):
+        stated |= equation.pairs()
+    return [e for e in wrong if not _inherited(e, stated)]
+
+
+def _inherited(equation: Equation, stated: set[frozenset[str]]) -> bool:
+    for i, a in enumerate(equation.sides):
+        for j in range(i + 1, len(equation.sides)):
+            wrong = abs(equation.values[i] - equation.values[j]) > equation.tolerance
+            if wrong and frozenset((a, equation.sides[j])) not in stated:
+                return False
+    return True
+
+
+def intermediate_results(text: str) -> list[Decimal]:
+    """The numbers ``text`` derives: annotation results and the plain-number sides of its equations but the
+    first side of a longer chain (``Remaining 10 = 62,300/10 = 6230`` derives 6230, not 10)."""
+    results: list[Decimal] = []
+    seen: set[Decimal] = set()
+
+    def add(raw: str) -> None:
+        value = number_value(raw)
+        if value is not None and (key := abs(value).normalize()) not in seen:
+            seen.add(key)
+            results.append(key)
+
+    for match in _ANNOTATION.finditer(text):
+        add(match.group("result"))
+    for equation in extract_equations(_ANNOTATION.sub("", text)):
+        for index, side in enumerate(equation.sides):
+            if index == 0 and len(equation.sides) > 2:
+                continue
+            if _NUMBER_ONLY.fullmatch(side):
+                add(side)
+    return results
+
+
+_NUMBER_ONLY = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)%?")
+
+
+def missing_results(source: str, output: str) -> list[Decimal]:
+    """Intermediate results of ``source`` that ``output`` never states."""
+    present = numbers_in(output)
+    return [value for value in intermediate_results(source) if value not in present]
+
+
+@dataclass(frozen=True)
+class GuardReport:
+    """What :func:`check_rewrite` found."""
+
+    false: tuple[Equation, ...]
+    missing: tuple[Decimal, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.false and not self.missing
+
+    def detail(self) -> str:
+        """One line for a step's detail (no trace text beyond the offending equation)."""
+        parts = []
+        if self.false:
+            shown = " = ".join(self.false[0].sides)
+            parts.append(f"{len(self.false)} false equation(s), e.g. {shown[:80]!r}")
+        if self.missing:
+            values = ", ".join(str(v) for v in self.missing[:3])
+            parts.append(f"{len(self.missing)} intermediate result(s) lost ({values})")
+        return "; ".join(parts)
+
+
+def check_rewrite(source: str, output: str) -> GuardReport:
+    """Check ``output``, a rewrite of ``source``: false equations it introduced, intermediate results lost."""
+    false = tuple(false_equations(output, reference=source))
+    return GuardReport(false, tuple(missing_results(source, output)))
+
+
+EQUATION_GUARDED = frozenset({"restructure", "restructure-stealth"})
+"""Rewriters a pipeline checks with :func:`check_rewrite` unless configured otherwise."""
+
+
+def guard_applies(setting: bool | Iterable[str] | None, name: str) -> bool:
+    """Whether a pipeline configured with ``setting`` checks step ``name``: ``None`` (default) the
+    :data:`EQUATION_GUARDED` rewriters, ``True`` every step, ``False`` none, a collection the named ones."""
+    if setting is None:
+        return name in EQUATION_GUARDED
+    if isinstance(setting, bool):
+        return setting
+    return name in setting
