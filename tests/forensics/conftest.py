@@ -1,4 +1,4 @@
-"""Fixtures for forensics tests: a master secret in a temp file, a migrated SQLite ledger, an issuer."""
+"""Fixtures for forensics tests: a master secret in a temp file, a migrated ledger (SQLite, or PostgreSQL where a module asks), an issuer."""
 
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ def master(key_file):
 
 
 @pytest.fixture
-def ledger_url(tmp_path: Path) -> str:
+def ledger_url(tmp_path: Path, ledger_backend: str, request) -> str:
+    """A migrated-on-open ledger URL: a SQLite file, or a fresh PostgreSQL database (LEDGER_BACKENDS)."""
+    if ledger_backend == "postgresql":
+        return request.getfixturevalue("postgres_url")
     return f"sqlite:///{tmp_path / 'ledger.db'}"
 
 

@@ -12,6 +12,8 @@ from tracemark.forensics.ledger.db import LedgerError, make_engine, session_scop
 from tracemark.forensics.scheme import SignatureScheme
 from tracemark.forensics.signatures import SignaturePair
 
+LEDGER_BACKENDS = ("sqlite", "postgresql")  # tests using ledger_url/engine run on both (tests/conftest.py)
+
 
 def test_pairs_for_matches_derivation(issuer, master):
     pairs = issuer.pairs_for("acme")

@@ -39,6 +39,8 @@ from tracemark.forensics.reports import (
 )
 from tracemark.forensics.reports.canonical import format_float
 
+LEDGER_BACKENDS = ("sqlite", "postgresql")  # tests using ledger_url/engine run on both (tests/conftest.py)
+
 
 def findings(p: float = 1e-9, verdict: str = "detected") -> dict:
     return {

@@ -7,7 +7,6 @@ import base64
 import copy
 import hashlib
 import json
-import os
 import threading
 
 import pytest
@@ -26,6 +25,8 @@ from tracemark.forensics.reports.canonical import canonical_json
 from tracemark.forensics.reports.dsse import sign_envelope
 from tracemark.forensics.tlog import store
 from tracemark.foundation.errors import InvalidInput, NotFound
+
+LEDGER_BACKENDS = ("sqlite", "postgresql")  # tests using ledger_url/engine run on both (tests/conftest.py)
 
 
 def _fill(engine, n: int) -> list[tlog.LogEntryView]:
@@ -380,19 +381,11 @@ def test_migration_0003_upgrades_a_0002_ledger_and_downgrades(ledger_url):
     engine.dispose()
 
 
-# --- PostgreSQL (optional) ------------------------------------------------------------------------
+# --- PostgreSQL: concurrent appenders across connection pools ------------------------------------
 @pytest.fixture
-def pg_url():
-    """A THROWAWAY PostgreSQL database (its public schema is dropped): $TRACEMARK_TEST_POSTGRES_URL."""
-    url = os.environ.get("TRACEMARK_TEST_POSTGRES_URL", "").strip()
-    if not url:
-        pytest.skip("set TRACEMARK_TEST_POSTGRES_URL to a throwaway PostgreSQL database to run this test")
-    eng = make_engine(url, migrate=False)
-    with eng.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    eng.dispose()
-    return url
+def pg_url(postgres_url):
+    """An empty database on the suite's PostgreSQL server (tests/conftest.py)."""
+    return postgres_url
 
 
 @pytest.mark.parametrize("locked", [True, False], ids=["advisory-lock", "constraints-and-retry-only"])

@@ -16,6 +16,8 @@ from tracemark.forensics.ledger.db import read_session
 from tracemark.forensics.reports.canonical import canonical_json
 from tracemark.forensics.reports.dsse import sign_envelope
 
+LEDGER_BACKENDS = ("sqlite", "postgresql")  # tests using ledger_url/engine run on both (tests/conftest.py)
+
 SCHEME = {"digits": 6, "pairs_per_account": 2}
 
 

@@ -28,6 +28,7 @@ ENV_LEDGER_URL = "TRACEMARK_LEDGER_URL"
 LEDGER_FILE_NAME = "ledger.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 IMMEDIATE_OPTION = "tracemark_immediate"
+PG_DEFAULT_DRIVER = "postgresql+psycopg"
 _PG_MIGRATION_LOCK = 0x7472_6D6B  # advisory lock key ("trmk")
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -81,6 +82,8 @@ def make_engine(url: str | None = None, *, migrate: bool = True, echo: bool = Fa
         parsed = make_url(url)
     except ArgumentError:
         raise LedgerError(f"not a database URL: {url!r} (use sqlite:///PATH or postgresql://...)") from None
+    if parsed.drivername in ("postgresql", "postgres"):  # plain URL: psycopg 3 (the `postgres` extra)
+        parsed = parsed.set(drivername=PG_DEFAULT_DRIVER)
     backend = parsed.get_backend_name()
     kwargs: dict = {"echo": echo}
     if backend == "sqlite":
