@@ -262,6 +262,26 @@ def row_bias(
     return bias
 
 
+def batch_bias(
+    rows: Sequence[Sequence[tuple[GreenLists, float]] | None],
+    prev: Sequence[int],
+    vocab_size: int,
+    *,
+    width: int = 1,
+) -> np.ndarray | None:
+    """The ``(len(rows), vocab_size)`` float32 bias of a batch: row ``i`` gets :func:`row_bias` of
+    ``rows[i]`` (its ``[(lists, delta), ...]``; ``None`` or ``[]``: no bias) after ``prev[i]``. ``None``
+    when no row is biased. The one per-step computation every decoder adapter (transformers, vLLM) shares."""
+    if len(rows) != len(prev):
+        raise ChannelError(f"channel bias needs one previous token per row, got {len(prev)} for {len(rows)}")
+    bias = np.zeros((len(rows), vocab_size), dtype=np.float32)
+    touched = False
+    for i, (p, lists) in enumerate(zip(prev, rows)):
+        if lists and row_bias(lists, int(p), vocab_size, width=width, out=bias[i]) is not None:
+            touched = True
+    return bias if touched else None
+
+
 class Keyring:
     """The green lists a decoder applies for each account: the provider key on every row, plus the
     account's own key when the caller is known. ``account_key(name)`` derives an account's key (the

@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-from tracemark.foundation.channel import GreenLists, row_bias
+from tracemark.foundation.channel import GreenLists, batch_bias
 from transformers import LogitsProcessor
 
 
@@ -28,17 +27,28 @@ class ChannelLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         start = time.perf_counter()
-        batch, vocab = scores.shape
+        batch = scores.shape[0]
         if batch != len(self.rows):
             raise ValueError(f"channel processor built for {len(self.rows)} rows, got {batch}")
-        prev = input_ids[:, -1].tolist()
-        bias = np.zeros((batch, vocab), dtype=np.float32)
-        touched = False
-        for i, (p, lists) in enumerate(zip(prev, self.rows)):
-            if row_bias(lists, p, vocab, width=self.width, out=bias[i]) is not None:
-                touched = True
-        if touched:
-            scores = scores + torch.from_numpy(bias).to(device=scores.device, dtype=scores.dtype)
+        scores = add_channel_bias(scores, self.rows, input_ids[:, -1].tolist(), width=self.width)
         self.seconds += time.perf_counter() - start
         self.steps += 1
         return scores
+
+
+def add_channel_bias(
+    scores: torch.Tensor,
+    rows: Sequence[Sequence[tuple[GreenLists, float]] | None],
+    prev: Sequence[int],
+    *,
+    width: int = 1,
+    inplace: bool = False,
+) -> torch.Tensor:
+    """``scores`` (``[batch, vocab]`` next-token logits) plus each row's keyed bias after its previous
+    token ``prev[i]`` (:func:`tracemark.foundation.channel.batch_bias`), cast to ``scores``' dtype and
+    device. ``inplace`` adds into ``scores`` (same values). Unchanged ``scores`` when no row is biased."""
+    bias = batch_bias(rows, prev, scores.shape[1], width=width)
+    if bias is None:
+        return scores
+    delta = torch.from_numpy(bias).to(device=scores.device, dtype=scores.dtype)
+    return scores.add_(delta) if inplace else scores + delta
