@@ -15,8 +15,11 @@ from typing import Any
 from tracemark.forensics.adapters.base import Sample, SuspectAdapter, SuspectError, file_sha256, sha256_hex
 from tracemark.foundation.errors import first_line
 
+_TRANSFORMERS_IMPORT_LOCK = threading.Lock()  # one thread imports transformers' lazy modules at a time
+
 PACKED_TOKENS = 384  # tokens per packed batch of trie nodes (attention mask is PACKED_TOKENS x (prompt + it))
 TREE_TOKENS = 600  # tokens per packed call of the trie (whole first-digit subtrees)
+FOREST_TOKENS = 512  # new tokens per packed call of :meth:`LocalModelSuspect.forest_logprobs`
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -112,7 +115,9 @@ class LocalModelSuspect(SuspectAdapter):
         with self._load_lock:
             if self._model is None:
                 import torch
-                from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                with _TRANSFORMERS_IMPORT_LOCK:  # transformers' lazy import fails in concurrent first uses
+                    from transformers import AutoModelForCausalLM, AutoTokenizer
 
                 try:
                     if self.gguf:
@@ -331,6 +336,79 @@ class LocalModelSuspect(SuspectAdapter):
                         per = k ** (j - 1)
                         outs[j][f * per : (f + 1) * per] = rows
         return levels + [outs[j] for j in range(1, depth + 1)]
+
+    def forest_logprobs(
+        self,
+        prefix: Sequence[int],
+        queries: Sequence[Sequence[int]],
+        columns: Sequence[int],
+        *,
+        max_tokens: int = FOREST_TOKENS,
+    ) -> Any:
+        """Next-token log-probs (``columns`` only; float64 ``[len(queries), len(columns)]``) after
+        ``prefix + query`` for each non-empty token path ``query``.
+
+        The queries are merged into a trie (a token shared by several queries runs once) and packed into as
+        few sequences of at most ``max_tokens`` new tokens as possible after the single cached ``prefix``,
+        with a tree attention mask (each token sees the prefix and its own ancestors) and the positions of a
+        plain sequence. Many contexts, triggers and trie levels thus share one forward pass.
+        """
+        import copy
+
+        import numpy as np
+        import torch
+
+        if any(len(q) == 0 for q in queries):
+            raise ValueError("cannot score an empty query")
+        model, _ = self._load()
+        cache, _ = self._prefix_state(tuple(prefix))
+        cols = list(columns)
+        out = np.empty((len(queries), len(cols)), dtype=np.float64)
+        n_prefix = len(prefix)
+        order = sorted(range(len(queries)), key=lambda i: tuple(queries[i]))  # neighbours share ancestors
+        chunk: list[int] = []
+        nodes: dict[tuple[int, ...], int] = {}
+
+        def run() -> None:
+            if not chunk:
+                return
+            keys = list(nodes)
+            parent = [nodes.get(k[:-1], -1) for k in keys]
+            n = len(keys)
+            anc = np.zeros((n, n_prefix + n), dtype=bool)
+            anc[:, :n_prefix] = True
+            for i in range(n):  # parents precede their children (insertion order)
+                if parent[i] >= 0:
+                    anc[i] = anc[parent[i]]
+                anc[i, n_prefix + i] = True
+            tokens = [k[-1] for k in keys]
+            positions = [n_prefix + len(k) - 1 for k in keys]
+            with torch.inference_mode():
+                kwargs = {self._cache_kwarg(): copy.deepcopy(cache)}
+                logits = model(
+                    input_ids=torch.tensor([tokens], dtype=torch.long, device=self.device),
+                    position_ids=torch.tensor([positions], dtype=torch.long, device=self.device),
+                    attention_mask=torch.from_numpy(anc)[None, None].to(self.device),
+                    use_cache=True,
+                    **kwargs,
+                ).logits[0]
+                rows = torch.tensor([nodes[tuple(queries[i])] for i in chunk], device=self.device)
+                lp = torch.log_softmax(logits[rows].double(), dim=-1)[:, cols].cpu().numpy()
+            out[chunk] = lp
+            chunk.clear()
+            nodes.clear()
+
+        for i in order:
+            q = tuple(queries[i])
+            new = [q[:j] for j in range(1, len(q) + 1) if q[:j] not in nodes]
+            if chunk and len(nodes) + len(new) > max_tokens:
+                run()
+                new = [q[:j] for j in range(1, len(q) + 1)]
+            for key in new:
+                nodes[key] = len(nodes)
+            chunk.append(i)
+        run()
+        return out
 
     def _shared_expanded(self, model: Any, cache: Any, ids: Any) -> Any:
         """Next-token log-probs after ``prefix + row`` for each row, with the prefix cache copied per row."""
