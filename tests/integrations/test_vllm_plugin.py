@@ -235,6 +235,15 @@ def test_adapter_biases_each_slot_with_its_accounts_keys(tiny_model_dir, key_fil
     with pytest.raises(RuntimeError, match="slot 7"):  # no request ever took slot 7
         proc.apply(logits[:1].clone(), _ctx([7], [1]))
 
+    # the device path (green lists computed by torch where the logits live, the default on a GPU) gives
+    # the same logits; here on the CPU
+    proc.on_device = True
+    proc.add_request(3, _params("alice"))
+    out = proc.apply(logits.clone(), _ctx([3, 0, 5, 6], prev))
+    assert torch.equal(
+        out, ChannelLogitsProcessor(reference_rows)(torch.tensor(prev)[:, None], logits.clone())
+    )
+
 
 def test_adapter_validates_the_account_at_admission(tiny_model_dir, key_file, master):
     proc = _processor(tiny_model_dir)
