@@ -370,3 +370,45 @@ def test_vllms_own_loader_builds_the_processor(tiny_model_dir, key_file):
     assert any(isinstance(p, plugin.TracemarkChannelProcessor) for p in built)
     validate = loader.build_custom_logits_processors_params_validator(())
     validate(_params("alice"))  # the installed plugin (if any) accepts a known account
+
+
+# --- a decode loop in vLLM's order against transformers' generate ------------------------------------
+
+
+def test_decode_loop_through_the_adapter_matches_transformers_generate(tiny_model_dir, key_file, master):
+    """Greedy decoding of a tiny model where each step's logits go through ``apply`` (rows in a shuffled
+    slot order, previous token from ``input_ids``) picks exactly the tokens ``generate`` picks with the
+    server's ChannelLogitsProcessor (keys from the master secret), and differs from unbiased decoding."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompts = ["The cat sat", "Dogs bark a", "Two and two"]
+    accounts = ["alice", None, "bob"]
+    ids = torch.stack([tokenizer(p, return_tensors="pt").input_ids[0] for p in prompts])
+    new_tokens = 16
+    ring = _server_keyring(master, ChannelKeyFile(key_file).spec)
+    rows = [ring.lists_for(a) for a in accounts]
+    with torch.no_grad():
+        plain = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        marked = model.generate(
+            ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+            logits_processor=[ChannelLogitsProcessor(rows)],
+        )  # fmt: skip
+
+    proc = _processor(tiny_model_dir)
+    slots = [6, 2, 4]  # persistent slots, and the batch order differs every step
+    for slot, account in zip(slots, accounts):
+        proc.add_request(slot, _params(account))
+    seqs = [list(row) for row in ids.tolist()]
+    with torch.no_grad():
+        for step in range(new_tokens):
+            order = [(step + i) % 3 for i in range(3)]
+            logits = model(torch.tensor([seqs[i] for i in order])).logits[:, -1, :].float()
+            ctx = _ctx([slots[i] for i in order], [seqs[i][-1] for i in order])
+            picked = proc.apply(logits, ctx).argmax(dim=-1).tolist()
+            for i, token in zip(order, picked):
+                seqs[i].append(token)
+    assert seqs == marked.tolist()
+    assert seqs != plain.tolist()
