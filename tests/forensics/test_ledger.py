@@ -264,3 +264,11 @@ def test_migration_0002_renames_query_digests_and_keeps_rows(ledger_url):
         (row,) = records.list_queries(s, investigation_id="inv-old")
         assert (row.prompt_commitment, row.response_commitment) == ("aa", "bb")
     engine.dispose()
+
+
+def test_plain_postgresql_url_uses_psycopg(postgres_url):
+    """``postgresql://`` (no driver named) opens with psycopg 3, the driver of the ``postgres`` extra."""
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    engine = make_engine(plain)
+    assert engine.dialect.driver == "psycopg" and current_revision(engine) == head_revision()
+    engine.dispose()

@@ -25,8 +25,6 @@ from tracemark.forensics.keys import MasterSecret
 from tracemark.forensics.rederive import DISCLOSURE_FORMAT, DisclosureError, build_disclosure, rescore
 from typer.testing import CliRunner
 
-LEDGER_BACKENDS = ("sqlite", "postgresql")  # tests using ledger_url/engine run on both (tests/conftest.py)
-
 ACCOUNTS = ["alice", "bob", "carol"]
 TEMPLATES = ("Auxiliary constant: ", "Define the reference index ", "For bookkeeping, set ", "Let ")
 CONTEXTS = tuple("{chat}3 + 4 = 7\n" + t + "{trigger}" for t in TEMPLATES)

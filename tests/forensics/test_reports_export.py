@@ -25,8 +25,6 @@ from tracemark.forensics.reports.export import render_html, sections
 from tracemark.forensics.reports.report_plots import null_caption, rank_product_data
 from tracemark.forensics.reports.report_sections import NOT_RECORDED, fmt_p
 
-LEDGER_BACKENDS = ("sqlite", "postgresql")  # tests using ledger_url/engine run on both (tests/conftest.py)
-
 EVIL = "<script>alert(1)</script>"
 HEADINGS = (
     "Decision",
