@@ -41,21 +41,19 @@ def _spread(vocab_size: int, device: torch.device) -> torch.Tensor:
     return spread
 
 
-def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
-    return (x >> bits) & ((1 << (64 - bits)) - 1)
-
-
 def green_mask(seeds: torch.Tensor, thresholds: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """``[rows, vocab_size]`` booleans: token ``t`` is green in row ``r`` when splitmix64 of
     ``seeds[r] + t * golden`` is below ``thresholds[r]`` (both int64 holding uint64 bits; thresholds
-    already top-bit-flipped, see :func:`flipped_threshold`)."""
+    already top-bit-flipped, see :func:`flipped_threshold`). Two ``[rows, vocab]`` int64 buffers."""
     x = seeds[:, None] + _spread(vocab_size, seeds.device)[None, :]
-    x = x ^ _shift_right(x, 30)
-    x = x * _M1
-    x = x ^ _shift_right(x, 27)
-    x = x * _M2
-    x = x ^ _shift_right(x, 31)
-    return (x ^ -_SIGN) < thresholds[:, None]
+    t = torch.empty_like(x)
+    for bits, multiplier in ((30, _M1), (27, _M2), (31, None)):
+        torch.bitwise_right_shift(x, bits, out=t)
+        t.bitwise_and_((1 << (64 - bits)) - 1)  # the logical shift: drop the sign bits shifted in
+        x.bitwise_xor_(t)
+        if multiplier is not None:
+            x.mul_(multiplier)
+    return x.bitwise_xor_(-_SIGN) < thresholds[:, None]
 
 
 def flipped_threshold(gamma: float) -> int:
