@@ -34,6 +34,7 @@ __all__ = [
     "intermediate_results",
     "missing_results",
     "numbers_in",
+    "stated_numbers",
     "number_value",
 ]
 
@@ -49,6 +50,7 @@ _NUMBER_ANYWHERE = re.compile(r"(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(
 _OP_WORDS = frozenset({"of", "times", "by", "plus", "minus", "than", "multiplied", "divided", "per", "over"})
 _OP_NAMES = {"×": "*", "x": "*", "X": "*", "·": "*", "\\times": "*", "\\cdot": "*", "÷": "/", "\\div": "/",
              "−": "-"}
+_STEP_NUMBER = re.compile(r"^\s*\(\d+\)\s+")  # restructure's "(3) " step labels
 _MAX_SEGMENT = 64  # tokens: longer "expressions" are not derivations a guard needs to check
 _REL_TOL = 1e-6
 
@@ -81,12 +83,25 @@ class Equation:
     values: tuple[float, ...]
     tolerance: float
     text: str = field(default="", compare=False)
+    # the values with every "%" ignored ("8/32*100 = 25%" is GSM8K's way of writing a percentage)
+    plain_values: tuple[float, ...] | None = None
 
     @property
     def true(self) -> bool:
-        """All sides equal within the tolerance."""
-        first = self.values[0]
-        return all(abs(v - first) <= self.tolerance for v in self.values[1:])
+        """All sides equal within the tolerance (``%`` read as /100, or ignored throughout)."""
+        return any(
+            all(abs(v - values[0]) <= self.tolerance for v in values[1:])
+            for values in (self.values, self.plain_values)
+            if values is not None
+        )
+
+    def differ(self, i: int, j: int) -> bool:
+        """Whether sides ``i`` and ``j`` differ under both readings of ``%``."""
+        return all(
+            abs(values[i] - values[j]) > self.tolerance
+            for values in (self.values, self.plain_values)
+            if values is not None
+        )
 
     def pairs(self) -> set[frozenset[str]]:
         return {frozenset((a, b)) for i, a in enumerate(self.sides) for b in self.sides[i + 1 :] if a != b}
@@ -97,7 +112,7 @@ class _Invalid(Exception):
     pass
 
 
-def _evaluate(tokens: list[tuple[str, str]]) -> float:
+def _evaluate(tokens: list[tuple[str, str]], percent: float = 100.0) -> float:
     """Value of ``tokens`` (kind, text) as an arithmetic expression; _Invalid when it is not one."""
     pos = 0
 
@@ -158,7 +173,7 @@ def _evaluate(tokens: list[tuple[str, str]]) -> float:
             value = number_value(tok[1])
             if value is None:
                 raise _Invalid
-            return float(value) / (100.0 if tok[1].endswith("%") else 1.0)
+            return float(value) / (percent if tok[1].endswith("%") else 1.0)
         if tok[0] == "open":
             value = expr()
             closing = peek()
@@ -176,9 +191,9 @@ def _evaluate(tokens: list[tuple[str, str]]) -> float:
     return value
 
 
-def _value(tokens: list[tuple[str, str]]) -> float | None:
+def _value(tokens: list[tuple[str, str]], percent: float = 100.0) -> float | None:
     try:
-        return _evaluate(tokens)
+        return _evaluate(tokens, percent)
     except (_Invalid, RecursionError, OverflowError):
         return None
 
@@ -203,10 +218,15 @@ def _make(sides: list[list[tuple[str, str]]], text: str) -> Equation | None:
         if value is None:
             return None
         values.append(value)
+    ignored: tuple[float, ...] | None = None
+    if any(t.endswith("%") for side in sides for _, t in side):
+        again = [_value(side, 1.0) for side in sides]
+        ignored = tuple(v for v in again if v is not None) if None not in again else None
     plain = [_precision(s[0][1]) for s in sides if len(s) == 1 and s[0][0] == "num"]
-    scale = max(abs(v) for v in values)
+    scale = max(abs(v) for v in (*values, *(ignored or ())))
     tolerance = max(_REL_TOL * scale, 1e-9, *(p * (1 + 1e-9) for p in plain))
-    return Equation(tuple(_side_text(s) for s in sides), tuple(values), tolerance, text)
+    sides_text = tuple(_side_text(s) for s in sides)
+    return Equation(sides_text, tuple(values), tolerance, text, ignored)
 
 
 def _valid(tokens: list[tuple[str, str]]) -> bool:
@@ -250,20 +270,28 @@ def _chains(text: str) -> list[Equation]:
             segments.append([t for t in tokens[j + 1 : k] if t[0] != "sp"])
             j = k
         words_before = [t for t in tokens[:start] if t[0] != "sp"][-1:]
-        equations.extend(_chain(segments, words_before, tokens[start:j]))
+        glued = j < n and tokens[j][0] == "word" and tokens[j][1][:1].isalpha() and tokens[j - 1][0] != "sp"
+        equations.extend(_chain(segments, words_before, tokens[start:j], glued))
         i = max(j, i + 1)
     return equations
 
 
 def _chain(
-    segments: list[list[tuple[str, str]]], before: list[tuple[str, str]], raw: list[tuple[str, str]]
+    segments: list[list[tuple[str, str]]],
+    before: list[tuple[str, str]],
+    raw: list[tuple[str, str]],
+    glued: bool = False,
 ) -> list[Equation]:
+    """Equations of one run of ``=``-separated segments; ``glued``: a letter follows the run directly
+    (``4000=(1/2)X``: the last side is not ``(1/2)``)."""
     first, cut = _longest(segments[0], suffix=True)
     dropped = segments[0][:cut]
     if first and (
         (dropped and dropped[-1][0] == "op")
         or (not dropped and before and before[0][0] == "word" and before[0][1].lower() in _OP_WORDS)
         or (not dropped and before and before[0][1] in "+-*/×÷^")
+        or (not dropped and before and before[0][0] == "word" and first[0] == ("op", "-"))
+        or (dropped and dropped[-1][0] in ("num", "close") and first[0] in (("op", "-"), ("open", "(")))
     ):
         first = []  # "x + 4 = 28", "20% of 30 = 6": the left side is cut off, not "4" / "30"
     sides = [first] if first else []
@@ -271,7 +299,9 @@ def _chain(
     text = "".join(t for _, t in raw).strip()
     for index, segment in enumerate(segments[1:], start=1):
         last = index == len(segments) - 1
-        if _valid(segment):
+        if last and glued:
+            segment = segment[:-1]  # the operand the letter is glued to is not a side on its own
+        if _valid(segment) and not (last and glued):
             sides.append(segment)
             continue
         part, end = _longest(segment, suffix=False)
@@ -300,7 +330,7 @@ def extract_equations(text: str) -> list[Equation]:
         equations.extend(chain)
     plain = _ANNOTATION.sub("", text)
     for line in plain.split("\n"):
-        equations.extend(_chains(line))
+        equations.extend(_chains(_STEP_NUMBER.sub("", line)))
     return equations
 
 
@@ -319,8 +349,7 @@ def false_equations(text: str, *, reference: str | None = None) -> list[Equation
 def _inherited(equation: Equation, stated: set[frozenset[str]]) -> bool:
     for i, a in enumerate(equation.sides):
         for j in range(i + 1, len(equation.sides)):
-            wrong = abs(equation.values[i] - equation.values[j]) > equation.tolerance
-            if wrong and frozenset((a, equation.sides[j])) not in stated:
+            if equation.differ(i, j) and frozenset((a, equation.sides[j])) not in stated:
                 return False
     return True
 
@@ -351,10 +380,37 @@ def intermediate_results(text: str) -> list[Decimal]:
 _NUMBER_ONLY = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)%?")
 
 
+def stated_numbers(text: str) -> set[Decimal]:
+    """Numbers ``text`` states as values, not only as operands (``12 + 5 = 17`` states 17, not 12 or 5;
+    ``there are 12 (15 minutes)`` states 12 and 15). Absolute values, normalised."""
+    out: set[Decimal] = set()
+    for line in _ANNOTATION.sub(" ", text).split("\n"):
+        tokens = [(m.lastgroup or "word", m.group()) for m in _TOKEN.finditer(_STEP_NUMBER.sub("", line))]
+        tokens = [t for t in tokens if t[0] != "sp"]
+        for i, (kind, value) in enumerate(tokens):
+            if kind != "num":
+                continue
+            # an operand has an operator with a number or bracket on its other side ("$18/week", "-5": not)
+            operand = (i >= 2 and tokens[i - 1][0] == "op" and tokens[i - 2][0] in ("num", "close")) or (
+                i + 2 < len(tokens) and tokens[i + 1][0] == "op" and tokens[i + 2][0] in ("num", "open")
+            )
+            number = number_value(value)
+            if not operand and number is not None:
+                out.add(abs(number).normalize())
+    return out
+
+
 def missing_results(source: str, output: str) -> list[Decimal]:
-    """Intermediate results of ``source`` that ``output`` never states."""
-    present = numbers_in(output)
-    return [value for value in intermediate_results(source) if value not in present]
+    """Intermediate results of ``source`` that ``output`` no longer states: a result ``source`` writes as a
+    value must be written as a value (being an operand of a later step does not count); one it writes only
+    as an operand (``X + <<+10=10>>10``) must appear."""
+    stated, present = stated_numbers(output), numbers_in(output)
+    as_value = stated_numbers(_ANNOTATION.sub("", source))
+    return [
+        value
+        for value in intermediate_results(source)
+        if value not in (stated if value in as_value else present)  # "X + <<+10=10>>10": an operand there
+    ]
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,14 @@ from tracemark.plugins.answers import boxed_spans, last_boxed
 from tracemark.plugins.api import RewriteContext, Rewriter, RewriterError
 
 # -- lexical building blocks -------------------------------------------------------------------------
-_NUM = r"(?<![\w.])-?\$?\d[\d,]*(?:\.\d+)?%?|(?<![\w.])\$?\.\d+%?"
+# a number glued to a letter ("2x", "-1L", "5th") is not a number but a word: a coefficient, an ordinal
+_NUM = r"(?<![\w.])-?\$?\d[\d,]*(?:\.\d+)?%?(?!\.?\w)|(?<![\w.])\$?\.\d+%?(?!\w)"
 _OP = r"(?:[+\-*/×÷·^]|\\times|\\cdot|\\div|(?<=\s)[xX](?=\s))"
 _PURE_NUMBER = re.compile(rf"^\s*(?:{_NUM})\s*$")
 _VALUE = re.compile(rf"^\s*(?:{_NUM})(?:\s*/\s*\d+)?\s*$")  # a number or a simple fraction
 _HAS_OP = re.compile(_OP)
 _ANNOTATION = re.compile(
-    r"(?P<dollar>\$)?<<(?P<expr>[^<>=]*)=(?P<result>[^<>]*)>>(?P<shown>-?\d[\d,]*(?:\.\d+)?%?)?"
+    r"(?P<dollar>\$)?<<(?P<expr>[^<>=]*)=(?P<result>[^<>]*)>>(?P<shown>-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)%?)?"
 )
 _SENTINEL = "\x00"
 # One pass of a tokenizer instead of one big "equation" regex: every pattern here matches in linear
@@ -78,6 +79,8 @@ _ANSWER_CLAUSE = re.compile(
 _ARTICLES = re.compile(rf"\b(?:the|an|a)\s+(?=[A-Za-z]{{2}})(?!{_UNITS})", re.IGNORECASE)
 _SOFTENERS = re.compile(r"\b(?:just|actually|basically|really|simply|exactly|already)\s+", re.IGNORECASE)
 _PER_UNIT = re.compile(rf"(?<=\d)(%?)\s+(?:per|an?)\s+({_UNITS})", re.IGNORECASE)
+_DANGLING_OPERATOR = re.compile(r"(?:\s?[+*/×÷·^]|\s[-–−]|(?<=\d)\s[xX])$")
+_DOUBLED_WORD = re.compile(r"\b([A-Za-z]{2,})(?: \1\b)+", re.IGNORECASE)
 _EQUALS_WORDS = re.compile(r"\b(?:is equal to|equals|is the same as)\b", re.IGNORECASE)
 
 
@@ -148,19 +151,21 @@ def _equation_from_chain(parts: list[str]) -> _Equation | None:
             segments.append(segment)
     if len(segments) < 2 or not any(_HAS_OP.search(s) for s in segments):
         return None  # "2 = 2" or a partial match around words: not a derivation
-    if _VALUE.match(segments[-1]) and not _VALUE.match(segments[0]):
-        return _Equation(segments[-1], [_tidy_math(s) for s in reversed(segments[:-1])])
     if len(segments) > 2 and _VALUE.match(segments[0]) and _VALUE.match(segments[-1]):
         middle = [_tidy_math(s) for s in reversed(segments[1:-1])]
         return _Equation(segments[-1], middle, label=segments[0])
-    if _VALUE.match(segments[0]):
-        return _Equation(segments[0], [_tidy_math(s) for s in segments[1:]])
+    # a plain number is the result ("48/2 = 24": 24, not 48/2); then a simple fraction ("1 - 3/7 = 4/7")
+    for value in (_PURE_NUMBER, _VALUE):
+        if value.match(segments[-1]) and not value.match(segments[0]):
+            return _Equation(segments[-1], [_tidy_math(s) for s in reversed(segments[:-1])])
+        if value.match(segments[0]) and not value.match(segments[-1]):
+            return _Equation(segments[0], [_tidy_math(s) for s in segments[1:]])
     return _Equation("", [], as_is=" = ".join(_tidy_math(s) for s in segments))
 
 
 def _compress(text: str) -> str:
     text = _BARE_ANNOTATION.sub(" ", text)
-    text = _EQUALS_WORDS.sub("=", text)
+    text = _EQUALS_WORDS.sub("is", text)  # not "=": "4/7 is equal to $24" is no equation
     text = _PER_UNIT.sub(lambda m: m.group(1) + "/" + m.group(2).lower(), text)
     text = re.sub(r"\s+", " ", text).strip()
     for _ in range(8):
@@ -171,12 +176,13 @@ def _compress(text: str) -> str:
     text = _SOFTENERS.sub("", text)
     text = re.sub(r"\(\s*\)|\\\(\s*\\\)|\\\[\s*\\\]|\$\s*\$", " ", text)
     text = re.sub(r"\s+", " ", text)  # no long blank runs below: keeps every pattern linear
-    text = re.sub(r"\s+([,.;:!?])", r"\1", text)
+    text = re.sub(r"\s+([,.;:!?])(?!\d)", r"\1", text)  # not " .5" -> ".5" ("5 x .01 = .05")
     text = _ANSWER_CLAUSE.sub("", text.rstrip(".!?;:, "))
     text = re.sub(r"\b(?:so|then|thus) and\b", "and", text, flags=re.IGNORECASE)
     for _ in range(8):
         previous = text
         text = re.sub(r"(?<![\s=,;:])(?:\s*[=,;:])+\s*$", "", text)
+        text = _DANGLING_OPERATOR.sub("", text)  # "1,152 erasers ×", "4 houses * 3 gnomes -"
         text = _TRAILING_CONNECTIVE.sub("", text).strip()
         if text == previous:
             break
@@ -210,22 +216,45 @@ def _tokenize(text: str) -> list[_Tok]:
     return tokens
 
 
-def _trim(segment: list[_Tok]) -> list[_Tok]:
+def _trim(segment: list[_Tok], brackets: bool = True) -> list[_Tok]:
     lo, hi = 0, len(segment)
     while lo < hi and segment[lo].kind in ("sp", "op", "close"):
         lo += 1
     while hi > lo and segment[hi - 1].kind in ("sp", "op", "open"):
         hi -= 1
+    if not brackets:
+        return segment[lo:hi]
+    # an unmatched bracket at an edge of a balanced run is the text's: "(2 + 3 = 5)"
+    opens = sum(t.kind == "open" for t in segment[lo:hi])
+    closes = sum(t.kind == "close" for t in segment[lo:hi])
+    while lo < hi and opens > closes and segment[lo].kind in ("open", "sp"):
+        opens -= segment[lo].kind == "open"
+        lo += 1
+    while hi > lo and closes > opens and segment[hi - 1].kind in ("close", "sp"):
+        closes -= segment[hi - 1].kind == "close"
+        hi -= 1
     return segment[lo:hi]
+
+
+def _cut_operator(raw: list[_Tok], seg: list[_Tok], *, leading: bool) -> bool:
+    """Whether trimming ``raw`` to ``seg`` cut an operator off its start (``leading``) or end."""
+    if not seg:
+        return False
+    edge = [t for t in raw if (t.end <= seg[0].start if leading else t.start >= seg[-1].end)]
+    return any(t.kind == "op" for t in edge)
 
 
 def _valid(segment: list[_Tok]) -> bool:
     """``open* operand close* (op open* operand close*)*`` over the non-space tokens."""
     expect_operand = True
     seen = False
+    depth = 0
     for tok in segment:
         if tok.kind == "sp":
             continue
+        depth += (tok.kind == "open") - (tok.kind == "close")
+        if depth < 0:
+            return False  # "1/3) = 28": the bracket opened in the words before
         if expect_operand:
             if tok.kind == "open":
                 continue
@@ -238,7 +267,7 @@ def _valid(segment: list[_Tok]) -> bool:
             expect_operand = True
         else:
             return False
-    return seen and not expect_operand
+    return seen and not expect_operand and depth == 0
 
 
 def _render(segment: list[_Tok], notes: list[re.Match[str]], index: dict[int, int]) -> str:
@@ -294,33 +323,47 @@ def _parse_sentence(sentence: str) -> tuple[list[_Equation], str]:
             )
             cuts.append((tok.start, tok.end, _annotation_result(note)))
 
+    def process(run: list[_Tok], glued: bool = False) -> None:
+        if not any(t.kind in ("num", "ann") for t in run):
+            return  # spaces, operators, "=" or brackets only: no segment can be valid, nothing to flush
+        segments: list[tuple[list[_Tok], _Tok | None]] = [([], None)]
+        for t in run:
+            if t.kind == "eq":
+                segments.append(([], t))
+            else:
+                segments[-1][0].append(t)
+        group: list[list[_Tok]] = []
+        lead: _Tok | None = None
+        balanced = sum(t.kind == "open" for t in run) == sum(t.kind == "close" for t in run)
+        for number, (raw, eq_before) in enumerate(segments):
+            seg = _trim(raw, balanced)
+            # "X*2 - 40 = 250", "= 28 - x", "275 x = 33 * 100": an operator cut off a side means the
+            # expression goes on into words (a variable): that side is not "2 - 40" / "28" / "275";
+            # "(1/2)X": nor when a letter is glued to it
+            cut = _cut_operator(raw, seg, leading=True) or _cut_operator(raw, seg, leading=False)
+            cut = cut or (glued and number == len(segments) - 1)
+            if not cut and _valid(seg):
+                if not group:
+                    lead = eq_before
+                group.append(seg)
+            else:
+                flush(group, lead)
+                group = []
+        flush(group, lead)
+
     run: list[_Tok] = []
     for tok in [*tokens, _Tok("word", "", len(text), len(text))]:
         if tok.kind in _MATH_KINDS:
             run.append(tok)
+            if tok.kind == "ann":  # an annotation ends its expression: "= <<3*4=12>>12 (15 minutes)"
+                process(run)
+                run = []
             continue
-        if run and not any(t.kind in ("num", "ann") for t in run):
-            run = []  # spaces, operators, "=" or brackets only: no segment can be valid, nothing to flush
-        if run:
-            segments: list[tuple[list[_Tok], _Tok | None]] = [([], None)]
-            for t in run:
-                if t.kind == "eq":
-                    segments.append(([], t))
-                else:
-                    segments[-1][0].append(t)
-            group: list[list[_Tok]] = []
-            lead: _Tok | None = None
-            for raw, eq_before in segments:
-                seg = _trim(raw)
-                if _valid(seg):
-                    if not group:
-                        lead = eq_before
-                    group.append(seg)
-                else:
-                    flush(group, lead)
-                    group = []
-            flush(group, lead)
-            run = []
+        process(run, glued=bool(run) and run[-1].end == tok.start and tok.text[:1].isalpha())
+        run = []
+    for tok in tokens:  # an annotation no equation took keeps its result in the text (never deleted)
+        if tok.kind == "ann" and not any(start <= tok.start < end for start, end, _ in cuts):
+            cuts.append((tok.start, tok.end, _annotation_result(notes[ann_index[tok.start]])))
     out, pos = [], 0
     for start, end, replacement in sorted(cuts):
         if start < pos:
@@ -367,6 +410,8 @@ def restructure(trace: str, options: RestructureOptions | None = None) -> str:
                 continue  # fast path, same outcome: no equation, and a gloss under 3 words without digits
             equations, rest = _parse_sentence(sentence)
             gloss = _compress(rest)
+            if not _DOUBLED_WORD.search(sentence):  # "3 gnomes = <<4*3=12>>12 gnomes" left "3 gnomes gnomes"
+                gloss = _DOUBLED_WORD.sub(r"\1", gloss)
             if not equations:
                 if not gloss:
                     continue  # only filler, or "the answer is 72" (restated by the closing line)
