@@ -131,8 +131,8 @@ def key_file(tmp_path, master, vocab, monkeypatch) -> Path:
     return path
 
 
-def _processor(tiny_model_dir, max_num_reqs: int = 8) -> plugin.TracemarkChannelProcessor:
-    config = SimpleNamespace(model_config=SimpleNamespace(tokenizer=str(tiny_model_dir)))
+def _processor(tiny_model_dir, max_num_reqs: int = 8, config=None) -> plugin.TracemarkChannelProcessor:
+    config = config or SimpleNamespace(model_config=SimpleNamespace(tokenizer=str(tiny_model_dir)))
     state = LogitsProcRequestState(
         device=torch.device("cpu"),
         max_num_reqs=max_num_reqs,
@@ -267,6 +267,14 @@ def test_adapter_validates_the_account_at_admission(tiny_model_dir, key_file, ma
     assert torch.equal(out, expected)
 
 
+def test_adapter_refuses_to_be_loaded_twice_for_one_engine(tiny_model_dir, key_file):
+    config = SimpleNamespace(model_config=SimpleNamespace(tokenizer=str(tiny_model_dir)))
+    first = _processor(tiny_model_dir, config=config)
+    with pytest.raises(ValueError, match="loaded twice"):
+        _processor(tiny_model_dir, config=config)
+    assert _processor(tiny_model_dir) is not first  # another engine's config: fine
+
+
 def test_adapter_refuses_another_vocabulary_and_missing_keys(tmp_path, tiny_model_dir, master, monkeypatch):
     monkeypatch.delenv("TRACEMARK_CHANNEL_KEY_FILE", raising=False)
     with pytest.raises(ChannelKeyFileError, match="TRACEMARK_CHANNEL_KEY_FILE"):
@@ -350,26 +358,37 @@ def test_installed_entry_point_loads_the_processor():
 
 @pytest.mark.skipif(not plugin.HAVE_VLLM, reason="vllm is not importable here")
 def test_vllms_own_loader_builds_the_processor(tiny_model_dir, key_file):
+    from vllm.exceptions import VLLMValidationError
     from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor, loader
 
-    classes = loader._load_v2_logitsprocs_by_fqcns(["tracemark_vllm.processor:TracemarkChannelProcessor"])
+    fqcn = "tracemark_vllm.processor:TracemarkChannelProcessor"
+    classes = loader._load_v2_logitsprocs_by_fqcns([fqcn])
     assert classes == [plugin.TracemarkChannelProcessor] and issubclass(classes[0], LogitsProcessor)
-    try:
-        importlib.metadata.distribution("tracemark-vllm")
-        assert plugin.TracemarkChannelProcessor in loader._load_v2_logitsprocs_plugins()
-    except importlib.metadata.PackageNotFoundError:
-        pass
     req_states = SimpleNamespace(
         device=torch.device("cpu"), max_num_reqs=4, vocab_size=0,
         all_token_ids=None, prompt_len=None, prefill_len=None, total_len=None,
     )  # fmt: skip
-    config = SimpleNamespace(model_config=SimpleNamespace(tokenizer=str(tiny_model_dir)))
-    built = loader.build_custom_logits_processors(
-        config, req_states, False, ["tracemark_vllm.processor:TracemarkChannelProcessor"]
-    )
-    assert any(isinstance(p, plugin.TracemarkChannelProcessor) for p in built)
-    validate = loader.build_custom_logits_processors_params_validator(())
-    validate(_params("alice"))  # the installed plugin (if any) accepts a known account
+
+    def config():
+        return SimpleNamespace(model_config=SimpleNamespace(tokenizer=str(tiny_model_dir)))
+
+    try:
+        importlib.metadata.distribution("tracemark-vllm")
+        installed = True
+    except importlib.metadata.PackageNotFoundError:
+        installed = False
+    if installed:  # the entry point alone loads it; naming it again would bias twice and is refused
+        assert plugin.TracemarkChannelProcessor in loader._load_v2_logitsprocs_plugins()
+        built = loader.build_custom_logits_processors(config(), req_states, False, ())
+        with pytest.raises(ValueError, match="loaded twice"):
+            loader.build_custom_logits_processors(config(), req_states, False, [fqcn])
+    else:
+        built = loader.build_custom_logits_processors(config(), req_states, False, [fqcn])
+    assert [type(p) for p in built] == [plugin.TracemarkChannelProcessor]
+    validate = loader.build_custom_logits_processors_params_validator(() if installed else (fqcn,))
+    validate(_params("alice"))
+    with pytest.raises(VLLMValidationError, match="no channel key for account 'mallory'"):
+        validate(_params("mallory"))  # vLLM answers the request with a validation error (HTTP 400)
 
 
 # --- a decode loop in vLLM's order against transformers' generate ------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from typing import Any
 
 from tracemark.forensics.channel_keys import (
@@ -66,6 +67,7 @@ log = logging.getLogger("tracemark_vllm")
 ACCOUNT_ARG = "tracemark_account"
 ENV_SKIP_TOKENIZER_CHECK = "TRACEMARK_VLLM_SKIP_TOKENIZER_CHECK"
 _KEY_FILES: dict[str, ChannelKeyFile] = {}  # path -> loaded file, shared by the frontend and the engine
+_BUILT: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id(vllm_config) -> its processor
 
 
 def request_account(sampling_params: Any) -> str | None:
@@ -130,6 +132,14 @@ class TracemarkChannelProcessor(_VllmLogitsProcessor):
 
     def __init__(self, vllm_config: Any, req_states: Any) -> None:
         super().__init__(vllm_config, req_states)
+        other = _BUILT.get(id(vllm_config))
+        if other is not None and other._vllm_config is vllm_config:
+            raise ValueError(
+                "the tracemark channel processor was loaded twice for one engine (its vllm.logits_processors "
+                "entry point and --logits-processors?): it would bias twice; use one of them"
+            )
+        self._vllm_config = vllm_config
+        _BUILT[id(vllm_config)] = self
         self.keys = channel_key_file()
         self.spec = self.keys.spec
         model_config = getattr(vllm_config, "model_config", None)
