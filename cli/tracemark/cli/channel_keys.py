@@ -70,7 +70,7 @@ def export_channel_command(
         ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="Server config (its [channel] section).")
+        Path | None, typer.Option("--config", "-c", help="Server config (its channel section).")
     ] = None,
     key_file: Annotated[
         Path | None,
@@ -82,7 +82,7 @@ def export_channel_command(
 ) -> None:
     """Export the distributional channel's keys for a decoder that must not hold the master secret.
 
-    Writes the channel spec (from the config's [channel] section and the tokenizer's fingerprint), the
+    Writes the channel spec (from the config's channel section and the tokenizer's fingerprint), the
     provider channel key and the listed accounts' channel keys: the same keys `tracemark serve` derives.
     The file reveals the green lists of these keys and nothing else (no signature pairs, no report
     signing key). Re-export with new accounts at any time: the vLLM processor reloads the file.
