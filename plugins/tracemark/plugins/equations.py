@@ -38,7 +38,8 @@ __all__ = [
     "number_value",
 ]
 
-_NUMBER_TEXT = r"\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?|\$?\.\d+%?"
+_NUMBER_TEXT = r"\$?(?:\d{1,3}(?:,\d{3})+|\d+,\d{1,2}(?!\d|,\d)|\d+)(?:\.\d+)?%?|\$?\.\d+%?"
+_DECIMAL_COMMA = re.compile(r"\$?\d+,\d{1,2}%?")  # "45 * 0,2 = 9"
 _ANNOTATION = re.compile(r"<<(?P<expr>[^<>=]*)=(?P<result>[^<>]*)>>")
 _TOKEN = re.compile(
     rf"(?P<num>(?<![\w.]){_NUMBER_TEXT}(?!\w)|(?<=[xX])\.\d+(?!\w))"
@@ -56,7 +57,10 @@ _REL_TOL = 1e-6
 
 
 def number_value(text: str) -> Decimal | None:
-    """The value of a written number (``$1,200`` -> 1200, ``.5`` -> 0.5; ``%`` ignored), or None."""
+    """The value of a written number (``$1,200`` -> 1200, ``.5`` -> 0.5, ``0,2`` -> 0.2; ``%`` ignored)."""
+    text = text.strip()
+    if _DECIMAL_COMMA.fullmatch(text):
+        text = text.replace(",", ".")
     cleaned = text.replace("$", "").replace(",", "").rstrip("%").strip()
     try:
         value = Decimal(cleaned)

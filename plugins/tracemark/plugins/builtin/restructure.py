@@ -194,6 +194,14 @@ def _compress(text: str) -> str:
     return text
 
 
+def _gloss(sentence: str, rest: str) -> str:
+    """The compressed words of ``sentence`` once its equations (``rest``: what is left) are out."""
+    gloss = _compress(rest)
+    if not _DOUBLED_WORD.search(sentence):  # "3 gnomes = <<4*3=12>>12 gnomes" left "3 gnomes gnomes"
+        gloss = _DOUBLED_WORD.sub(r"\1", gloss)
+    return gloss
+
+
 @dataclass(slots=True)
 class _Tok:
     kind: str
@@ -359,7 +367,8 @@ def _parse_sentence(sentence: str) -> tuple[list[_Equation], str]:
                 process(run)
                 run = []
             continue
-        process(run, glued=bool(run) and run[-1].end == tok.start and tok.text[:1].isalpha())
+        glued = bool(run) and run[-1].kind != "sp" and run[-1].end == tok.start and tok.text[:1].isalpha()
+        process(run, glued)
         run = []
     for tok in tokens:  # an annotation no equation took keeps its result in the text (never deleted)
         if tok.kind == "ann" and not any(start <= tok.start < end for start, end, _ in cuts):
@@ -409,9 +418,7 @@ def restructure(trace: str, options: RestructureOptions | None = None) -> str:
             if len(sentence.split(maxsplit=2)) < 3 and "<<" not in sentence and not _DIGIT.search(sentence):
                 continue  # fast path, same outcome: no equation, and a gloss under 3 words without digits
             equations, rest = _parse_sentence(sentence)
-            gloss = _compress(rest)
-            if not _DOUBLED_WORD.search(sentence):  # "3 gnomes = <<4*3=12>>12 gnomes" left "3 gnomes gnomes"
-                gloss = _DOUBLED_WORD.sub(r"\1", gloss)
+            gloss = _gloss(sentence, rest)
             if not equations:
                 if not gloss:
                     continue  # only filler, or "the answer is 72" (restated by the closing line)
