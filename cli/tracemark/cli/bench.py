@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from tracemark.experiments.distill_config import load_bench_config
 from tracemark.experiments.distill_report import markdown as distill_markdown
 from tracemark.experiments.forensics_bench import markdown as power_markdown
@@ -23,16 +24,18 @@ from tracemark.experiments.preservation import (
     rewriting_llm,
     scratch_issuer,
 )
-from tracemark.experiments.serving import ServeBenchResult, markdown, measure_memory, measure_throughput
+from tracemark.experiments.serving import (
+    compare_served_raw,
+    measure_memory,
+    measure_speed,
+    memory_markdown,
+    ratio_markdown,
+)
 from tracemark.foundation.console import fail, stage_progress
 from tracemark.foundation.errors import InvalidInput, NotFound, first_line
 from tracemark.foundation.problems import ProblemError
-from tracemark.server.app import TracemarkServer
-from tracemark.server.auth import TokenStore, hash_token
-from tracemark.server.client import Stubs, open_channel
 from tracemark.server.config import ConfigError, TeacherSection, load_settings
 from tracemark.server.teacher.factory import build_teacher
-from tracemark.v1 import teacher_pb2
 
 bench_app = typer.Typer(
     help="Benchmarks: serving throughput and memory; distillation; answer preservation of rewriters; the "
@@ -44,35 +47,41 @@ console = Console(stderr=True)
 
 @bench_app.command("serve")
 def bench_serve(
-    backend: Annotated[
-        str, typer.Option(help="Teacher backend: embedded | tiny | transformers | openai.")
-    ] = "embedded",
-    model: Annotated[
-        str, typer.Option(help="Model folder/.gguf (transformers) or model name (openai).")
-    ] = "",
-    endpoint: Annotated[str, typer.Option(help="OpenAI-compatible base URL (openai backend).")] = "",
-    quantization: Annotated[str, typer.Option(help="Quantization used for the throughput runs.")] = "nf4",
-    requests: Annotated[int, typer.Option(help="Requests per concurrency level.")] = 16,
+    backend: Annotated[str, typer.Option(help="Local teacher backend: embedded | tiny | transformers.")] = (
+        "embedded"
+    ),
+    model: Annotated[str, typer.Option(help="Model folder/.gguf (transformers).")] = "",
+    quantization: Annotated[
+        str, typer.Option(help="Quantization of the served teacher (auto: the per-device default).")
+    ] = "auto",
+    rounds: Annotated[int, typer.Option(help="Raw/served alternations per concurrency level.")] = 3,
     concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,8",
     max_new_tokens: Annotated[int, typer.Option(help="New tokens per request.")] = 64,
-    protected: Annotated[
-        str, typer.Option(help="Pipeline compared with plain generation ('' to skip).")
-    ] = "restructure,watermark",
+    speed: Annotated[
+        str,
+        typer.Option(
+            help="Modes whose raw generate speed is measured at batch 1 and 8 ('' to skip): "
+            "none (fp32), bf16, int8-dynamic, nf4, int8."
+        ),
+    ] = "none,bf16,int8-dynamic,nf4",
+    speed_tokens: Annotated[int, typer.Option(help="New tokens per row in the speed table.")] = 32,
     memory: Annotated[
         str, typer.Option(help="Quantizations to load for the memory table ('' to skip).")
-    ] = "none,int8,nf4",
+    ] = "none,int8-dynamic,nf4",
     out: Annotated[Path, typer.Option(help="Results folder (JSON + Markdown).")] = Path(
         "results/bench-serve"
     ),
 ) -> None:
-    """Throughput at each concurrency through real gRPC on localhost, rewriting overhead as a ratio
-    against plain generation, and the teacher's memory in fp32 vs int8 vs nf4."""
+    """Served vs raw: real gRPC Generate calls (default pipeline, a customer account, the channel) through
+    a server on a free port, against model.generate on the same model and batch, alternated in one run at
+    each concurrency; the ratio, p50 latency, batch sizes. Then raw speed per quantization (the measurement
+    behind quantization = auto) and memory per quantization."""
     try:
         levels = [int(c) for c in concurrency.split(",") if c.strip()]
     except ValueError:
         fail(f"--concurrency must be comma-separated integers, got {concurrency!r}")
-    if not levels or min(levels) < 1 or requests < 1:
-        fail("--concurrency levels and --requests must be positive")
+    if not levels or min(levels) < 1 or rounds < 1:
+        fail("--concurrency levels and --rounds must be positive")
     tmp = Path(tempfile.mkdtemp(prefix="tracemark-bench-"))
     try:
         settings = load_settings(
@@ -81,70 +90,60 @@ def bench_serve(
                 "teacher": {
                     "backend": backend,
                     "model": model,
-                    "endpoint": endpoint,
                     "quantization": quantization,
                     "max_new_tokens": max_new_tokens,
                     "max_batch_size": max(levels),
                     "max_queue": 4 * max(levels),
                 },
-                "rewrite": {"default_pipeline": ["identity"], "mandatory": []},
                 "ledger": {"url": f"sqlite:///{tmp / 'ledger.db'}", "master_key_file": tmp / "master.key"},
             }
         )
     except ConfigError as exc:
         fail(str(exc))
-    token = "tm_bench_token"
-    server = TracemarkServer(settings, tokens=TokenStore({"bench": hash_token(token)}))
-    port = server.start()
-    console.print("loading the teacher ...")
-    if not server.wait_ready(900):
-        server.stop(0)
-        fail(f"teacher failed to load: {server.runtime.load_error}")
-    info = server.runtime.teacher.info
-    result = ServeBenchResult(
-        device=info.device,
-        model_id=info.model_id,
-        quantization=info.quantization,
-        max_new_tokens=max_new_tokens,
-    )
-    stubs = Stubs(open_channel(f"127.0.0.1:{port}", token=token))
-    pipelines = {"identity": ["identity"]}
-    if protected:
-        pipelines["protected"] = protected.split(",")
-    params = teacher_pb2.GenerationParams(max_new_tokens=max_new_tokens)
-    with Progress(console=console) as progress:
-        task = progress.add_task("throughput", total=len(levels) * len(pipelines))
-        for level in levels:
-            for label, names in pipelines.items():
-                queue = server.runtime.queue
-                queue.largest_batch = 0
+    load_before = os.getloadavg()
+    try:
+        rows, info = compare_served_raw(settings, levels=levels, rounds=rounds, progress=console.print)
+    except RuntimeError as exc:
+        fail(first_line(str(exc)))
+    load_after = os.getloadavg()
 
-                def call(problem: str, names=names) -> int:
-                    request = teacher_pb2.GenerateRequest(problem=problem, params=params, rewriters=names)
-                    return stubs.teacher.Generate(request, timeout=600).completion_tokens
+    def load(q: str):
+        mode, dtype = ("none", "bfloat16") if q == "bf16" else (q, "auto")
+        section = TeacherSection(**{**settings.teacher.model_dump(), "quantization": mode})
+        return build_teacher(section, dtype=dtype)
 
-                result.throughput.append(
-                    measure_throughput(
-                        call,
-                        concurrency=level,
-                        requests=requests,
-                        pipeline=label,
-                        largest_batch=lambda q=queue: q.largest_batch,
-                    )
-                )
-                progress.advance(task)
-    stubs.close()
-    server.stop(grace=1)
-    if memory and backend in ("embedded", "tiny", "transformers"):
-
-        def load(q: str):
-            return build_teacher(TeacherSection(**{**settings.teacher.model_dump(), "quantization": q}))
-
+    modes = [q for q in speed.split(",") if q]
+    speed_rows = []
+    if modes:
+        console.print("raw generate speed per quantization ...")
+        speed_rows = measure_speed(
+            load, modes, max_new_tokens=speed_tokens, system_prompt=settings.teacher.system_prompt
+        )
+    memory_rows = []
+    if memory:
         console.print("loading the teacher under each quantization for the memory table ...")
-        result.memory = measure_memory(load, [q for q in memory.split(",") if q])
+        memory_rows = measure_memory(load, [q for q in memory.split(",") if q])
+    machine = (
+        f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after the served/raw runs "
+        f"on {os.cpu_count()} CPUs"
+    )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "serve.json").write_text(json.dumps({**result.as_dict(), "ratios": result.ratios()}, indent=2))
-    table = markdown(result)
+    result = {
+        "teacher": info,
+        "max_new_tokens": max_new_tokens,
+        "served_vs_raw": [asdict(r) for r in rows],
+        "speed": [asdict(r) for r in speed_rows],
+        "memory": [asdict(r) for r in memory_rows],
+        "machine": machine,
+    }
+    (out / "serve.json").write_text(json.dumps(result, indent=2))
+    head = (
+        f"Teacher: {info['model_id']} ({info['quantization']}, {info['device']}), {max_new_tokens} new tokens"
+        f"\nQuantization: {info['quantization_note'] or info['quantization']}\n"
+    )
+    table = head + "\n" + ratio_markdown(rows, speed_rows, load=machine, speed_tokens=speed_tokens)
+    if memory_rows:
+        table += "\n\n" + memory_markdown(memory_rows)
     (out / "serve.md").write_text(table + "\n")
     typer.echo(table)
     console.print(f"results written to {out}/serve.json and serve.md")

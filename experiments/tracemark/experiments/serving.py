@@ -10,7 +10,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from tracemark.server.teacher.base import TeacherBackend
+from tracemark.server.app import TracemarkServer
+from tracemark.server.auth import TokenStore, hash_token
+from tracemark.server.client import Stubs, open_channel
+from tracemark.server.config import Settings
+from tracemark.server.teacher.base import GenerationParams, TeacherBackend
+from tracemark.v1 import teacher_pb2
 
 PROBLEMS = [
     "Sara has 12 pencils. She gives 5 to Tom and buys 7 more. How many pencils does she have now?",
@@ -78,9 +83,31 @@ def measure_throughput(
     requests: int,
     pipeline: str,
     largest_batch: Callable[[], int],
+    latencies: list[float] | None = None,
 ) -> ThroughputRow:
-    """Run ``requests`` calls of ``call(problem) -> completion_tokens`` with ``concurrency`` threads."""
-    latencies: list[float] = []
+    """Run ``requests`` calls of ``call(problem) -> completion_tokens`` with ``concurrency`` threads
+    (each call's latency is also appended to ``latencies`` when given)."""
+    mine: list[float] = []
+    total, seconds = _clients(call, concurrency, requests, mine)
+    row = ThroughputRow(
+        concurrency=concurrency,
+        pipeline=pipeline,
+        requests=requests,
+        seconds=round(seconds, 2),
+        requests_per_s=round(requests / seconds, 3),
+        tokens_per_s=round(total / seconds, 2),
+        p50_latency_s=round(statistics.median(mine), 3),
+        largest_batch=largest_batch(),
+    )
+    if latencies is not None:
+        latencies.extend(mine)
+    return row
+
+
+def _clients(
+    call: Callable[[str], int], concurrency: int, requests: int, latencies: list[float]
+) -> tuple[int, float]:
+    """``requests`` calls from ``concurrency`` threads: (completion tokens in all, wall seconds)."""
     tokens: list[int] = []
 
     def one(i: int) -> None:
@@ -91,17 +118,7 @@ def measure_throughput(
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(requests)))
-    seconds = time.perf_counter() - start
-    return ThroughputRow(
-        concurrency=concurrency,
-        pipeline=pipeline,
-        requests=requests,
-        seconds=round(seconds, 2),
-        requests_per_s=round(requests / seconds, 3),
-        tokens_per_s=round(sum(tokens) / seconds, 2),
-        p50_latency_s=round(statistics.median(latencies), 3),
-        largest_batch=largest_batch(),
-    )
+    return sum(tokens), time.perf_counter() - start
 
 
 def measure_memory(load: Callable[[str], TeacherBackend], quantizations: list[str]) -> list[MemoryRow]:
@@ -139,15 +156,219 @@ def markdown(result: ServeBenchResult) -> str:
             f"| {r.concurrency} | {r.pipeline} | {r.requests} | {r.requests_per_s} | {r.tokens_per_s} "
             f"| {r.p50_latency_s} | {r.largest_batch} |"
         )
-    lines += [
-        "",
-        "| quantization | in effect | parameter memory (MB) | load (s) | note |",
-        "|---|---|---:|---:|---|",
-    ]
-    for m in result.memory:
-        lines.append(f"| {m.quantization} | {m.in_effect} | {m.parameter_mb} | {m.load_seconds} | {m.note} |")
+    lines += ["", memory_markdown(result.memory)]
     ratios = result.ratios()
     if ratios:
         lines += ["", "| ratio | value |", "|---|---:|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
     return "\n".join(lines)
+
+
+# --- served vs raw: the serving overhead as a ratio measured in one run ----------------------------------
+
+
+@dataclass
+class RatioRow:
+    """Served throughput (real gRPC ``Generate`` calls, default pipeline) against ``model.generate`` on
+    the same model and batch, the two measured alternately in one run."""
+
+    concurrency: int
+    served_requests: int
+    raw_batches: int
+    raw_tokens_per_s: float
+    served_tokens_per_s: float
+    ratio: float
+    served_p50_latency_s: float
+    batch_sizes: dict[int, int]
+
+
+@dataclass
+class SpeedRow:
+    """Raw ``model.generate`` speed of one quantization at one batch size."""
+
+    quantization: str
+    in_effect: str
+    batch: int
+    tokens_per_s: float
+    seconds: float
+
+
+def measure_served_vs_raw(
+    raw: Callable[[list[str]], int],
+    served: Callable[[str], int],
+    *,
+    concurrency: int,
+    rounds: int,
+    per_client: int = 2,
+    batch_sizes: Callable[[], dict[int, int]] = dict,
+) -> RatioRow:
+    """Alternate ``rounds`` times: one raw batch of ``concurrency`` problems (``raw(problems) -> tokens``)
+    and ``concurrency`` clients each sending ``per_client`` requests (``served(problem) -> tokens``); the
+    ratio is total served tokens/s over total raw tokens/s, so machine load weighs on both sides alike."""
+    raw_tokens = served_tokens = 0
+    raw_seconds = served_seconds = 0.0
+    latencies: list[float] = []
+    problems = [PROBLEMS[i % len(PROBLEMS)] for i in range(concurrency)]
+    raw(problems)  # untimed: the first call at a new batch shape pays one-off kernel set-up
+    for _ in range(rounds):
+        start = time.perf_counter()
+        raw_tokens += raw(problems)
+        raw_seconds += time.perf_counter() - start
+        tokens, seconds = _clients(served, concurrency, concurrency * per_client, latencies)
+        served_tokens += tokens
+        served_seconds += seconds
+    raw_rate, served_rate = raw_tokens / raw_seconds, served_tokens / served_seconds
+    return RatioRow(
+        concurrency=concurrency,
+        served_requests=rounds * concurrency * per_client,
+        raw_batches=rounds,
+        raw_tokens_per_s=round(raw_rate, 2),
+        served_tokens_per_s=round(served_rate, 2),
+        ratio=round(served_rate / raw_rate, 3),
+        served_p50_latency_s=round(statistics.median(latencies), 3),
+        batch_sizes=dict(sorted(batch_sizes().items())),
+    )
+
+
+def measure_speed(
+    load: Callable[[str], TeacherBackend],
+    quantizations: list[str],
+    *,
+    batches: tuple[int, ...] = (1, 8),
+    max_new_tokens: int = 32,
+    system_prompt: str = "",
+) -> list[SpeedRow]:
+    """Raw generate tokens/s of each quantization at each batch size (one warm-up call first); the
+    measurement behind ``teacher.quantization = auto``. ``load(q)`` returns a local teacher."""
+    rows = []
+    params = GenerationParams(max_new_tokens=max_new_tokens)
+    for quantization in quantizations:
+        teacher = load(quantization)
+        plain = getattr(teacher, "generate_plain", None)
+        if plain is None:
+            teacher.close()
+            continue
+        plain([_messages(PROBLEMS[0], system_prompt)], GenerationParams(max_new_tokens=2))
+        for batch in batches:
+            conversations = [_messages(PROBLEMS[i % len(PROBLEMS)], system_prompt) for i in range(batch)]
+            start = time.perf_counter()
+            tokens = sum(plain(conversations, params))
+            seconds = time.perf_counter() - start
+            rows.append(
+                SpeedRow(
+                    quantization=quantization,
+                    in_effect=teacher.info.quantization,
+                    batch=batch,
+                    tokens_per_s=round(tokens / seconds, 2),
+                    seconds=round(seconds, 2),
+                )
+            )
+        teacher.close()
+        del teacher
+        gc.collect()
+    return rows
+
+
+def _messages(problem: str, system_prompt: str) -> list[dict[str, str]]:
+    head = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*head, {"role": "user", "content": problem}]
+
+
+def memory_markdown(rows: list[MemoryRow]) -> str:
+    lines = [
+        "| quantization | in effect | parameter memory (MB) | load (s) | note |",
+        "|---|---|---:|---:|---|",
+    ]
+    lines += [
+        f"| {m.quantization} | {m.in_effect} | {m.parameter_mb} | {m.load_seconds} | {m.note} |" for m in rows
+    ]
+    return "\n".join(lines)
+
+
+def ratio_markdown(
+    rows: list[RatioRow], speed: list[SpeedRow], *, load: str = "", speed_tokens: int | None = None
+) -> str:
+    """README-ready tables: served/raw per concurrency, raw speed per quantization."""
+    lines = [
+        "| concurrency | raw tokens/s | served tokens/s | served/raw | p50 latency (s) "
+        "| batches (size: count) |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        sizes = ", ".join(f"{k}: {v}" for k, v in r.batch_sizes.items())
+        lines.append(
+            f"| {r.concurrency} | {r.raw_tokens_per_s} | {r.served_tokens_per_s} | {r.ratio:.2f} "
+            f"| {r.served_p50_latency_s} | {sizes} |"
+        )
+    if speed:
+        tokens = f" ({speed_tokens} new tokens)" if speed_tokens else ""
+        lines += ["", f"| quantization | in effect | batch | raw tokens/s{tokens} |", "|---|---|---:|---:|"]
+        lines += [f"| {s.quantization} | {s.in_effect} | {s.batch} | {s.tokens_per_s} |" for s in speed]
+    if load:
+        lines += ["", f"Machine load: {load}"]
+    return "\n".join(lines)
+
+
+def compare_served_raw(
+    settings: Settings,
+    *,
+    levels: list[int],
+    rounds: int,
+    per_client: int = 2,
+    progress: Callable[[str], None] = lambda _: None,
+) -> tuple[list[RatioRow], dict]:
+    """Start a server on port 0 under ``settings`` (its default pipeline, a bench customer), then for each
+    concurrency level measure served vs raw generate on the server's own teacher (see
+    :func:`measure_served_vs_raw`). Returns the rows and the teacher info (quantization and its reason)."""
+    token = "tm_bench_token"
+    server = TracemarkServer(settings, tokens=TokenStore({"bench": hash_token(token)}))
+    port = server.start()
+    progress("loading the teacher ...")
+    if not server.wait_ready(900):
+        server.stop(0)
+        raise RuntimeError(f"teacher failed to load: {server.runtime.load_error}")
+    teacher = server.runtime.teacher
+    if not hasattr(teacher, "generate_plain"):
+        server.stop(0)
+        raise RuntimeError(f"backend {teacher.info.backend!r} has no local model to compare with")
+    tokens_cap = settings.teacher.max_new_tokens
+    system = settings.teacher.system_prompt
+    stubs = Stubs(open_channel(f"127.0.0.1:{port}", token=token))
+    params = GenerationParams(max_new_tokens=tokens_cap)
+    request_params = teacher_pb2.GenerationParams(max_new_tokens=tokens_cap)
+
+    def raw(problems: list[str]) -> int:
+        return sum(teacher.generate_plain([_messages(p, system) for p in problems], params))
+
+    def served(problem: str) -> int:
+        request = teacher_pb2.GenerateRequest(problem=problem, params=request_params)
+        return stubs.teacher.Generate(request, timeout=900).completion_tokens
+
+    rows = []
+    try:
+        served(PROBLEMS[0])  # warm the pipeline (first ledger writes, plugin imports)
+        for level in levels:
+            progress(f"concurrency {level}: raw and served, {rounds} rounds ...")
+            queue = server.runtime.queue
+            queue.batch_sizes.clear()
+            rows.append(
+                measure_served_vs_raw(
+                    raw,
+                    served,
+                    concurrency=level,
+                    rounds=rounds,
+                    per_client=per_client,
+                    batch_sizes=lambda q=queue: dict(q.batch_sizes),
+                )
+            )
+    finally:
+        stubs.close()
+        server.stop(grace=1)
+    info = teacher.info
+    return rows, {
+        "model_id": info.model_id,
+        "device": info.device,
+        "quantization": info.quantization,
+        "quantization_note": info.quantization_note,
+        "channel_seconds": round(getattr(teacher, "channel_seconds", 0.0), 2),
+    }

@@ -6,7 +6,10 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from tracemark.foundation.channel import ChannelSpec, GreenLists, Keyring
@@ -14,6 +17,11 @@ from tracemark.foundation.errors import ResourceExhausted, Unavailable
 from tracemark.server.teacher.base import Generation, GenerationParams, Messages, TeacherBackend, TextCallback
 
 log = logging.getLogger(__name__)
+
+MAX_HOLD_S = 1.0  # a batch never waits longer than this to fill
+HOLD_WINDOWS = 4  # a batch that keeps receiving requests may stay open this many windows
+HOLD_FRACTION = 0.1  # ... nor longer than this share of the previous generate call (when above the window)
+ADMISSION_POLL_S = 0.002  # how often a batch waiting on requests being admitted looks again
 
 
 class QueueFull(ResourceExhausted, RuntimeError):
@@ -76,8 +84,12 @@ class GenerationQueue:
         self._jobs: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
         self._held: list[_Job] = []
         self._closed = threading.Event()
+        self._admit_lock = threading.Lock()
+        self._arriving = 0  # requests between arrival and submit (see admitting)
+        self._last_generate_s = 0.0
         self.batches_run = 0
         self.largest_batch = 0
+        self.batch_sizes: Counter[int] = Counter()  # rows per generate call: how many such calls
         self._worker = threading.Thread(target=self._run, name="generation-batcher", daemon=True)
         self._worker.start()
 
@@ -112,6 +124,24 @@ class GenerationQueue:
     def depth(self) -> int:
         return self._jobs.qsize() + len(self._held)
 
+    @contextmanager
+    def admitting(self) -> Iterator[None]:
+        """Wrap the work between a request's arrival and its :meth:`submit` (validation, ledger look-ups):
+        a batch being formed waits for requests that are on their way (up to its hold limit)."""
+        with self._admit_lock:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._admit_lock:
+                self._arriving -= 1
+
+    def _hold_s(self) -> float:
+        """How long a batch may keep filling while arrivals continue: a few windows, or a tenth of the last
+        generate call when that is longer (the clients of a finished batch come back together, after their
+        rewriting), at most 1 s. A batch with no arrival for ``window_s`` starts at once."""
+        return min(MAX_HOLD_S, max(HOLD_WINDOWS * self.window_s, HOLD_FRACTION * self._last_generate_s))
+
     def _next_batch(self) -> list[_Job]:
         if self._held:
             first = self._held.pop(0)
@@ -122,18 +152,26 @@ class GenerationQueue:
                 return []
         batch = [first]
         key = first.params.batch_key()
-        deadline = time.monotonic() + self.window_s
         # Jobs held back earlier that fit this batch go first, in arrival order.
         for job in list(self._held):
             if len(batch) < self.max_batch and job.params.batch_key() == key:
                 self._held.remove(job)
                 batch.append(job)
+        # Adaptive window: wait ``window_s`` after the latest arrival (so a stream of arrivals keeps the
+        # batch open) or while requests are being admitted, never past the hold limit.
+        now = time.monotonic()
+        limit = now + self._hold_s()
+        deadline = now + self.window_s
         while len(batch) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                job = self._jobs.get(timeout=max(remaining, 0)) if remaining > 0 else self._jobs.get_nowait()
-            except queue.Empty:
+            now = time.monotonic()
+            if now >= limit or (now >= deadline and self._arriving == 0):
                 break
+            wait = min(limit, deadline if deadline > now else now + ADMISSION_POLL_S) - now
+            try:
+                job = self._jobs.get(timeout=max(wait, 0.0005))
+            except queue.Empty:
+                continue
+            deadline = time.monotonic() + self.window_s
             if job.params.batch_key() == key:
                 batch.append(job)
             else:
@@ -156,6 +194,7 @@ class GenerationQueue:
                 seed=batch[0].params.seed,
             )
             extra = {}
+            start = time.monotonic()
             try:
                 if self.channel is not None:  # only then: backends written before the channel keep working
                     extra["channels"] = [self.channel.lists_for(j.account) for j in batch]
@@ -167,8 +206,10 @@ class GenerationQueue:
                 for job in batch:
                     job.future.set_exception(exc)
                 continue
+            self._last_generate_s = time.monotonic() - start
             self.batches_run += 1
             self.largest_batch = max(self.largest_batch, len(batch))
+            self.batch_sizes[len(batch)] += 1
             for job, result in zip(batch, results):
                 job.future.set_result(result)
 

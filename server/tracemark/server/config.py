@@ -14,7 +14,7 @@ from tracemark.forensics.adapters.policy import SuspectPolicy
 from tracemark.foundation.errors import InvalidInput
 from tracemark.foundation.files import read_toml
 
-Quantization = Literal["none", "int8", "nf4", "fp4"]
+Quantization = Literal["auto", "none", "int8-dynamic", "int8", "nf4", "fp4"]
 Backend = Literal["embedded", "transformers", "openai", "tiny"]
 
 
@@ -42,7 +42,11 @@ class TeacherSection(_Section):
     model: str = Field("", description="model folder or .gguf file (transformers); model name (openai)")
     endpoint: str = Field("", description="base URL of an OpenAI-compatible server, e.g. http://host:8000/v1")
     api_key_env: str = Field("TRACEMARK_TEACHER_API_KEY", description="env var holding the endpoint's key")
-    quantization: Quantization = Field("nf4", description="none | int8 | nf4 | fp4 (bitsandbytes)")
+    quantization: Quantization = Field(
+        "auto",
+        description="auto (per device, measured: int8-dynamic on CPU, nf4 on CUDA) | none | int8-dynamic "
+        "(torch dynamic int8, CPU) | int8 | nf4 | fp4 (bitsandbytes)",
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     max_new_tokens: int = Field(256, ge=1, le=8192)
     max_batch_size: int = Field(8, ge=1, description="requests generated together")

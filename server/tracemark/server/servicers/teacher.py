@@ -6,6 +6,7 @@ import queue as queue_mod
 import time
 from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import nullcontext
 
 import grpc
 from tracemark.plugins.answers import extract_final_answer
@@ -87,26 +88,33 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             rewrite_seconds=time.perf_counter() - start,
         )
 
+    def _admitting(self):
+        """The queue counts this request as on its way until it is submitted (see ``admitting``)."""
+        queue = self.rt.queue
+        return queue.admitting() if queue is not None else nullcontext()
+
     @grpc_errors
     def Generate(self, request, context):
-        problem, names, options, params, messages = self._prepare(request, context)
-        account = current_account()
-        self.rt.decoding_for(account)
-        future = self.rt.queue.submit(messages, params, account=account)
+        with self._admitting():
+            problem, names, options, params, messages = self._prepare(request, context)
+            account = current_account()
+            self.rt.decoding_for(account)
+            future = self.rt.queue.submit(messages, params, account=account)
         generation = self._wait(future, context)
         _remaining(context)
         return self._protect(generation, problem, names, options, params.seed)
 
     @grpc_stream_errors
     def GenerateStream(self, request, context) -> Iterator[teacher_pb2.GenerateStreamResponse]:
-        problem, names, options, params, messages = self._prepare(request, context)
-        # Raw teacher text is streamed only when nothing rewrites it; otherwise the caller sees
-        # progress counts, then the protected text once the pipeline has run.
-        live = set(names) <= PASS_THROUGH
-        events: queue_mod.Queue[str] = queue_mod.Queue()
-        account = current_account()
-        self.rt.decoding_for(account)
-        future = self.rt.queue.submit(messages, params, on_text=events.put, account=account)
+        with self._admitting():
+            problem, names, options, params, messages = self._prepare(request, context)
+            # Raw teacher text is streamed only when nothing rewrites it; otherwise the caller sees
+            # progress counts, then the protected text once the pipeline has run.
+            live = set(names) <= PASS_THROUGH
+            events: queue_mod.Queue[str] = queue_mod.Queue()
+            account = current_account()
+            self.rt.decoding_for(account)
+            future = self.rt.queue.submit(messages, params, on_text=events.put, account=account)
         produced = 0
         while True:
             remaining = _remaining(context)

@@ -26,8 +26,9 @@ def _ads(section: TeacherSection) -> dict:
     return {"ads": sampler, "ads_lambda": section.ads_lambda}
 
 
-def build_teacher(section: TeacherSection) -> TeacherBackend:
-    """Load the teacher described by ``section`` (may take seconds: conversion, quantization)."""
+def build_teacher(section: TeacherSection, *, dtype: str = "auto") -> TeacherBackend:
+    """Load the teacher described by ``section`` (may take seconds: conversion, quantization);
+    ``dtype`` of a local model: auto (float32 on CPU, bfloat16 on CUDA), float32 or bfloat16."""
     if section.backend == "openai":
         if section.decoding == "ads":
             raise TeacherError("decoding=ads needs a local teacher (it adjusts logits during generation)")
@@ -50,6 +51,7 @@ def build_teacher(section: TeacherSection) -> TeacherBackend:
             model_id=EMBEDDED_MODEL_ID,
             backend_name="embedded",
             max_batch_size=section.max_batch_size,
+            dtype=dtype,
             **_ads(section),
         )
     if section.backend == "tiny":
@@ -63,6 +65,7 @@ def build_teacher(section: TeacherSection) -> TeacherBackend:
             model_id="tiny-random-llama",
             backend_name="tiny",
             max_batch_size=section.max_batch_size,
+            dtype=dtype,
             **_ads(section),
         )
     if not section.model:
@@ -72,5 +75,6 @@ def build_teacher(section: TeacherSection) -> TeacherBackend:
         quantization=section.quantization,
         device=section.device,
         max_batch_size=section.max_batch_size,
+        dtype=dtype,
         **_ads(section),
     )

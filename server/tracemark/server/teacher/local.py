@@ -27,6 +27,13 @@ from tracemark.server.teacher.base import (
     TextCallback,
     describe_channel,
 )
+from tracemark.server.teacher.quantization import (
+    DYNAMIC_INT8,
+    dynamic_int8_layers,
+    packed_bytes,
+    quantize_dynamic_int8,
+    resolve_quantization,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
@@ -86,7 +93,9 @@ class LocalTeacher(TeacherBackend):
         max_batch_size: int = 8,
         ads: Any | None = None,
         ads_lambda: float = 0.0,
+        dtype: str = "auto",
     ) -> None:
+        """``dtype``: ``auto`` (float32 on CPU, bfloat16 on CUDA), ``float32`` or ``bfloat16``."""
         path = Path(model_path)
         if not path.exists():
             raise TeacherError(f"model path not found: {path}")
@@ -96,10 +105,18 @@ class LocalTeacher(TeacherBackend):
             self.device = resolve_device(device, what="teacher")
         except DeviceError as exc:
             raise TeacherError(str(exc)) from None
-        requested = quantization
+        requested, reason = resolve_quantization(quantization, self.device)
         note = ""
-        qconfig = bnb_config(quantization, self.device)
-        dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
+        dynamic = requested == DYNAMIC_INT8
+        if dynamic and self.device != "cpu":
+            note = f"{DYNAMIC_INT8} runs on CPU only; loaded unquantized on {self.device}"
+            dynamic = False
+        qconfig = None if requested in ("none", DYNAMIC_INT8) else bnb_config(requested, self.device)
+        if dtype not in ("auto", "float32", "bfloat16"):
+            raise TeacherError(f"unknown teacher dtype {dtype!r} (auto, float32 or bfloat16)")
+        if dtype == "auto":
+            dtype = "float32" if self.device == "cpu" else "bfloat16"
+        dtype = getattr(torch, dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -117,9 +134,14 @@ class LocalTeacher(TeacherBackend):
             log.warning("quantization fallback: %s", note)
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=self.device)
         self.model.eval()
+        if dynamic:
+            quantize_dynamic_int8(self.model)
         in_effect = quantization_in_effect(self.model)
+        if dynamic and dynamic_int8_layers(self.model):
+            in_effect = DYNAMIC_INT8
         if in_effect != requested and not note:
-            note = f"requested {requested}, bitsandbytes reports {in_effect}"
+            note = f"requested {requested}, the loaded model reports {in_effect}"
+        note = "; ".join(n for n in (reason, note) if n)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
@@ -134,7 +156,7 @@ class LocalTeacher(TeacherBackend):
             quantization_note=note,
             device=self.device,
             dtype=str(dtype).removeprefix("torch."),
-            parameter_bytes=int(self.model.get_memory_footprint()),
+            parameter_bytes=int(self.model.get_memory_footprint()) + packed_bytes(self.model),
             max_batch_size=max_batch_size,
             decoding=f"ads(lambda={ads_lambda:g}, epsilon={ads.epsilon:g})"
             if ads is not None
@@ -158,6 +180,22 @@ class LocalTeacher(TeacherBackend):
         ]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         return {k: v.to(self.model.device) for k, v in enc.items()}
+
+    def generate_plain(self, conversations: list[Messages], params: GenerationParams) -> list[int]:
+        """``model.generate`` alone on the batch (no queue, channel, streamer or rewriting): the baseline
+        the serving bench compares served throughput with. Returns each row's completion tokens."""
+        enc = self._encode(conversations)
+        kwargs = dict(max_new_tokens=params.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        kwargs["do_sample"] = not params.greedy
+        if not params.greedy:
+            kwargs.update(temperature=params.temperature, top_p=1.0, top_k=0)
+        with self._lock, torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        prompt_len = enc["input_ids"].shape[1]
+        return [self._completion_length(out[row, prompt_len:].tolist()) for row in range(out.shape[0])]
+
+    def _completion_length(self, new: list[int]) -> int:
+        return next((i for i, t in enumerate(new) if t in self.eos_ids), len(new))
 
     def generate_batch(
         self,
@@ -208,7 +246,7 @@ class LocalTeacher(TeacherBackend):
         results = []
         for row, mask in enumerate(enc["attention_mask"]):
             new = out[row, prompt_len:].tolist()
-            cut = next((i for i, t in enumerate(new) if t in self.eos_ids), len(new))
+            cut = self._completion_length(new)
             text = self.tokenizer.decode(new[:cut], skip_special_tokens=True)
             results.append(
                 Generation(
