@@ -210,7 +210,12 @@ def _precision(text: str) -> float:
 
 
 def _side_text(tokens: list[tuple[str, str]]) -> str:
-    return "".join(_OP_NAMES.get(t, t).replace("$", "").replace(",", "") for _, t in tokens)
+    parts = []
+    for kind, text in tokens:
+        if kind == "num" and _DECIMAL_COMMA.fullmatch(text):
+            text = text.replace(",", ".")
+        parts.append(_OP_NAMES.get(text, text).replace("$", "").replace(",", ""))
+    return "".join(parts)
 
 
 def _make(sides: list[list[tuple[str, str]]], text: str) -> Equation | None:
