@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 from tracemark.plugins.api import RewriteContext, Rewriter
+from tracemark.plugins.builtin.restructure import RestructureRewriter
 from tracemark.plugins.equations import (
     EQUATION_GUARDED,
     check_rewrite,
@@ -172,7 +173,5 @@ def test_the_default_guards_restructure_rewriters_only():
 
 
 def test_the_real_restructure_passes_the_guard_in_the_pipeline():
-    from tracemark.plugins.builtin.restructure import RestructureRewriter  # noqa: PLC0415 - test-local
-
     result = _pipeline(RestructureRewriter).run(TRACE, names=["restructure"])
     assert result.steps[0].guard == "preserved" and "12 ⟸ 3 × 4" in result.trace

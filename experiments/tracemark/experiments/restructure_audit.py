@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tracemark.experiments.countermeasures import invert_restructure, plain_form
 from tracemark.plugins.answers import answers_match, extract_final_answer
 from tracemark.plugins.api import RewriteContext
 from tracemark.plugins.builtin.restructure import RestructureRewriter
@@ -139,11 +140,14 @@ def audit(
     pipeline = RewritePipeline(RewriterRegistry.from_classes(cls), timeout_s=30.0, retries=1)
     instance = cls()
     raw, guarded = Tally(), Tally()
-    fell_back = 0
+    fell_back = inverted_plain = source_plain = 0
     started = time.perf_counter()
     for index, (question, answer) in enumerate(solutions):
         trace_id = f"audit-{seed}-{index}"
-        raw.add(answer, instance.rewrite(answer, RewriteContext(problem=question, trace_id=trace_id)))
+        output = instance.rewrite(answer, RewriteContext(problem=question, trace_id=trace_id))
+        raw.add(answer, output)
+        source_plain += plain_form(answer)
+        inverted_plain += plain_form(invert_restructure(output))
         context = RewriteContext(problem=question, trace_id=trace_id, rng=random.Random(f"{seed}|{index}"))
         result = pipeline.run(answer, names=[rewriter], context=context)
         fell_back += result.steps[0].fell_back
@@ -153,6 +157,8 @@ def audit(
         "rewriter": rewriter,
         "raw": raw.summary(),
         "guarded": {**guarded.summary(), "fell_back": fell_back},
+        # the adaptive distiller's invert_restructure: traces whose equations all read "a op b = c" again
+        "countermeasure": {"inverted_plain_form": inverted_plain, "source_plain_form": source_plain},
         "seconds": round(seconds, 2),
         "ms_per_trace": round(1000.0 * seconds / max(len(solutions), 1), 3),
     }
@@ -167,6 +173,11 @@ def _print(report: dict[str, Any]) -> None:
     for key in keys:
         print(f"{key:30} {report['raw'][key]!s:>15} {report['guarded'][key]!s:>17}")
     print(f"{'fell back (guard)':30} {'':>15} {report['guarded']['fell_back']!s:>17}")
+    inverted = report["countermeasure"]
+    print(
+        f"invert_restructure: {inverted['inverted_plain_form']}/{traces} traces read 'a op b = c' again "
+        f"(sources: {inverted['source_plain_form']}/{traces})"
+    )
 
 
 def main(argv: Iterable[str] | None = None) -> int:
