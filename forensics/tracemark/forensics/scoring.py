@@ -39,6 +39,7 @@ import numpy as np
 from tracemark.forensics import stats
 from tracemark.forensics.salient import SalientSet
 from tracemark.forensics.signatures import CandidateSpace, SignaturePair, decoy_rng
+from tracemark.forensics.trie_fast import FastScoring
 from tracemark.foundation.errors import Failed
 
 DEFAULT_PROBLEM = (
@@ -220,7 +221,7 @@ class PromptScorer:
         return expand_contexts(self.contexts, trigger, self.suspect, self.problem)
 
 
-class WhiteBoxScorer(PromptScorer):
+class WhiteBoxScorer(FastScoring, PromptScorer):
     """Exact white-box ranks for a suspect that exposes ``encode_batch``, ``next_token_logprobs`` and
     ``continuation_logprobs`` (:class:`~tracemark.forensics.adapters.LocalModelSuspect`)."""
 
@@ -235,6 +236,7 @@ class WhiteBoxScorer(PromptScorer):
         salient: Callable[[str], SalientSet | None] | None = None,
         search_budget: int | None = None,
         log_queries: bool = True,
+        fast: bool = True,
     ) -> None:
         if not getattr(suspect, "white_box", False):
             raise ScoringError(f"suspect {suspect!r} is black-box: it exposes no log-probabilities")
@@ -249,6 +251,12 @@ class WhiteBoxScorer(PromptScorer):
         self._tables: dict[str, np.ndarray] = {}
         self._tree_ok: bool | None = None
         self.forward_passes = 0
+        self.fast = fast  # the batched, early-stopping trie search (same ranks; reference on ambiguity)
+        self.fast_fallbacks = 0
+        self.fast_margin: float | None = None
+        self._prepared: dict[str, tuple[Any, int, float]] = {}
+        self._probe_context = 0
+        self._fast_seconds = 0.0  # the pair's share of a lockstep batch run before score_pair
 
     # layout
     def layouts(self, trigger: str) -> list[DigitLayout] | None:
@@ -380,6 +388,10 @@ class WhiteBoxScorer(PromptScorer):
             self.forward_passes += sum(len(x) for x in levels)
         return self._combine(per)
 
+    def _uses_table(self, layouts: list[DigitLayout]) -> bool:
+        """Whether the default rank of a trigger with these layouts comes from the cached full table."""
+        return self.space.size <= TABLE_MAX and self._tree_usable(layouts)
+
     def score_pair(
         self,
         pair: SignaturePair,
@@ -423,11 +435,15 @@ class WhiteBoxScorer(PromptScorer):
             target_score = float(scores[cands.index(pair.target)])
             better, tied = _better_tied(scores, target_score, included=True)
             method = "full"
-        elif use_table or (self.space.size <= TABLE_MAX and self._tree_usable(layouts)):
+        elif use_table or self._uses_table(layouts):
             table = self.table(pair.trigger)
             target_score = float(table[self.space.index(pair.target)])
             better, tied = _better_tied(table[eligible.mask()], target_score, included=True)
             method = "table"
+        elif (fast := self._fast_rank(layouts, pair, eligible)) is not None:
+            better = n - 1 if fast.method == "trie-censored" else fast.better
+            tied, target_score, method = fast.tied, fast.target_score, fast.method
+            extra.update(fast.extra)
         else:
             assert layouts is not None
             s_t = self.path_score(layouts, pair.target)
@@ -457,9 +473,10 @@ class WhiteBoxScorer(PromptScorer):
             n_tied=tied,
             target_score=target_score,
             forward_passes=self.forward_passes - passes0,
-            seconds=time.perf_counter() - start,
+            seconds=time.perf_counter() - start + self._fast_seconds,
             extra=extra,
         )
+        self._fast_seconds = 0.0
         rank = result.rank
         if self.log_queries and hasattr(self.suspect, "record"):
             summary = {

@@ -320,7 +320,7 @@ class LocalModelSuspect(SuspectAdapter):
                 for s_i in range(len(firsts)):
                     o = n_prefix + s_i * size
                     mask[s_i * size : (s_i + 1) * size, o : o + size] = anc
-                kwargs = {self._cache_kwarg(): copy.deepcopy(cache)}
+                kwargs = {self._cache_kwarg(): copy.deepcopy(cache)} if cache is not None else {}
                 logits = model(
                     input_ids=torch.tensor([tokens], dtype=torch.long, device=self.device),
                     position_ids=torch.tensor([positions], dtype=torch.long, device=self.device),
@@ -361,7 +361,7 @@ class LocalModelSuspect(SuspectAdapter):
         if any(len(q) == 0 for q in queries):
             raise ValueError("cannot score an empty query")
         model, _ = self._load()
-        cache, _ = self._prefix_state(tuple(prefix))
+        cache = self._prefix_state(tuple(prefix))[0] if prefix else None
         cols = list(columns)
         out = np.empty((len(queries), len(cols)), dtype=np.float64)
         n_prefix = len(prefix)
@@ -384,7 +384,7 @@ class LocalModelSuspect(SuspectAdapter):
             tokens = [k[-1] for k in keys]
             positions = [n_prefix + len(k) - 1 for k in keys]
             with torch.inference_mode():
-                kwargs = {self._cache_kwarg(): copy.deepcopy(cache)}
+                kwargs = {self._cache_kwarg(): copy.deepcopy(cache)} if cache is not None else {}
                 logits = model(
                     input_ids=torch.tensor([tokens], dtype=torch.long, device=self.device),
                     position_ids=torch.tensor([positions], dtype=torch.long, device=self.device),

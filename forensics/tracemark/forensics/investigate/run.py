@@ -42,6 +42,8 @@ from tracemark.foundation.errors import first_line
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int, str], None]
+WHITE_BOX_BATCH = 8
+"""Pairs whose white-box trie searches run in lockstep (one packed forward per round for all of them)."""
 
 
 def _emit(progress: ProgressFn | None, stage: str, done: int, total: int, message: str = "") -> None:
@@ -213,6 +215,18 @@ def score_registered_pair(
     return scorer.score_pair(pair, decoys=scheme.merged_digit_decoys, beacon=beacon)
 
 
+def _prepare(batch: Sequence[SignaturePair], members: dict[str, Member], scorer_for: Any) -> None:
+    """Batch the white-box trie searches of ``batch`` (one lockstep run per scorer); each pair's result is
+    then assembled (and logged) by :func:`score_registered_pair` in its turn, exactly as unbatched."""
+    groups: dict[int, tuple[Any, list[SignaturePair]]] = {}
+    for pair in batch:
+        scorer = scorer_for(members[pair.account].scheme_of(pair))
+        groups.setdefault(id(scorer), (scorer, []))[1].append(pair)
+    for scorer, pairs in groups.values():
+        if hasattr(scorer, "prepare"):
+            scorer.prepare(pairs)
+
+
 def _score_suspect(
     run: SuspectRun,
     *,
@@ -273,6 +287,8 @@ def _score_suspect(
                 scheme = members[pair.account].scheme_of(pair)
                 scorer = scorer_for(scheme)
                 if run.mode == "white-box":
+                    if (done - 1) % WHITE_BOX_BATCH == 0:  # the next pairs' trie searches run in lockstep
+                        _prepare(order[done - 1 : done - 1 + WHITE_BOX_BATCH], members, scorer_for)
                     result = score_registered_pair(scorer, scheme, pair, beacon=beacon)
                 else:
                     left = suspect.budget_left
