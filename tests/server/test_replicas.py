@@ -266,7 +266,8 @@ def test_two_replicas_share_one_ledger(cluster, tiny_model_dir):
         try:
             results[key] = investigate(replica, tiny_model_dir)
         except grpc.RpcError as exc:
-            errors.append(f"{key}: {exc.code()} {exc.details()}")
+            log = (replica.workdir / f"{replica.name}.log").read_text(errors="replace")
+            errors.append(f"{key}: {exc.code()} {exc.details()}\n{log[-3000:]}")
 
     inv = [
         threading.Thread(target=run_investigation, args=(r, f"{r.name}{i}")) for r in (a, b) for i in (1, 2)

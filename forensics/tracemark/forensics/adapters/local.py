@@ -15,7 +15,7 @@ from typing import Any
 from tracemark.forensics.adapters.base import Sample, SuspectAdapter, SuspectError, file_sha256, sha256_hex
 from tracemark.foundation.errors import first_line
 
-_TRANSFORMERS_IMPORT_LOCK = threading.Lock()  # one thread imports transformers' lazy modules at a time
+_MODEL_LOAD_LOCK = threading.Lock()  # one suspect model loads at a time (see LocalModelSuspect._load)
 
 PACKED_TOKENS = 384  # tokens per packed batch of trie nodes (attention mask is PACKED_TOKENS x (prompt + it))
 TREE_TOKENS = 600  # tokens per packed call of the trie (whole first-digit subtrees)
@@ -116,29 +116,35 @@ class LocalModelSuspect(SuspectAdapter):
             if self._model is None:
                 import torch
 
-                with _TRANSFORMERS_IMPORT_LOCK:  # transformers' lazy import fails in concurrent first uses
-                    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-                try:
-                    if self.gguf:
-                        folder, name = str(self.path.parent), self.path.name
-                        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-                        model = AutoModelForCausalLM.from_pretrained(
-                            folder, gguf_file=name, dtype=torch.float32, local_files_only=True
-                        )
-                    else:
-                        tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-                        model = AutoModelForCausalLM.from_pretrained(
-                            self.path, dtype=torch.float32, local_files_only=True
-                        )
-                except (OSError, ValueError) as exc:
-                    raise SuspectError(f"cannot load suspect model {self.path}: {first_line(exc)}") from None
-                if self.device == "auto":
-                    self.device = "cuda" if torch.cuda.is_available() else "cpu"
-                model.to(self.device)
-                model.eval()
-                self._model, self._tokenizer = model, tok
+                # One load at a time in the process: transformers' lazy import fails in concurrent first
+                # uses, and from_pretrained's meta-device initialisation is process-global (two concurrent
+                # investigations on a server loaded "meta" tensors).
+                with _MODEL_LOAD_LOCK:
+                    self._model, self._tokenizer = self._load_locked(torch)
         return self._model, self._tokenizer
+
+    def _load_locked(self, torch: Any) -> tuple[Any, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            if self.gguf:
+                folder, name = str(self.path.parent), self.path.name
+                tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+                model = AutoModelForCausalLM.from_pretrained(
+                    folder, gguf_file=name, dtype=torch.float32, local_files_only=True
+                )
+            else:
+                tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.path, dtype=torch.float32, local_files_only=True
+                )
+        except (OSError, ValueError) as exc:
+            raise SuspectError(f"cannot load suspect model {self.path}: {first_line(exc)}") from None
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(self.device)
+        model.eval()
+        return model, tok
 
     @property
     def model(self) -> Any:
@@ -320,7 +326,7 @@ class LocalModelSuspect(SuspectAdapter):
                 for s_i in range(len(firsts)):
                     o = n_prefix + s_i * size
                     mask[s_i * size : (s_i + 1) * size, o : o + size] = anc
-                kwargs = {self._cache_kwarg(): copy.deepcopy(cache)} if cache is not None else {}
+                kwargs = {self._cache_kwarg(): copy.deepcopy(cache)}
                 logits = model(
                     input_ids=torch.tensor([tokens], dtype=torch.long, device=self.device),
                     position_ids=torch.tensor([positions], dtype=torch.long, device=self.device),
