@@ -152,3 +152,44 @@ def test_packed_numbers_that_disagree_turn_the_fast_path_off():
     p = SignaturePair("acct", 1, 0, "q9 =", "123")
     _same(ref.score_pair(p), new.score_pair(p))
     assert new.fast is False and new.fast_margin is None
+
+
+def test_a_black_box_budget_smaller_than_the_pairs_reaches_accounts_in_the_beacon_order(master, engine):
+    """1 completion per pair (greedy) and fewer completions than pairs: the pairs scored are pair 0 of the
+    first accounts in sha256(beacon, account) order (fixed by the pre-registration), not by name."""
+    import hashlib
+
+    from tracemark.forensics.adapters import Sample, SuspectAdapter
+    from tracemark.forensics.investigate import InvestigationParams, run_investigation
+    from tracemark.forensics.investigate.run import beacon_order
+    from tracemark.forensics.issuer import SignatureIssuer
+
+    class Numbers(SuspectAdapter):
+        kind = "scripted"
+
+        def identity(self):
+            return {"kind": self.kind, "model": "numbers"}
+
+        def _sample(self, prompt, n, max_new_tokens, temperature, seed):
+            digest = hashlib.sha256(prompt.encode()).hexdigest()
+            return [Sample(text=f" {int(digest[:8], 16) % 10_000:04d}.")] * n, {}
+
+    scheme = SignatureScheme(digits=4, contexts=("\nLet {trigger}",))
+    issuer = SignatureIssuer(master=master, engine=engine, scheme=scheme)
+    names = [f"acct-{i:02d}" for i in range(8)]
+    for a in names:
+        issuer.ensure_account(a)
+        for p in issuer.pairs_for(a):
+            issuer.record_issue(account=a, trace_id=f"t-{a}-{p.index}", pair=p, rewriter="watermark")
+    out = run_investigation(
+        suspect=Numbers("scripted:numbers"),
+        engine=engine,
+        master=master,
+        params=InvestigationParams(query_budget=5, channel=False),
+    )
+    assert out.verdict == "inconclusive" and out.queries == 5
+    reached = [a.account for a in out.accounts if a.pair_results]
+    beacon = out.report["registration"]["entry_hash"]
+    want = list(beacon_order({a: [] for a in names}, beacon))[:5]
+    assert sorted(reached) == sorted(want)
+    assert all(len(a.pair_results) == 1 for a in out.accounts if a.pair_results)

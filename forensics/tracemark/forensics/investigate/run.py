@@ -18,6 +18,7 @@ re-running until something fires is visible.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +65,17 @@ def _interleave(pairs: dict[str, list[SignaturePair]]) -> list[SignaturePair]:
             if i < len(pairs[account]):
                 order.append(pairs[account][i])
     return order
+
+
+def beacon_order(pairs: dict[str, list[SignaturePair]], beacon: str) -> dict[str, list[SignaturePair]]:
+    """The accounts in the order of ``sha256(beacon, account)``: when a black-box budget cannot reach every
+    pair, the accounts it reaches are a uniformly random subset fixed by the pre-registration (public,
+    before the first query), not the alphabetically first ones in every investigation."""
+
+    def key(account: str) -> bytes:
+        return hashlib.sha256(f"tracemark-order/1\x00{beacon}\x00{account}".encode()).digest()
+
+    return {a: pairs[a] for a in sorted(pairs, key=key)}
 
 
 def run_investigation(*, suspect: Any, **kwargs: Any) -> InvestigationOutcome:
@@ -246,6 +258,8 @@ def _score_suspect(
     run.started = time.perf_counter()
     run.queries_before = len(getattr(suspect, "query_log", []))
     order = _interleave(pairs)
+    if run.mode == "black-box" and params.query_budget < len(order):
+        order = _interleave(beacon_order(pairs, beacon))  # which accounts the budget reaches: not by name
     total = len(order)
     if params.sequential:
         # accounts of all suspects share one Bonferroni family of size `family`
