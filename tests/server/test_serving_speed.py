@@ -112,3 +112,23 @@ def test_auto_on_cpu_loads_dynamic_int8_and_says_why(dynamic_teacher, tiny_model
 def test_unknown_dtype_is_refused(tiny_model_dir):
     with pytest.raises(TeacherError, match="dtype"):
         LocalTeacher(tiny_model_dir, quantization="none", device="cpu", dtype="float8")
+
+
+def test_the_embedded_class_of_teacher_never_weaves_pairs(tmp_path):
+    from tracemark.server.app import TracemarkServer  # deferred: the gRPC stack, for this test only
+
+    settings = load_settings(
+        overrides={
+            "server": {"address": "127.0.0.1:0"},
+            "teacher": {"backend": "tiny", "max_new_tokens": 2},
+            "rewrite": {"watermark_weave": "llm", "llm": "teacher"},
+            "ledger": {"url": f"sqlite:///{tmp_path / 'l.db'}", "master_key_file": tmp_path / "m.key"},
+        }
+    )
+    server = TracemarkServer(settings)
+    server.start()
+    try:
+        assert server.wait_ready(120), server.runtime.load_error
+        assert server.runtime._policy().mode == "template"
+    finally:
+        server.stop(0)

@@ -236,37 +236,51 @@ def measure_speed(
     *,
     batches: tuple[int, ...] = (1, 8),
     max_new_tokens: int = 32,
+    rounds: int = 2,
     system_prompt: str = "",
 ) -> list[SpeedRow]:
-    """Raw generate tokens/s of each quantization at each batch size (one warm-up call first); the
-    measurement behind ``teacher.quantization = auto``. ``load(q)`` returns a local teacher."""
-    rows = []
-    params = GenerationParams(max_new_tokens=max_new_tokens)
+    """Raw generate tokens/s of each quantization at each batch size: the measurement behind
+    ``teacher.quantization = auto``. ``load(q)`` returns a local teacher; all are loaded first, warmed
+    up, then timed in turns (``rounds`` times each mode and batch), so a changing machine load weighs on
+    every mode alike."""
+    teachers = {}
     for quantization in quantizations:
         teacher = load(quantization)
-        plain = getattr(teacher, "generate_plain", None)
-        if plain is None:
+        if getattr(teacher, "generate_plain", None) is None:
             teacher.close()
             continue
-        plain([_messages(PROBLEMS[0], system_prompt)], GenerationParams(max_new_tokens=2))
+        teachers[quantization] = teacher
+    params = GenerationParams(max_new_tokens=max_new_tokens)
+    totals: dict[tuple[str, int], list[float]] = {(q, b): [0, 0.0] for q in teachers for b in batches}
+    try:
         for batch in batches:
             conversations = [_messages(PROBLEMS[i % len(PROBLEMS)], system_prompt) for i in range(batch)]
-            start = time.perf_counter()
-            tokens = sum(plain(conversations, params))
-            seconds = time.perf_counter() - start
-            rows.append(
-                SpeedRow(
-                    quantization=quantization,
-                    in_effect=teacher.info.quantization,
-                    batch=batch,
-                    tokens_per_s=round(tokens / seconds, 2),
-                    seconds=round(seconds, 2),
-                )
-            )
-        teacher.close()
-        del teacher
+            for teacher in teachers.values():  # untimed: one-off kernel set-up at this batch shape
+                teacher.generate_plain(conversations, GenerationParams(max_new_tokens=2))
+            for _ in range(rounds):
+                for quantization, teacher in teachers.items():
+                    start = time.perf_counter()
+                    tokens = sum(teacher.generate_plain(conversations, params))
+                    total = totals[(quantization, batch)]
+                    total[0] += tokens
+                    total[1] += time.perf_counter() - start
+    finally:
+        infos = {q: t.info.quantization for q, t in teachers.items()}
+        for teacher in teachers.values():
+            teacher.close()
+        teachers.clear()
         gc.collect()
-    return rows
+    return [
+        SpeedRow(
+            quantization=q,
+            in_effect=infos[q],
+            batch=b,
+            tokens_per_s=round(totals[(q, b)][0] / totals[(q, b)][1], 2),
+            seconds=round(totals[(q, b)][1], 2),
+        )
+        for q in infos
+        for b in batches
+    ]
 
 
 def _messages(problem: str, system_prompt: str) -> list[dict[str, str]]:

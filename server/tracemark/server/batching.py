@@ -56,6 +56,7 @@ class _Job:
     params: GenerationParams
     on_text: TextCallback | None
     account: str | None = None
+    internal: bool = False
     future: Future = field(default_factory=Future)
 
 
@@ -86,6 +87,8 @@ class GenerationQueue:
         self._closed = threading.Event()
         self._admit_lock = threading.Lock()
         self._arriving = 0  # requests between arrival and submit (see admitting)
+        self._rewriting = 0  # requests between their generation and their reply (see rewriting)
+        self._internal = 0  # jobs submitted from inside a rewrite (an LLM rewriter's call), not yet done
         self._last_generate_s = 0.0
         self.batches_run = 0
         self.largest_batch = 0
@@ -99,17 +102,29 @@ class GenerationQueue:
         params: GenerationParams,
         on_text: TextCallback | None = None,
         account: str | None = None,
+        internal: bool = False,
     ) -> Future:
         """Queue one conversation decoded for ``account`` (``None``: anonymous, the provider key only);
-        the future resolves to a :class:`Generation`."""
+        the future resolves to a :class:`Generation`. ``internal``: submitted from inside a rewrite (an
+        LLM rewriter's call), so that rewrite is not awaited as a coming request."""
         if self._closed.is_set():
             raise QueueClosed("the teacher is shutting down")
-        job = _Job(messages, params, on_text, account)
+        job = _Job(messages, params, on_text, account, internal)
+        if internal:
+            with self._admit_lock:
+                self._internal += 1
+            job.future.add_done_callback(self._internal_done)
         try:
             self._jobs.put_nowait(job)
         except queue.Full:
+            if internal:
+                job.future.cancel()
             raise QueueFull(f"generation queue is full ({self._jobs.maxsize} waiting)") from None
         return job.future
+
+    def _internal_done(self, _future: Future) -> None:
+        with self._admit_lock:
+            self._internal -= 1
 
     def generate(
         self,
@@ -117,8 +132,9 @@ class GenerationQueue:
         params: GenerationParams,
         timeout: float | None = None,
         account: str | None = None,
+        internal: bool = False,
     ) -> Generation:
-        return self.submit(messages, params, account=account).result(timeout=timeout)
+        return self.submit(messages, params, account=account, internal=internal).result(timeout=timeout)
 
     @property
     def depth(self) -> int:
@@ -135,6 +151,26 @@ class GenerationQueue:
         finally:
             with self._admit_lock:
                 self._arriving -= 1
+
+    @contextmanager
+    def rewriting(self) -> Iterator[None]:
+        """Wrap the work between a request's generation and its reply (the rewrite pipeline, ledger
+        writes): a client served by a finished batch usually sends its next request right after, so a
+        batch being formed waits for these too (up to its hold limit). Generation never waits on a rewrite
+        beyond that limit."""
+        with self._admit_lock:
+            self._rewriting += 1
+        try:
+            yield
+        finally:
+            with self._admit_lock:
+                self._rewriting -= 1
+
+    def _expecting(self) -> bool:
+        """Whether more requests are on their way: being admitted, or replies being rewritten whose
+        clients may come back (less the rewrites now waiting on a queued LLM call of their own)."""
+        with self._admit_lock:
+            return self._arriving > 0 or self._rewriting > self._internal
 
     def _hold_s(self) -> float:
         """How long a batch may keep filling while arrivals continue: a few windows, or a tenth of the last
@@ -164,7 +200,7 @@ class GenerationQueue:
         deadline = now + self.window_s
         while len(batch) < self.max_batch:
             now = time.monotonic()
-            if now >= limit or (now >= deadline and self._arriving == 0):
+            if now >= limit or (now >= deadline and not self._expecting()):
                 break
             wait = min(limit, deadline if deadline > now else now + ADMISSION_POLL_S) - now
             try:

@@ -53,7 +53,8 @@ class QueuedLLM(_ChatLLM):
         return QueuedLLM(self.queue, self.model_id, timeout_s=self.timeout_s, account=account)
 
     def _generate(self, messages: Messages, params: GenerationParams) -> str:
-        return self.queue.generate(messages, params, timeout=self.timeout_s, account=self.account).text
+        job = self.queue.submit(messages, params, account=self.account, internal=True)
+        return job.result(timeout=self.timeout_s).text
 
 
 class DirectLLM(_ChatLLM):

@@ -49,6 +49,9 @@ PLUGIN_WORKERS = 4  # third-party plugin steps running at once (each in its own 
 CHANNEL_PROVIDER_ROWS = 2048
 CHANNEL_ACCOUNTS = 128
 CHANNEL_ACCOUNT_ROWS = 32
+# Teachers that cannot weave a signature pair into a trace (measured: the embedded 135M model timed out or
+# garbled the pair on every trace): with rewrite.llm = teacher, the weave uses the keyed template.
+WEAVE_INCAPABLE_BACKENDS = frozenset({"embedded", "tiny"})
 
 
 @dataclass
@@ -77,6 +80,9 @@ class Runtime:
     # A tokenizer with the channel's vocabulary (the teacher's), for black-box channel detection.
     channel_tokenizer: Any = None
     _channel_tokenizer_cache: Any = None
+    # How pairs are woven in effect: rewrite.watermark_weave, unless its LLM cannot do the job ("" until
+    # the teacher is attached).
+    weave_mode: str = ""
 
     # --- start-up -------------------------------------------------------------------------------
     def load_plugins(self) -> None:
@@ -147,6 +153,19 @@ class Runtime:
             self.llm = DirectLLM(backend, channel=keys)
             log.info("distributional channel of the rewriters' LLM: %s", backend.info.extra["channel"])
         log.info("distributional channel: %s", teacher.info.extra.get("channel", "off"))
+        self.weave_mode = rw.watermark_weave
+        if (
+            rw.watermark_weave == "llm"
+            and rw.llm == "teacher"
+            and teacher.info.backend in WEAVE_INCAPABLE_BACKENDS
+        ):
+            self.weave_mode = "template"
+            log.warning(
+                "rewrite.watermark_weave = llm asks the %s teacher to weave pairs, which it cannot do; "
+                "weaving with the template (configure rewrite.llm = openai with a capable model for llm)",
+                teacher.info.backend,
+            )
+        log.info("watermark weave: %s", self.weave_mode)
 
     def _configure_channel(
         self, backend: TeacherBackend, bias_tokenizer: str, *, teacher_side: bool = False
@@ -295,7 +314,7 @@ class Runtime:
         if self.issuer is None:
             return None
         rw = self.settings.rewrite
-        return WatermarkPolicy(fraction=rw.watermark_fraction, mode=rw.watermark_weave)
+        return WatermarkPolicy(fraction=rw.watermark_fraction, mode=self.weave_mode or rw.watermark_weave)
 
     def close(self) -> None:
         """Stop the plugin worker processes."""

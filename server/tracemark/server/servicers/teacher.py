@@ -102,7 +102,8 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             future = self.rt.queue.submit(messages, params, account=account)
         generation = self._wait(future, context)
         _remaining(context)
-        return self._protect(generation, problem, names, options, params.seed)
+        with self.rt.queue.rewriting():
+            return self._protect(generation, problem, names, options, params.seed)
 
     @grpc_stream_errors
     def GenerateStream(self, request, context) -> Iterator[teacher_pb2.GenerateStreamResponse]:
@@ -133,7 +134,8 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             elif produced % 8 == 0:
                 yield teacher_pb2.GenerateStreamResponse(completion_tokens=produced)
         generation = self._wait(future, context)
-        final = self._protect(generation, problem, names, options, params.seed)
+        with self.rt.queue.rewriting():
+            final = self._protect(generation, problem, names, options, params.seed)
         if not live:
             for chunk in text_chunks(final.trace):
                 yield teacher_pb2.GenerateStreamResponse(text_delta=chunk, completion_tokens=produced)
