@@ -18,6 +18,7 @@ import random
 import re
 import sys
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from tracemark.plugins.answers import answers_match, extract_final_answer
 from tracemark.plugins.api import RewriteContext
 from tracemark.plugins.builtin.restructure import RestructureRewriter
 from tracemark.plugins.builtin.restructure_stealth import StealthRestructureRewriter
-from tracemark.plugins.equations import check_rewrite
+from tracemark.plugins.equations import check_rewrite, extract_equations
 from tracemark.plugins.loader import RewriterRegistry
 from tracemark.plugins.pipeline import RewritePipeline
 
@@ -37,6 +38,7 @@ _DOUBLED = re.compile(r"\b([A-Za-z]{2,})\s+\1\b", re.IGNORECASE)
 _DANGLING = re.compile(r"(?:[+\-*/×÷·^=⟸]|\d\s+[xX]|:=)\s*$")
 _GLUED = re.compile(r"(?:\s[xX×*+/÷-]|=|⟸)\.\d")  # a spaced operator glued to a decimal: "5 x.01 =.05"
 _ANNOTATION = re.compile(r"<<[^<>]*>>")
+_PLAIN = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)%?")
 _SENTENCE_END = re.compile(r"(?<=[.;!?])\s+|\s+▹\s+|\n")
 
 
@@ -71,6 +73,17 @@ def _count(pattern: re.Pattern[str], text: str) -> int:
     return len(pattern.findall(text))
 
 
+def _result_not_first(text: str) -> bool:
+    """A result-first notation with a derivation in front of a plain number: ``(1) 48/2 ⟸ 24``."""
+    for equation in extract_equations(text):
+        if "⟸" not in equation.text and ":=" not in equation.text:
+            continue  # a premise kept as written
+        first, *rest = equation.sides
+        if not _PLAIN.fullmatch(first) and any(_PLAIN.fullmatch(side) for side in rest):
+            return True
+    return False
+
+
 def _dangling(text: str) -> int:
     parts = (part.rstrip(" .") for part in _SENTENCE_END.split(text))
     return sum(1 for part in parts if part and _DANGLING.search(part))
@@ -88,6 +101,7 @@ class Tally:
     doubled_words: int = 0
     dangling_operators: int = 0
     glued_decimals: int = 0
+    result_not_first: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, source: str, output: str, *, keep_examples: int = 3) -> None:
@@ -102,6 +116,7 @@ class Tally:
             "doubled_words": _count(_DOUBLED, output) > _count(_DOUBLED, visible),
             "dangling_operators": _dangling(output) > _dangling(visible),
             "glued_decimals": _count(_GLUED, output) > _count(_GLUED, visible),
+            "result_not_first": _result_not_first(output),
             "false_equations": bool(check.false),
             "results_lost": bool(check.missing),
         }
@@ -126,12 +141,13 @@ class Tally:
             "doubled_words": self.doubled_words,
             "dangling_operators": self.dangling_operators,
             "glued_decimals": self.glued_decimals,
+            "result_not_first": self.result_not_first,
             "examples": self.examples,
         }
 
 
 def audit(
-    solutions: Sequence[tuple[str, str]], rewriter: str = "restructure", *, seed: int = 0
+    solutions: Sequence[tuple[str, str]], rewriter: str = "restructure", *, seed: int = 0, auc: bool = False
 ) -> dict[str, Any]:
     """Run ``rewriter`` alone (``raw``) and through a guarded pipeline (``guarded``) on every solution."""
     if rewriter not in REWRITERS:
@@ -141,6 +157,7 @@ def audit(
     instance = cls()
     raw, guarded = Tally(), Tally()
     fell_back = inverted_plain = source_plain = 0
+    delivered: list[str] = []
     started = time.perf_counter()
     for index, (question, answer) in enumerate(solutions):
         trace_id = f"audit-{seed}-{index}"
@@ -150,10 +167,17 @@ def audit(
         inverted_plain += plain_form(invert_restructure(output))
         context = RewriteContext(problem=question, trace_id=trace_id, rng=random.Random(f"{seed}|{index}"))
         result = pipeline.run(answer, names=[rewriter], context=context)
+        delivered.append(result.trace)
         fell_back += result.steps[0].fell_back
         guarded.add(answer, result.trace)
     seconds = time.perf_counter() - started
+    extra: dict[str, Any] = {}
+    if auc:
+        # the sources as a reader sees them: calculator annotations would give every source away
+        sources = [_ANNOTATION.sub("", answer) for _, answer in solutions]
+        extra["ngram_auc"] = round(ngram_auc(sources, delivered, seed=seed), 4)
     return {
+        **extra,
         "rewriter": rewriter,
         "raw": raw.summary(),
         "guarded": {**guarded.summary(), "fell_back": fell_back},
@@ -164,15 +188,57 @@ def audit(
     }
 
 
+def _ngram_features(texts: Sequence[str], dims: int, orders: tuple[int, ...]) -> Any:
+    import numpy as np  # noqa: PLC0415 - only the --auc check needs numpy
+
+    features = np.zeros((len(texts), dims), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for n in orders:
+            for i in range(len(text) - n + 1):
+                features[row, zlib.crc32(text[i : i + n].encode()) % dims] += 1.0
+    features = np.log1p(features)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-9)
+
+
+def ngram_auc(
+    originals: Sequence[str], rewritten: Sequence[str], *, seed: int = 0, dims: int = 4096, steps: int = 300
+) -> float:
+    """Held-out AUC of a character 1-3-gram logistic regression telling ``rewritten`` from ``originals``
+    (pairs split together: half of the problems train it, the other half score it; 0.5 = undetectable)."""
+    import numpy as np  # noqa: PLC0415
+
+    if len(originals) != len(rewritten) or len(originals) < 4:
+        raise AuditInputError("ngram_auc needs >= 4 pairs of traces")
+    order = random.Random(seed).sample(range(len(originals)), len(originals))
+    half = set(order[: len(order) // 2])
+    x = _ngram_features([*originals, *rewritten], dims, (1, 2, 3))
+    y = np.array([0.0] * len(originals) + [1.0] * len(rewritten))
+    train = np.array([(i % len(originals)) in half for i in range(len(y))])
+    weights, bias = np.zeros(dims), 0.0
+    for _ in range(steps):  # full-batch gradient descent, L2 1e-3
+        p = 1.0 / (1.0 + np.exp(-(x[train] @ weights + bias)))
+        weights -= 2.0 * (x[train].T @ (p - y[train]) / train.sum() + 1e-3 * weights)
+        bias -= 2.0 * float(np.mean(p - y[train]))
+    scores, labels = x[~train] @ weights, y[~train]
+    ranks = np.argsort(np.argsort(scores)) + 1.0
+    positives = labels.sum()
+    negatives = len(labels) - positives
+    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
 def _print(report: dict[str, Any]) -> None:
     traces, per = report["raw"]["traces"], report["ms_per_trace"]
     print(f"rewriter {report['rewriter']}: {traces} traces, {per} ms/trace")
     keys = ("answers_preserved", "all_results_kept", "all_results_kept_pct", "false_equations",
-            "traces_with_false_equation", "doubled_words", "dangling_operators", "glued_decimals")
+            "traces_with_false_equation", "doubled_words", "dangling_operators", "glued_decimals",
+            "result_not_first")
     print(f"{'':30} {'rewriter alone':>15} {'guarded pipeline':>17}")
     for key in keys:
         print(f"{key:30} {report['raw'][key]!s:>15} {report['guarded'][key]!s:>17}")
     print(f"{'fell back (guard)':30} {'':>15} {report['guarded']['fell_back']!s:>17}")
+    if "ngram_auc" in report:
+        auc = report["ngram_auc"]
+        print(f"char 1-3-gram logistic regression, held-out AUC (output vs annotation-free source): {auc}")
     inverted = report["countermeasure"]
     print(
         f"invert_restructure: {inverted['inverted_plain_form']}/{traces} traces read 'a op b = c' again "
@@ -191,10 +257,13 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--rewriter", default="restructure", help=f"one of {', '.join(REWRITERS)}")
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-trace contexts")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    parser.add_argument(
+        "--auc", action="store_true", help="also the held-out AUC of a char n-gram classifier (needs numpy)"
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
         solutions = load_solutions(args.data, args.start, args.limit)
-        report = audit(solutions, args.rewriter, seed=args.seed)
+        report = audit(solutions, args.rewriter, seed=args.seed, auc=args.auc)
     except AuditInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

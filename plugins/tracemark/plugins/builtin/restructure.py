@@ -26,7 +26,7 @@ from tracemark.plugins.api import RewriteContext, Rewriter, RewriterError
 # -- lexical building blocks -------------------------------------------------------------------------
 # a number glued to a letter ("2x", "-1L", "5th") is not a number but a word: a coefficient, an ordinal
 _NUM = r"(?<![\w.])-?\$?\d[\d,]*(?:\.\d+)?%?(?!\.?\w)|(?<![\w.])\$?\.\d+%?(?!\w)"
-_OP = r"(?:[+\-*/×÷·^]|\\times|\\cdot|\\div|(?<=\s)[xX](?=\s))"
+_OP = r"(?:[+\-*/×÷·^−]|\\times|\\cdot|\\div|(?<=\s)[xX](?=\s))"
 _PURE_NUMBER = re.compile(rf"^\s*(?:{_NUM})\s*$")
 _VALUE = re.compile(rf"^\s*(?:{_NUM})(?:\s*/\s*\d+)?\s*$")  # a number or a simple fraction
 _HAS_OP = re.compile(_OP)
