@@ -161,7 +161,8 @@ def audit(
     started = time.perf_counter()
     for index, (question, answer) in enumerate(solutions):
         trace_id = f"audit-{seed}-{index}"
-        output = instance.rewrite(answer, RewriteContext(problem=question, trace_id=trace_id))
+        alone = RewriteContext(problem=question, trace_id=trace_id, rng=random.Random(f"raw|{seed}|{index}"))
+        output = instance.rewrite(answer, alone)
         raw.add(answer, output)
         source_plain += plain_form(answer)
         inverted_plain += plain_form(invert_restructure(output))
