@@ -132,3 +132,33 @@ def test_the_embedded_class_of_teacher_never_weaves_pairs(tmp_path):
         assert server.runtime._policy().mode == "template"
     finally:
         server.stop(0)
+
+
+def test_a_batch_waits_for_clients_whose_replies_are_being_rewritten_but_not_for_internal_calls():
+    teacher = _Recorder()
+    window = 0.1
+    queue = GenerationQueue(teacher, max_batch=8, window_s=window, max_queue=8)
+    queue._last_generate_s = 4.0  # a previous batch took 4 s: the hold may reach 0.4 s
+    rewriting = threading.Event()
+    follower: list = []
+
+    def rewrite_then_come_back() -> None:
+        with queue.rewriting():  # the rewrite of its last reply takes two windows
+            rewriting.set()
+            time.sleep(2 * window)
+        follower.append(queue.submit(MSG, GenerationParams()))
+
+    thread = threading.Thread(target=rewrite_then_come_back)
+    thread.start()
+    rewriting.wait(5)
+    first = queue.submit(MSG, GenerationParams())
+    thread.join(10)
+    first.result(10), follower[0].result(10)
+    assert teacher.sizes == [2]
+
+    # A rewrite waiting on its own LLM call through the queue is not awaited as a coming request.
+    start = time.monotonic()
+    with queue.rewriting():
+        queue.submit(MSG, GenerationParams(), internal=True).result(10)
+    assert time.monotonic() - start < 0.3 and teacher.sizes == [2, 1]
+    queue.close(timeout=5)
