@@ -122,9 +122,9 @@ def test_stream_and_rewriter_llm_calls_decode_for_the_caller(server, monkeypatch
     seen: list[str | None] = []
     submit = queue.submit
 
-    def spy(messages, params, on_text=None, account=None):
+    def spy(messages, params, on_text=None, account=None, **kw):
         seen.append(account)
-        return submit(messages, params, on_text=on_text, account=account)
+        return submit(messages, params, on_text=on_text, account=account, **kw)
 
     monkeypatch.setattr(queue, "submit", spy)
     captured = []
