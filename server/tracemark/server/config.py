@@ -143,6 +143,11 @@ class ChannelSection(_Section):
     openai_tokenizer: str = Field(
         "", description="local tokenizer folder with the endpoint's vocabulary (needed for logit_bias)"
     )
+    openai_vllm_plugin: bool = Field(
+        False,
+        description="the OpenAI-compatible teacher endpoint is vLLM with the tracemark-vllm logits processor "
+        "(the full channel is applied inside the engine; the account goes in vllm_xargs, no logit_bias)",
+    )
     llm_tokenizer: str = Field(
         "", description="same for the rewriters' endpoint when rewrite.llm = openai (empty: no channel there)"
     )
@@ -154,6 +159,12 @@ class ChannelSection(_Section):
     def _tokenizer_for_bias(self) -> ChannelSection:
         if self.openai_logit_bias and not self.openai_tokenizer:
             raise ValueError("openai_logit_bias needs openai_tokenizer (the endpoint's vocabulary)")
+        if self.openai_vllm_plugin and not self.openai_tokenizer:
+            raise ValueError("openai_vllm_plugin needs openai_tokenizer (the endpoint's vocabulary)")
+        if self.openai_vllm_plugin and self.openai_logit_bias:
+            raise ValueError(
+                "openai_vllm_plugin and openai_logit_bias are exclusive (the plugin applies the channel)"
+            )
         return self
 
 

@@ -124,7 +124,10 @@ class Runtime:
         self.teacher = teacher
         c = self.settings.channel
         self.channel_spec, self.channel = self._configure_channel(
-            teacher, c.openai_tokenizer if c.openai_logit_bias else "", teacher_side=True
+            teacher,
+            c.openai_tokenizer if (c.openai_logit_bias or c.openai_vllm_plugin) else "",
+            teacher_side=True,
+            vllm_plugin=c.openai_vllm_plugin,
         )
         self.channel_tokenizer = None
         if self.channel_spec is not None:
@@ -168,7 +171,12 @@ class Runtime:
         log.info("watermark weave: %s", self.weave_mode)
 
     def _configure_channel(
-        self, backend: TeacherBackend, bias_tokenizer: str, *, teacher_side: bool = False
+        self,
+        backend: TeacherBackend,
+        bias_tokenizer: str,
+        *,
+        teacher_side: bool = False,
+        vllm_plugin: bool = False,
     ) -> tuple[ChannelSpec | None, ChannelKeys | None]:
         """The channel ``backend`` carries (spec in effect, keys), or ``(None, None)`` when it is off.
         ``bias_tokenizer``: for an OpenAI-compatible endpoint, the local tokenizer folder of its vocabulary
@@ -189,7 +197,9 @@ class Runtime:
         )
         if isinstance(backend, OpenAITeacher):
             tokenizer = _load_tokenizer(bias_tokenizer) if bias_tokenizer else None
-            spec = backend.configure_channel(spec, tokenizer=tokenizer, max_bias_tokens=c.max_bias_tokens)
+            spec = backend.configure_channel(
+                spec, tokenizer=tokenizer, max_bias_tokens=c.max_bias_tokens, vllm_plugin=vllm_plugin
+            )
         else:
             spec = backend.configure_channel(spec)
         if teacher_side and c.tokenizer:

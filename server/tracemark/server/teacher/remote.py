@@ -92,6 +92,7 @@ class OpenAITeacher(TeacherBackend):
         self._client = httpx.Client(base_url=endpoint.rstrip("/"), headers=headers, timeout=timeout_s)
         self._pool = ThreadPoolExecutor(max_workers=max_batch_size, thread_name_prefix="openai-teacher")
         self._bias_candidates: list[int] = []  # set by configure_channel when logit_bias is on
+        self._vllm_plugin = False  # set by configure_channel: the endpoint applies the channel itself
         self.channel_tokenizer = None  # the endpoint's vocabulary, when the channel is on
         self.max_bias_tokens = OPENAI_MAX_BIAS
         self.info = TeacherInfo(
@@ -110,9 +111,18 @@ class OpenAITeacher(TeacherBackend):
         *,
         tokenizer=None,
         max_bias_tokens: int = OPENAI_MAX_BIAS,
+        vllm_plugin: bool = False,
     ) -> ChannelSpec | None:
         """Carry a width-0 channel through ``logit_bias`` (the endpoint must accept it). ``tokenizer`` has
-        the endpoint's vocabulary (token ids are the endpoint's); without one the channel is off."""
+        the endpoint's vocabulary (token ids are the endpoint's); without one the channel is off.
+        ``vllm_plugin``: the endpoint is vLLM with the tracemark-vllm processor, which applies ``spec`` in
+        full from its exported channel keys; requests only name their account (``vllm_xargs``)."""
+        if vllm_plugin and tokenizer is not None:
+            self._vllm_plugin = True
+            self.channel_tokenizer = tokenizer
+            effective = replace(spec, tokenizer=tokenizer_fingerprint(tokenizer))
+            self.info.extra["channel"] = describe_channel(effective) + " inside vLLM (tracemark-vllm)"
+            return effective
         if tokenizer is None:
             self.info.extra["channel"] = (
                 "unavailable: logit_bias not configured for this endpoint (channel.openai_logit_bias and a "
@@ -144,6 +154,11 @@ class OpenAITeacher(TeacherBackend):
         }
         if params.seed is not None:
             body["seed"] = params.seed
+        if self._vllm_plugin:
+            account = next((g.key.name for g, _ in channel or () if g.key.scope == "account"), "")
+            if account:
+                body["vllm_xargs"] = {"tracemark_account": account}
+            return body
         bias = logit_bias(channel, self._bias_candidates, max_entries=self.max_bias_tokens)
         if bias:
             body["logit_bias"] = bias
