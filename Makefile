@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto lint test test-fast fuzz demo demo-quick bench bench-distill clean
+.PHONY: help install proto lint test test-fast fuzz demo demo-quick bench bench-distill bench-distill-quick clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -59,7 +59,10 @@ bench: $(INSTALLED) ## Serving benchmark: throughput, batching, memory (not part
 	$(VENV)/bin/tracemark bench serve
 
 bench-distill: $(INSTALLED) ## Distillation benchmark at CPU scale (about 2 hours on 2 cores; resumable)
-	$(VENV)/bin/tracemark bench distill --config benchmarks/distill-cpu.toml --out results/bench-distill
+	$(VENV)/bin/tracemark bench distill --config benchmarks/distill-cpu.toml --jobs 2 --out results/bench-distill
+
+bench-distill-quick: $(INSTALLED) ## The distillation benchmark's quick config (about 20 minutes on 2 cores)
+	$(VENV)/bin/tracemark bench distill --config benchmarks/distill-quick.toml --jobs 2 --out results/bench-distill-quick
 
 clean: ## Remove the venv, caches and build outputs
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache

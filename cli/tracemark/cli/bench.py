@@ -149,6 +149,29 @@ def bench_serve(
     console.print(f"results written to {out}/serve.json and serve.md")
 
 
+def _students_in_parallel(config: Path | None, out: Path, jobs: int) -> None:
+    """Train the students in ``jobs`` processes (shards of one results folder) and wait for all."""
+    import subprocess  # deferred: only the parallel students stage starts processes
+
+    base = [
+        sys.executable,
+        "-m",
+        "tracemark.cli.main",
+        "bench",
+        "distill",
+        "--out",
+        str(out),
+        "--only",
+        "students",
+    ]
+    if config is not None:
+        base += ["--config", str(config)]
+    procs = [subprocess.Popen([*base, "--shard", f"{k}/{jobs}"]) for k in range(jobs)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        fail(f"a students process failed (exit codes {codes}); rerun to resume")
+
+
 @bench_app.command("distill")
 def bench_distill(
     config: Annotated[
@@ -172,12 +195,24 @@ def bench_distill(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Discard earlier results in --out (also after a config change).")
     ] = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=16,
+            help="Processes for the students stage (each trains every JOBS-th student; 2 on a 2-core CPU).",
+        ),
+    ] = 1,
+    shard: Annotated[
+        str,
+        typer.Option(help="K/N: this process trains students K, K+N, ... only (what --jobs starts)."),
+    ] = "0/1",
 ) -> None:
-    """Distill students from clean vs protected traces and measure what protection costs them.
+    """Distill students from clean vs protected traces, with and without the distiller's countermeasure.
 
-    Teacher traces are rewritten by each configured method (answer guard on); one student per trace set is fine-tuned with the same budget and scored on held-out problems (answer-forced and free accuracy, NLL of clean traces). Antidistillation sampling adds a standard-decoding row and one row per strength. The watermark is measured by running the demo pipeline at several fractions and seeds.
+    For each seed (training problems, rewrites and student initialisation) the teacher's traces are rewritten by each configured method (answer and intermediate-result guards on) and cleaned by the adaptive distiller's countermeasure; one student per trace set and seed is fine-tuned with the same budget and scored on the same held-out problems (problems from templates never seen in training, or a fixed held-out part of GSM8K train). The table reports accuracy with 95% intervals, gain ratios, paired tests against clean and the untrained student (Holm), teacher utility with the answer line removed, readability, detectability AUC and wall seconds per trace. Antidistillation sampling and the watermark stage are optional.
 
-    Writes results.json, results.md (README-ready tables) and plots/ under --out. Configs: benchmarks/distill-cpu.toml (this machine), benchmarks/distill-gpu.toml (full scale).
+    Writes results.json, results.md (README-ready tables) and plots/ under --out; the per-problem outcomes of every student are in students/. Configs: benchmarks/distill-quick.toml (about 20 minutes), benchmarks/distill-cpu.toml (this machine, about 2 hours with --jobs 2), benchmarks/distill-gpu.toml (full scale).
     """  # noqa: E501
     from tracemark.experiments.distill_bench import run_distill_bench  # deferred: imports torch
     from transformers.utils import logging as hf_logging
@@ -186,10 +221,23 @@ def bench_distill(
     hf_logging.disable_progress_bar()
     stages = [s.strip() for s in only.split(",") if s.strip()]
     try:
+        k, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        fail(f"--shard must be K/N with integers, got {shard!r}")
+    try:
         cfg = load_bench_config(config)
         command = "tracemark bench distill " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+        if jobs > 1 and "students" in stages:
+            before = [s for s in stages if s == "traces"]
+            if before:
+                run_distill_bench(
+                    cfg, out, only=before, fresh=fresh, command=command.strip(), console=console
+                )
+            _students_in_parallel(config, out, jobs)
+            stages = [s for s in stages if s not in ("traces", "students")]
+            fresh = False
         results = run_distill_bench(
-            cfg, out, only=stages, fresh=fresh, command=command.strip(), console=console
+            cfg, out, only=stages, fresh=fresh, command=command.strip(), console=console, shard=(k, n)
         )
     except (InvalidInput, ProblemError) as exc:  # BenchConfigError, DistillError are InvalidInput
         fail(str(exc))

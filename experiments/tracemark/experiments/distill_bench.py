@@ -36,7 +36,7 @@ import torch
 from rich.console import Console
 from tracemark.experiments.demo_settings import DEFAULT
 from tracemark.experiments.distill import distill_student, load_student, save_student
-from tracemark.experiments.distill_config import BenchConfig, BenchConfigError
+from tracemark.experiments.distill_config import PROXY_METHODS, BenchConfig, BenchConfigError
 from tracemark.experiments.distill_report import assemble, write_report
 from tracemark.experiments.distill_setup import (
     BenchPaths,
@@ -50,10 +50,11 @@ from tracemark.experiments.distill_traces import (
     TeacherForcer,
     answer_stats,
     generate_all,
+    stage_adaptive,
     stage_clean,
     stage_rewrites,
 )
-from tracemark.experiments.evaluate import forced_answers, generate_traces, heldout_nll
+from tracemark.experiments.evaluate import forced_answers, generate_traces
 from tracemark.experiments.scenario import run_demo
 from tracemark.foundation.console import stage_progress
 from tracemark.foundation.problems import Problem
@@ -62,7 +63,7 @@ from tracemark.server.config import TeacherSection
 from tracemark.server.teacher.base import GenerationParams
 from tracemark.server.teacher.factory import build_teacher
 
-__all__ = ["STAGES", "BenchPaths", "run_distill_bench"]
+__all__ = ["STAGES", "BenchPaths", "run_distill_bench", "student_jobs"]
 
 STAGES = ("traces", "students", "ads", "watermark", "report")
 
@@ -77,18 +78,20 @@ def _evaluate_student(model: Any, tok: Any, config: BenchConfig, test: Sequence[
     outputs = generate_traces(
         model, tok, questions, max_new_tokens=s.eval_max_new_tokens, batch_size=s.eval_batch
     )
-    forced = forced_answers(model, tok, questions, outputs, batch_size=s.eval_batch)
     free = [extract_final_answer(o) for o in outputs]
     free_ok = [answers_match(p.answer, a) for p, a in zip(test, free, strict=True)]
-    forced_ok = [answers_match(p.answer, a) for p, a in zip(test, forced, strict=True)]
-    nll = heldout_nll(model, tok, [(p.question, p.solution) for p in test], batch_size=s.eval_batch)
-    return {
-        "accuracy_forced": sum(forced_ok) / len(test),
+    result: dict[str, Any] = {
         "accuracy_free": sum(free_ok) / len(test),
-        "heldout_nll": nll,
-        "eval_seconds": time.perf_counter() - start,
-        "samples": [o[:240] for o in outputs[:3]],
+        "outcomes_free": free_ok,
+        "answers_free": free,
     }
+    if s.eval_forced:
+        forced = forced_answers(model, tok, questions, outputs, batch_size=s.eval_batch)
+        forced_ok = [answers_match(p.answer, a) for p, a in zip(test, forced, strict=True)]
+        result.update(accuracy_forced=sum(forced_ok) / len(test), outcomes_forced=forced_ok)
+    result["eval_seconds"] = time.perf_counter() - start
+    result["outputs"] = [o[:400] for o in outputs]
+    return result
 
 
 def train_and_evaluate(
@@ -99,22 +102,28 @@ def train_and_evaluate(
     test: Sequence[Problem],
     console: Console,
     *,
-    keep_model: bool = False,
+    seed: int | None,
+    keep_model: Path | None = None,
+    evaluate: bool = True,
 ) -> dict:
-    """Train one student on ``examples`` (None: the untrained base) and write ``students/<name>.json``."""
-    target = paths.student(name)
-    if target.exists() and (not keep_model or (paths.models / name / "config.json").exists()):
+    """Train one student on ``examples`` (None: the untrained base), evaluate it on ``test`` and write
+    ``students/<name>-s<seed>.json`` with its per-problem outcomes; ``keep_model``: also save it there."""
+    target = paths.student(name, seed) if evaluate else None
+    kept = keep_model is None or (keep_model / "config.json").exists()
+    if target is not None and target.exists() and kept:
         return json.loads(target.read_text())
+    if target is None and kept:
+        return {}
     s = config.student
     torch.set_num_threads(s.threads)
-    base = resolve_model(s.model, workdir=paths.models, seed=config.seed)
+    base = resolve_model(s.model, workdir=paths.models, seed=seed or 0)
     losses: list[float] = []
     start = time.perf_counter()
     if examples is None:
         model, tok = load_student(base, device=s.device)
     else:
         with stage_progress(console) as progress:
-            task = progress.add_task(f"train student '{name}'", total=None)
+            task = progress.add_task(f"train student '{name}' (seed {seed})", total=None)
 
             def report(p: Any) -> None:
                 losses.append(p.loss)
@@ -130,17 +139,20 @@ def train_and_evaluate(
                 lora_alpha=s.lora_alpha,
                 batch_size=s.batch_size,
                 max_length=s.max_length,
-                seed=config.seed,
+                seed=seed or 0,
                 device=s.device,
                 progress=report,
             )
     train_s = time.perf_counter() - start
-    if keep_model:
-        save_student(model, tok, paths.models / name)
-    with console.status(f"evaluate student '{name}' on {len(test)} held-out problems"):
+    if keep_model is not None:
+        save_student(model, tok, keep_model)
+    if target is None:
+        return {}
+    with console.status(f"evaluate student '{name}' (seed {seed}) on {len(test)} held-out problems"):
         metrics = _evaluate_student(model, tok, config, test)
     result = {
         "name": name,
+        "seed": seed,
         "examples": 0 if examples is None else len(examples),
         "steps": len(losses),
         "train_seconds": train_s,
@@ -148,24 +160,86 @@ def train_and_evaluate(
         **metrics,
     }
     write_json(target, result)
-    console.print(
-        f"  student {name}: forced accuracy {result['accuracy_forced']:.1%}, "
-        f"free {result['accuracy_free']:.1%}, clean NLL {result['heldout_nll']:.3f}"
-    )
+    console.print(f"  student {name} (seed {seed}): free accuracy {result['accuracy_free']:.1%}")
     return result
 
 
-def stage_students(config: BenchConfig, paths: BenchPaths, test: Sequence[Problem], console: Console) -> None:
-    train_and_evaluate(config, paths, "base", None, test, console)
-    for name in ["clean", *config.rewrite.methods]:
-        if not paths.trace_set(name).exists():
-            console.print(f"  [yellow]skip student {name}: traces/{name}.jsonl not there yet[/yellow]")
+def student_jobs(config: BenchConfig, paths: BenchPaths) -> list[tuple[str, int | None]]:
+    """Every (trace set, seed) that needs a student, ``("base", None)`` first; the order shards follow."""
+    jobs: list[tuple[str, int | None]] = [("base", None)]
+    for seed in config.seeds:
+        jobs += [(name, seed) for name in config.student_sets()]
+    return jobs
+
+
+def stage_students(
+    config: BenchConfig,
+    paths: BenchPaths,
+    test: Sequence[Problem],
+    console: Console,
+    *,
+    shard: tuple[int, int] = (0, 1),
+) -> None:
+    """The students of shard ``k`` of ``n`` (jobs ``k, k+n, ...`` of :func:`student_jobs`)."""
+    k, n = shard
+    keep_clean = config.ads.enabled and config.ads.teacher == "student:clean"
+    for number, (name, seed) in enumerate(student_jobs(config, paths)):
+        if number % n != k:
             continue
-        _, rows = read_trace_set(paths.trace_set(name))
-        keep = name == "clean" and config.ads.enabled and config.ads.teacher == "student:clean"
+        if name == "base":
+            train_and_evaluate(config, paths, "base", None, test, console, seed=None)
+            continue
+        if not paths.trace_set(name, seed).exists():
+            console.print(f"  [yellow]skip student {name} (seed {seed}): no trace set yet[/yellow]")
+            continue
+        _, rows = read_trace_set(paths.trace_set(name, seed))
+        keep = paths.models / f"clean-s{seed}" if name == "clean" and keep_clean else None
         train_and_evaluate(
-            config, paths, name, [(r["question"], r["trace"]) for r in rows], test, console, keep_model=keep
+            config,
+            paths,
+            name,
+            [(r["question"], r["trace"]) for r in rows],
+            test,
+            console,
+            seed=seed,
+            keep_model=keep,
         )
+
+
+def stage_proxy(config: BenchConfig, paths: BenchPaths, console: Console) -> str | None:
+    """The gradient rewriters' and ADS's proxy: ``'distinct'`` trains (once) a student on clean traces of
+    problems no seed trains on, with a seed no student uses, and returns its folder; ``'oracle'`` returns
+    the student's base model; anything else is a folder. ``None`` when no configured method needs one."""
+    needs = any(m in PROXY_METHODS for m in config.rewrite.methods) or config.ads.enabled
+    if not needs:
+        return None
+    proxy = config.rewrite.proxy
+    if proxy == "oracle":
+        return str(resolve_model(config.student.model, workdir=paths.models))
+    if proxy != "distinct":
+        return str(resolve_model(proxy, workdir=paths.models))
+    folder = paths.models / "proxy"
+    if (folder / "config.json").exists():
+        return str(folder)
+    seed = 10_000 + max(config.seeds)
+    pool, test = load_problems(config, seed)
+    used = {p.question for s in config.seeds for p in load_problems(config, s)[0]}
+    used |= {p.question for p in test}
+    problems = [p for p in pool if p.question not in used]
+    if not problems:
+        raise BenchConfigError("no training problems left for the distinct proxy student")
+    train_and_evaluate(
+        config,
+        paths,
+        "proxy",
+        [(p.question, p.solution) for p in problems],
+        test,
+        console,
+        seed=seed,
+        keep_model=folder,
+        evaluate=False,
+    )
+    return str(folder)
 
 
 # -- stage 4: antidistillation sampling ---------------------------------------------------------------------
@@ -178,10 +252,15 @@ def stage_ads(
     test: Sequence[Problem],
     forcer: TeacherForcer,
     console: Console,
+    *,
+    seed: int,
+    proxy: str | None,
+    utility: bool = False,
 ) -> None:
+    """Standard and ADS decoding of the seed's training problems by a local teacher, a student on each."""
     a = config.ads
     if a.teacher == "student:clean":
-        teacher_path = paths.models / "clean"
+        teacher_path = paths.models / f"clean-s{seed}"
         if not (teacher_path / "config.json").exists():
             console.print("  [yellow]ADS needs the clean student first: run the students stage[/yellow]")
             return
@@ -191,7 +270,7 @@ def stage_ads(
     runs = [("teacher-standard", "standard", 0.0)]
     runs += [(name, "ads", lam) for name, lam in zip(a.set_names(), a.lambdas, strict=True)]
     for name, decoding, lam in runs:
-        target = paths.trace_set(name)
+        target = paths.trace_set(name, seed)
         if target.exists():
             continue
         section = TeacherSection(
@@ -203,7 +282,7 @@ def stage_ads(
             decoding=decoding,
             ads_lambda=lam,
             ads_epsilon=a.epsilon,
-            ads_proxy=a.proxy,
+            ads_proxy=a.proxy or proxy or "",
             ads_heldout=a.heldout,
         )
         with console.status(f"load teacher ({decoding})"):
@@ -217,6 +296,7 @@ def stage_ads(
         ]
         meta = {
             "method": name,
+            "seed": seed,
             "teacher": str(teacher_path),
             "decoding": backend.info.decoding,
             "seconds_per_trace": seconds / max(1, len(rows)),
@@ -226,12 +306,9 @@ def stage_ads(
         }
         if decoding == "ads":
             meta["ads_stats"] = backend.ads.stats()
-        meta["teacher_forced"] = forcer(rows)
+        meta["teacher_utility"] = forcer(rows) if utility else None
         write_trace_set(target, rows, meta)
         del backend
-    for name, _, _ in runs:
-        _, rows = read_trace_set(paths.trace_set(name))
-        train_and_evaluate(config, paths, name, [(r["question"], r["trace"]) for r in rows], test, console)
 
 
 # -- stage 5: watermark detection ------------------------------------------------------------------------
@@ -288,14 +365,19 @@ def run_distill_bench(
     command: str = "",
     console: Console | None = None,
     on_stage: Callable[[str], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict:
-    """Run (or resume) the benchmark into ``out``; returns the assembled results (also written to disk)."""
+    """Run (or resume) the benchmark into ``out``; returns the assembled results (also written to disk).
+    ``shard = (k, n)``: this process trains only students ``k, k+n, ...`` (run ``n`` processes on one
+    folder, then ``--only report``)."""
     console = console or Console(stderr=True)
     unknown = set(only) - set(STAGES)
     if unknown:
         raise BenchConfigError(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    if not 0 <= shard[0] < shard[1]:
+        raise BenchConfigError(f"bad shard {shard[0]}/{shard[1]}: need 0 <= k < n")
     paths = BenchPaths(Path(out))
-    _check_folder(config, paths, fresh)
+    _check_folder(config, paths, fresh and shard[0] == 0)
     if command:  # every command that contributed to this folder (stages may run in separate processes)
         log = paths.root / "command.txt"
         seen = log.read_text().splitlines() if log.exists() else []
@@ -303,8 +385,11 @@ def run_distill_bench(
             log.write_text("\n".join([*seen, command]) + "\n")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(config.student.threads)
-    train, test = load_problems(config)
+    splits = {seed: load_problems(config, seed) for seed in config.seeds}
+    test = splits[config.seeds[0]][1]
     forcer = TeacherForcer(config, paths.models)
+    first = config.seeds[0]
+    proxy: str | None = None
     for stage in STAGES:
         if stage not in only:
             continue
@@ -312,12 +397,29 @@ def run_distill_bench(
             on_stage(stage)
         console.rule(f"[bold]{stage}")
         if stage == "traces":
-            stage_clean(config, paths, train, forcer, console)
-            stage_rewrites(config, paths, forcer, console)
+            proxy = stage_proxy(config, paths, console)
+            for seed in config.seeds:
+                stage_clean(config, paths, splits[seed][0], forcer, console, seed=seed, utility=seed == first)
+                stage_rewrites(config, paths, forcer, console, seed=seed, proxy=proxy, utility=seed == first)
+                stage_adaptive(config, paths, console, seed=seed)
         elif stage == "students":
-            stage_students(config, paths, test, console)
+            stage_students(config, paths, test, console, shard=shard)
         elif stage == "ads" and config.ads.enabled:
-            stage_ads(config, paths, train, test, forcer, console)
+            proxy = proxy or stage_proxy(config, paths, console)
+            for seed in config.seeds:
+                stage_ads(
+                    config,
+                    paths,
+                    splits[seed][0],
+                    test,
+                    forcer,
+                    console,
+                    seed=seed,
+                    proxy=proxy,
+                    utility=seed == first,
+                )
+                stage_adaptive(config, paths, console, seed=seed)
+            stage_students(config, paths, test, console, shard=shard)
         elif stage == "watermark":
             stage_watermark(config, paths, console)
     results = assemble(config, paths.root)

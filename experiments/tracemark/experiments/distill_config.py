@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from tracemark.experiments.countermeasures import COUNTERMEASURES
 from tracemark.foundation.errors import InvalidInput
 
 __all__ = ["BenchConfig", "BenchConfigError", "load_bench_config"]
 
 KNOWN_METHODS = ("restructure", "semantic", "optimized", "hotflip", "embedding-ascent")
+PROXY_METHODS = ("hotflip", "embedding-ascent")
 
 
 class BenchConfigError(InvalidInput):
@@ -32,14 +34,32 @@ class _Section(BaseModel):
 class ProblemsSection(_Section):
     source: Literal["generated", "gsm8k"] = Field("generated", description="procedural generator or a JSONL")
     path: str = Field("", description="GSM8K-style JSONL (question/answer) when source = gsm8k")
-    difficulty: str = Field("easy", description="generator preset: easy | medium | hard")
-    train: int = Field(80, ge=1, description="problems whose traces the students are trained on")
-    test: int = Field(40, ge=1, description="held-out problems for accuracy and NLL")
+    difficulty: str = Field("easy", description="generator preset: easy | medium | hard | gsm")
+    templates: Literal["heldout", "shared"] = Field(
+        "heldout",
+        description="generated: 'heldout' trains on TRAIN_TEMPLATES and tests on HELDOUT_TEMPLATES (no test "
+        "problem shares a template with training); 'shared' draws both from the classic eight",
+    )
+    train: int = Field(80, ge=1, description="problems whose traces the students are trained on (per seed)")
+    test: int = Field(200, ge=1, description="held-out problems for accuracy (the same for every seed)")
+    train_lines: tuple[int, int] = Field(
+        (0, 5000), description="gsm8k: training problems are drawn from these lines [start, end) of the file"
+    )
+    test_lines: tuple[int, int] = Field(
+        (5000, 6000), description="gsm8k: held-out problems are the first `test` of these lines [start, end)"
+    )
 
     @model_validator(mode="after")
     def _path_for_gsm8k(self) -> ProblemsSection:
         if self.source == "gsm8k" and not self.path:
             raise ValueError("problems.path is required when problems.source = 'gsm8k'")
+        (a, b), (c, d) = self.train_lines, self.test_lines
+        if not (0 <= a < b and 0 <= c < d):
+            raise ValueError("problems.train_lines and test_lines must be [start, end) with start < end")
+        if a < d and c < b:
+            raise ValueError("problems.train_lines and test_lines overlap")
+        if self.source == "gsm8k" and (self.test > d - c or self.train > b - a):
+            raise ValueError("problems.test/train exceed their line ranges")
         return self
 
 
@@ -76,6 +96,43 @@ class RewriteSection(_Section):
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-rewriter options, e.g. [rewrite.options.hotflip]"
     )
+    proxy: str = Field(
+        "distinct",
+        description="proxy student of the gradient rewriters (hotflip, embedding-ascent) and ADS: 'distinct' "
+        "(a student fine-tuned on clean traces of other problems with another seed: not the student "
+        "being measured), 'oracle' (the student's own base model) or a model folder",
+    )
+    oracle_rows: bool = Field(
+        False, description="also add '<method>@oracle' rows whose proxy is the student's own base model"
+    )
+
+
+class AdaptiveSection(_Section):
+    countermeasure: str = Field(
+        "all",
+        description="the distiller's key-blind cleanup before distilling (see tracemark.experiments."
+        "countermeasures): none | invert | strip | normalise | all; '<set>+<countermeasure>' rows",
+    )
+    control: bool = Field(True, description="also the 'clean+<countermeasure>' row (the cleanup's own cost)")
+
+    @field_validator("countermeasure")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in COUNTERMEASURES:
+            raise ValueError(f"unknown countermeasure {value!r} (one of {', '.join(COUNTERMEASURES)})")
+        return value
+
+
+class UtilitySection(_Section):
+    problems: int = Field(
+        100, ge=0, description="traces per set scored for utility (answer line removed) and readability"
+    )
+
+
+class StatsSection(_Section):
+    alpha: float = Field(0.05, gt=0, lt=1, description="family-wise error of the table's tests (Holm)")
+    bootstrap: int = Field(2000, ge=100, description="bootstrap draws for intervals")
+    permutations: int = Field(10000, ge=100, description="sign-flip draws of the paired tests")
 
 
 class AdsSection(_Section):
@@ -85,7 +142,7 @@ class AdsSection(_Section):
         description="local teacher that decodes with and without ADS: 'student:clean' (the student "
         "trained on clean traces: the most capable local model at CPU scale) or a model folder",
     )
-    proxy: str = Field("", description="proxy student folder (empty: the embedded model)")
+    proxy: str = Field("", description="proxy student folder (empty: the same proxy as rewrite.proxy)")
     lambdas: list[float] = Field(
         default_factory=lambda: [0.5],
         alias="lambda",
@@ -125,6 +182,9 @@ class StudentSection(_Section):
     max_length: int = Field(384, ge=32)
     eval_max_new_tokens: int = Field(100, ge=8)
     eval_batch: int = Field(8, ge=1)
+    eval_forced: bool = Field(
+        False, description="also score answer-forced accuracy (slow on CPU; free accuracy is the table's)"
+    )
     threads: int = Field(1, ge=1, description="torch threads (1 is fastest on a small shared CPU)")
     device: str = Field(
         "auto",
@@ -152,13 +212,54 @@ class WatermarkSection(_Section):
 
 class BenchConfig(_Section):
     name: str = Field("cpu", description="label printed in the results")
-    seed: int = 0
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2],
+        min_length=1,
+        description="one student per trace set and seed; a seed also draws the training problems and the "
+        "rewriters' randomness",
+    )
     problems: ProblemsSection = Field(default_factory=ProblemsSection)
     teacher: TeacherSection = Field(default_factory=TeacherSection)
     rewrite: RewriteSection = Field(default_factory=RewriteSection)
     ads: AdsSection = Field(default_factory=AdsSection)
+    adaptive: AdaptiveSection = Field(default_factory=AdaptiveSection)
+    utility: UtilitySection = Field(default_factory=UtilitySection)
+    stats: StatsSection = Field(default_factory=StatsSection)
     student: StudentSection = Field(default_factory=StudentSection)
     watermark: WatermarkSection = Field(default_factory=WatermarkSection)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value) or any(v < 0 for v in value):
+            raise ValueError("seeds must be distinct non-negative integers")
+        return value
+
+    def protected_sets(self) -> list[str]:
+        """Trace sets of the protection rows (rewriters, oracle-proxy variants, ADS strengths)."""
+        names = list(self.rewrite.methods)
+        if self.rewrite.oracle_rows:
+            names += [f"{m}@oracle" for m in self.rewrite.methods if m in PROXY_METHODS]
+        if self.ads.enabled:
+            names += self.ads.set_names()
+        return names
+
+    def adaptive_sets(self) -> list[str]:
+        """'<set>+<countermeasure>' rows: the distiller cleans each protected set (and clean, as control)."""
+        c = self.adaptive.countermeasure
+        if c == "none":
+            return []
+        sources = self.protected_sets() + (["clean"] if self.adaptive.control else [])
+        return [f"{name}+{c}" for name in sources]
+
+    def student_sets(self) -> list[str]:
+        """Every trace set a student is trained on, per seed (the untrained 'base' is apart)."""
+        names = ["clean", *self.rewrite.methods]
+        if self.rewrite.oracle_rows:
+            names += [f"{m}@oracle" for m in self.rewrite.methods if m in PROXY_METHODS]
+        if self.ads.enabled:
+            names += ["teacher-standard", *self.ads.set_names()]
+        return names + self.adaptive_sets()
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes results (not the name, not the device)."""

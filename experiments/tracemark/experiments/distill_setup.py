@@ -11,7 +11,14 @@ from typing import Any
 from tracemark.experiments.distill_config import BenchConfig, BenchConfigError
 from tracemark.foundation.models.embedded import ensure_embedded_model
 from tracemark.foundation.models.tiny import build_tiny_model
-from tracemark.foundation.problems import Problem, generate_problems, load_gsm8k_jsonl
+from tracemark.foundation.problems import (
+    CLASSIC_TEMPLATES,
+    HELDOUT_TEMPLATES,
+    TRAIN_TEMPLATES,
+    Problem,
+    generate_problems,
+    load_gsm8k_jsonl,
+)
 from tracemark.server.config import TeacherSection
 from tracemark.server.teacher.factory import build_teacher
 
@@ -41,11 +48,13 @@ class BenchPaths:
         for folder in (self.traces, self.students, self.models, self.watermark, self.plots):
             folder.mkdir(parents=True, exist_ok=True)
 
-    def trace_set(self, name: str) -> Path:
-        return self.traces / f"{name}.jsonl"
+    def trace_set(self, name: str, seed: int | None = None) -> Path:
+        """``traces/<name>-s<seed>.jsonl`` (``seed=None``: a set shared by every seed)."""
+        return self.traces / (f"{name}.jsonl" if seed is None else f"{name}-s{seed}.jsonl")
 
-    def student(self, name: str) -> Path:
-        return self.students / f"{name}.json"
+    def student(self, name: str, seed: int | None = None) -> Path:
+        """``students/<name>-s<seed>.json`` (``seed=None``: the untrained ``base``)."""
+        return self.students / (f"{name}.json" if seed is None else f"{name}-s{seed}.json")
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -74,20 +83,42 @@ def read_trace_set(path: Path) -> tuple[dict, list[dict]]:
 # -- problems and models ----------------------------------------------------------------------------
 
 
-def load_problems(config: BenchConfig) -> tuple[list[Problem], list[Problem]]:
-    """(train, test): the test set comes first, so it does not change when ``train`` grows."""
+def _gsm8k_lines(path: str, start: int, end: int) -> list[Problem]:
+    """Problems on the non-empty lines ``[start, end)`` of a GSM8K-style JSONL (0-based line numbers)."""
+    problems = load_gsm8k_jsonl(path, n=end)
+    if len(problems) < end:
+        raise BenchConfigError(f"{path} has {len(problems)} problems, the config reads lines up to {end}")
+    return problems[start:end]
+
+
+def load_problems(config: BenchConfig, seed: int) -> tuple[list[Problem], list[Problem]]:
+    """``(train, test)`` for one seed. The held-out test set is the same for every seed; the training
+    problems are drawn per seed. Generated problems: with ``templates = 'heldout'`` training uses
+    :data:`~tracemark.foundation.problems.TRAIN_TEMPLATES` and the test set
+    :data:`~tracemark.foundation.problems.HELDOUT_TEMPLATES`, so no test problem has a training template.
+    GSM8K: test = the first ``test`` problems of ``test_lines``; train = a seeded sample of ``train_lines``
+    (the official test split is never read)."""
     p = config.problems
-    total = p.train + p.test
     if p.source == "gsm8k":
-        problems = load_gsm8k_jsonl(p.path)
-        if len(problems) < total:
-            raise BenchConfigError(f"{p.path} has {len(problems)} problems, the config needs {total}")
-        problems = random.Random(config.seed).sample(problems, total)
+        test = _gsm8k_lines(p.path, *p.test_lines)[: p.test]
+        pool = _gsm8k_lines(p.path, *p.train_lines)
+        return random.Random(seed).sample(pool, p.train), test
+    if p.templates == "heldout":
+        train_t, test_t = TRAIN_TEMPLATES, HELDOUT_TEMPLATES
     else:
-        problems = generate_problems(
-            total, seed=1000 + config.seed, difficulty=p.difficulty, annotations=False
+        train_t = test_t = CLASSIC_TEMPLATES
+    test = generate_problems(
+        p.test, seed=99_991, difficulty=p.difficulty, templates=test_t, annotations=False
+    )
+    seen = {q.question for q in test}
+    train = [
+        q
+        for q in generate_problems(
+            p.train + p.test, seed=1000 + seed, difficulty=p.difficulty, templates=train_t, annotations=False
         )
-    return problems[p.test :], problems[: p.test]
+        if q.question not in seen
+    ][: p.train]
+    return train, test
 
 
 def resolve_model(name: str, *, workdir: Path, seed: int = 0) -> Path:
