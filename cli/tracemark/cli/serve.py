@@ -43,7 +43,11 @@ def serve_command(
         typer.Option(help="OpenAI-compatible base URL, e.g. http://gpu-host:8000/v1 [teacher.endpoint]."),
     ] = None,
     quantization: Annotated[
-        str | None, typer.Option(help="none | int8 | nf4 | fp4 via bitsandbytes [teacher.quantization].")
+        str | None,
+        typer.Option(
+            help="auto (int8-dynamic on CPU, nf4 on CUDA; see README) | none | int8-dynamic | int8 | "
+            "nf4 | fp4 [teacher.quantization]."
+        ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N [teacher.device].")] = None,
     max_batch_size: Annotated[
