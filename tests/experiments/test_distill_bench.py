@@ -1,4 +1,5 @@
-"""`tracemark bench distill`: config validation, report arithmetic, and one tiny end-to-end run."""
+"""`tracemark bench distill`: config validation, problem splits, the pooled table, and a tiny end-to-end run
+of the quick config."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from tracemark.cli.main import app
-from tracemark.experiments.distill_bench import run_distill_bench
+from tracemark.experiments.distill_bench import run_distill_bench, student_jobs
 from tracemark.experiments.distill_config import BenchConfig, BenchConfigError, load_bench_config
 from tracemark.experiments.distill_report import assemble, markdown
 from tracemark.experiments.distill_setup import (
@@ -26,12 +27,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_shipped_configs_load():
     cpu = load_bench_config(REPO / "benchmarks" / "distill-cpu.toml")
+    quick = load_bench_config(REPO / "benchmarks" / "distill-quick.toml")
     gpu = load_bench_config(REPO / "benchmarks" / "distill-gpu.toml")
     assert cpu.student.model == "embedded" and cpu.problems.source == "generated"
-    assert gpu.teacher.kind == "openai" and gpu.problems.source == "gsm8k"
-    assert cpu.rewrite.options["hotflip"]["time_budget_s"] == 4.0
-    assert cpu.ads.set_names() == [f"ads-{lam:g}" for lam in cpu.ads.lambdas]
-    assert cpu.fingerprint() != gpu.fingerprint()
+    assert cpu.problems.templates == "heldout" and cpu.problems.test >= 200 and len(cpu.seeds) >= 3
+    assert gpu.teacher.kind == "openai" and gpu.problems.source == "gsm8k" and len(gpu.seeds) >= 3
+    assert gpu.problems.test_lines == (5000, 6000) and gpu.rewrite.proxy == "distinct"
+    assert "restructure+all" in cpu.student_sets() and "clean+all" in cpu.student_sets()
+    assert "hotflip@oracle" in gpu.student_sets() and "ads-0.5+all" in gpu.student_sets()
+    assert quick.student_sets() == ["clean", "restructure", "restructure+all"]
+    assert len({cpu.fingerprint(), quick.fingerprint(), gpu.fingerprint()}) == 3
     assert load_bench_config(None) == BenchConfig()
 
 
@@ -43,6 +48,11 @@ def test_shipped_configs_load():
         ("[watermark]\nfractions = [0.0]\n", "(0, 1]"),
         ("[ads]\nlambda = [-1]\n", "ads.lambda"),
         ("[student]\ndevice = 'gpu'\n", "student.device"),
+        ("seeds = [1, 1]\n", "distinct"),
+        ("seeds = []\n", "seeds"),
+        ("seed = 0\n", "seed"),
+        ("[adaptive]\ncountermeasure = 'burn'\n", "unknown countermeasure"),
+        ("[problems]\ntrain_lines = [0, 5000]\ntest_lines = [4000, 6000]\n", "overlap"),
         ("[problems\n", "not valid TOML"),
     ],
 )
@@ -72,108 +82,168 @@ def test_cli_rejects_missing_config_and_unknown_stage(tmp_path):
     assert stage.exit_code == 2 and "unknown stage" in stage.output
 
 
-def _fake_set(paths: BenchPaths, name: str, seconds: float, **meta) -> None:
-    rows = [{"question": "q", "trace": "t #### 1", "answer": "1"}]
-    write_trace_set(
-        paths.trace_set(name), rows, {"method": name, "n": 1, "seconds_per_trace": seconds, **meta}
+def _student(paths: BenchPaths, name: str, seed: int | None, outcomes: list[bool]) -> None:
+    write_json(
+        paths.student(name, seed),
+        {"accuracy_free": sum(outcomes) / len(outcomes), "outcomes_free": outcomes},
     )
 
 
-def test_assemble_computes_gains_ratios_and_costs(tmp_path):
+def _fake_set(paths: BenchPaths, name: str, seed: int, traces: list[str], **meta) -> None:
+    rows = [{"question": f"q{i}", "trace": t, "answer": "1"} for i, t in enumerate(traces)]
+    write_trace_set(paths.trace_set(name, seed), rows, {"method": name, "n": len(rows), **meta})
+
+
+def test_assemble_pools_seeds_with_intervals_tests_and_detectability(tmp_path):
     config = BenchConfig.model_validate(
-        {"rewrite": {"methods": ["restructure", "semantic"]}, "watermark": {"fractions": [0.1], "seeds": [0]}}
+        {"seeds": [0, 1, 2], "rewrite": {"methods": ["restructure"]}, "ads": {"enabled": False}}
     )
     paths = BenchPaths(tmp_path)
     paths.make()
-    for name, acc in [("base", 0.2), ("clean", 0.6), ("restructure", 0.3), ("semantic", 0.5)]:
-        write_json(paths.student(name), {"accuracy_forced": acc, "accuracy_free": acc, "heldout_nll": 1.0})
-    for name, acc in [("teacher-standard", 0.5), ("ads-0.5", 0.3)]:
-        write_json(paths.student(name), {"accuracy_forced": acc, "accuracy_free": acc, "heldout_nll": 1.0})
-    _fake_set(paths, "clean", 0.0)
-    _fake_set(paths, "restructure", 0.01, rewritten=1, answer_preserved=1)
-    _fake_set(paths, "semantic", 2.0, rewritten=0, answer_preserved=1)
-    _fake_set(paths, "teacher-standard", 3.0)
-    _fake_set(paths, "ads-0.5", 9.0)
-    verdict = {"verdict": "detected", "attributed_account": "distiller", "p_value": 1e-6}
-    run = {
-        "fraction": 0.1,
-        "seed": 0,
-        "traces": 100,
-        "watermarked_traces": 10,
-        "seconds": 5.0,
-        "verdicts": [
-            {**verdict, "student": "distilled", "false_alarms": 0, "accounts_tested": 20},
-            {
-                "student": "control",
-                "verdict": "not_detected",
-                "attributed_account": "",
-                "p_value": 0.4,
-                "false_alarms": 1,
-                "accounts_tested": 20,
-            },
-        ],
-    }
-    write_json(paths.watermark / "f0.1-s0.json", run)
+    n = 100
+    _student(paths, "base", None, [i < 10 for i in range(n)])
+    for seed in config.seeds:
+        _student(paths, "clean", seed, [i < 60 + seed for i in range(n)])
+        _student(paths, "restructure", seed, [i < 12 for i in range(n)])
+        _student(paths, "restructure+all", seed, [i < 50 for i in range(n)])
+        _student(paths, "clean+all", seed, [i < 60 for i in range(n)])
+        plain = [f"He has {i}+2 = {i + 2} apples.\n#### {i + 2}" for i in range(20)]
+        marked = [f"(1) {i + 2} ⟸ {i}+2 ▹ apples\n#### {i + 2}" for i in range(20)]
+        _fake_set(paths, "clean", seed, plain, seconds_per_trace=0.0, answer_correct=20)
+        _fake_set(
+            paths, "restructure", seed, marked, seconds_per_trace=0.002, rewritten=20, answer_preserved=20
+        )
+        _fake_set(paths, "restructure+all", seed, plain, changed=20, countermeasure_seconds_per_trace=1e-4)
+        _fake_set(paths, "clean+all", seed, plain, changed=0, countermeasure_seconds_per_trace=1e-4)
     results = assemble(config, tmp_path)
     rows = {r["set"]: r for r in results["rows"]}
-    assert rows["clean"]["gain"] == pytest.approx(0.4)
-    assert rows["restructure"]["gain_ratio"] == pytest.approx(0.25)
-    assert rows["semantic"]["gain_ratio"] == pytest.approx(0.75)
-    assert rows["ads-0.5"]["gain_ratio"] == pytest.approx(0.1 / 0.3)  # relative to the same teacher's traces
-    assert rows["ads-0.5"]["protection_seconds_per_trace"] == pytest.approx(6.0)
-    assert rows["ads-0.5"]["cost_vs_semantic"] == pytest.approx(3.0)
-    assert rows["restructure"]["cost_vs_semantic"] == pytest.approx(0.005)
-    (detection,) = results["detection"]
-    assert detection["detected"] == 1 and detection["control_false_alarms"] == 0
-    assert detection["bystander_false_alarms"] == 1 and detection["bystander_tests"] == 39
+    clean, rs, adaptive = (
+        rows["clean"]["stats"],
+        rows["restructure"]["stats"],
+        rows["restructure+all"]["stats"],
+    )
+    assert clean["accuracy"] == pytest.approx(0.61) and clean["per_seed"] == [0.6, 0.61, 0.62]
+    assert rs["gain_ratio"] == pytest.approx(0.02 / 0.51)
+    assert rs["ci95"][0] <= 0.12 <= rs["ci95"][1]
+    tests = {t["reference"]: t for t in rs["tests"]}
+    assert tests["clean"]["significant"] and tests["clean"]["difference"] < 0
+    assert not tests["base"]["significant"]  # +2 points on 100 problems
+    assert {t["reference"]: t["significant"] for t in adaptive["tests"]} == {"base": True, "clean": True}
+    assert rows["restructure"]["detectability"]["pooled_auc"] > 0.9
+    assert rows["restructure+all"]["detectability"]["pooled_auc"] == pytest.approx(0.5, abs=0.1)
+    assert (
+        rows["restructure"]["rewritten"] == 60 and rows["restructure+all"]["changed_by_countermeasure"] == 60
+    )
     table = markdown(results)
-    assert "| restructure | 1/1 | 1/1 |" in table and "0.25" in table
-    assert "| 0.1 | 10 of 100 | 1 | 1/1 | 1/1 |" in table
+    assert "| restructure | 60/60 (60/60) |" in table
+    assert "< clean*" in table and "≈ untrained" in table
+    assert "seeds 0, 1, 2" in table
+
+
+def test_a_row_missing_a_seed_is_not_scored(tmp_path):
+    config = BenchConfig.model_validate(
+        {"seeds": [0, 1], "rewrite": {"methods": []}, "ads": {"enabled": False}}
+    )
+    paths = BenchPaths(tmp_path)
+    paths.make()
+    _student(paths, "base", None, [True, False])
+    _student(paths, "clean", 0, [True, True])
+    results = assemble(config, tmp_path)
+    assert results["rows"][0]["stats"] is None and results["rows"][0]["students"] == 1
+
+
+def test_problem_splits_hold_out_templates_and_gsm8k_lines(tmp_path):
+    config = BenchConfig.model_validate({"problems": {"train": 30, "test": 20}})
+    train0, test0 = load_problems(config, 0)
+    train1, test1 = load_problems(config, 1)
+    assert [p.question for p in test0] == [p.question for p in test1]
+    assert [p.question for p in train0] != [p.question for p in train1]
+    assert not {p.template for p in train0 + train1} & {p.template for p in test0}
+    data = tmp_path / "gsm.jsonl"
+    data.write_text(
+        "\n".join(json.dumps({"question": f"Q{i}?", "answer": f"so {i}\n#### {i}"}) for i in range(60)) + "\n"
+    )
+    gsm = BenchConfig.model_validate(
+        {
+            "problems": {
+                "source": "gsm8k",
+                "path": str(data),
+                "train": 10,
+                "test": 5,
+                "train_lines": [0, 40],
+                "test_lines": [40, 60],
+            }
+        }
+    )
+    train, test = load_problems(gsm, 0)
+    assert [p.question for p in test] == [f"Q{i}?" for i in range(40, 45)]
+    assert all(int(p.answer) < 40 for p in train) and len(train) == 10
+    assert [p.question for p in load_problems(gsm, 1)[1]] == [p.question for p in test]
+    short = gsm.model_copy(update={"problems": gsm.problems.model_copy(update={"test_lines": (40, 80)})})
+    with pytest.raises(BenchConfigError, match="reads lines up to 80"):
+        load_problems(short, 0)
+
+
+def test_student_jobs_cover_every_set_and_seed_once():
+    config = load_bench_config(REPO / "benchmarks" / "distill-cpu.toml")
+    jobs = student_jobs(config, BenchPaths(Path("unused")))
+    assert jobs[0] == ("base", None)
+    assert len(jobs) == 1 + len(config.seeds) * len(config.student_sets()) == len(set(jobs))
+    shards = [[j for i, j in enumerate(jobs) if i % 2 == k] for k in range(2)]
+    assert sorted(shards[0] + shards[1], key=str) == sorted(jobs, key=str)
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end_run_resumes(tmp_path):
-    proxy = build_tiny_model(tmp_path / "proxy", hidden_size=32, layers=1, heads=2, seed=3)
-    config = BenchConfig.model_validate(
-        {
-            "name": "tiny-test",
-            "problems": {"train": 12, "test": 4},
-            "teacher": {"forcing_model": "tiny"},
-            "rewrite": {
-                "methods": ["restructure", "hotflip"],
-                "llm": "none",
-                "workers": 2,
-                "options": {"hotflip": {"proxy_model": str(proxy), "time_budget_s": 0.5}},
-            },
-            "ads": {"proxy": str(proxy), "heldout": 2, "lambda": [0.5, 0.1]},
-            "student": {
-                "model": "tiny",
-                "method": "full",
-                "epochs": 1,
-                "batch_size": 6,
-                "eval_max_new_tokens": 16,
-            },
-            "watermark": {"fractions": [0.2], "seeds": [0], "train": 30, "bystanders": 2, "epochs": 1},
+def test_quick_config_end_to_end_with_tiny_students_resumes(tmp_path):
+    """The shipped quick config's pipeline with tiny students and few problems (the real quick config
+    takes about 20 minutes: `make bench-distill-quick`)."""
+    quick = load_bench_config(REPO / "benchmarks" / "distill-quick.toml")
+    config = quick.model_copy(
+        update={
+            "name": "quick-tiny",
+            "problems": quick.problems.model_copy(update={"train": 12, "test": 10}),
+            "teacher": quick.teacher.model_copy(update={"forcing_model": "tiny"}),
+            "rewrite": quick.rewrite.model_copy(
+                update={
+                    "methods": ["restructure", "hotflip"],
+                    "oracle_rows": True,
+                    "options": {"hotflip": {"time_budget_s": 0.2}},
+                }
+            ),
+            "utility": quick.utility.model_copy(update={"problems": 6}),
+            "student": quick.student.model_copy(
+                update={"model": "tiny", "method": "full", "batch_size": 6, "eval_max_new_tokens": 12}
+            ),
         }
     )
     out = tmp_path / "out"
-    results = run_distill_bench(config, out, command="test")
+    results = run_distill_bench(config, out, command="test", shard=(0, 1))
     rows = {r["set"]: r for r in results["rows"]}
-    assert set(rows) == {"clean", "restructure", "hotflip", "teacher-standard", "ads-0.5", "ads-0.1"}
-    assert rows["restructure"]["traces"]["answer_preserved"] == 12
-    assert rows["restructure"]["traces"]["teacher_forced"]["model"] == "tiny"
-    assert all(r["student"]["examples"] == 12 for r in rows.values())
-    assert rows["ads-0.5"]["traces"]["decoding"] == "ads(lambda=0.5, epsilon=0.01)"
-    assert rows["ads-0.1"]["traces"]["decoding"] == "ads(lambda=0.1, epsilon=0.01)"
-    (detection,) = results["detection"]
-    assert detection["runs"] == 1 and detection["bystander_tests"] == 2 * 3 - 1
-    for name in ("results.json", "results.md", "plots/student_accuracy.png", "plots/detection_pvalues.png"):
+    assert set(rows) == {
+        "clean",
+        "restructure",
+        "hotflip",
+        "hotflip@oracle",
+        "restructure+all",
+        "hotflip+all",
+        "hotflip@oracle+all",
+    }
+    assert all(r["students"] == 3 and r["stats"]["seeds"] == 3 for r in rows.values())
+    assert rows["restructure"]["answer_preserved"] == 36 and rows["restructure"]["rewritten"] == 36
+    assert rows["restructure"]["teacher_utility"]["answer_line_removed"]
+    assert rows["restructure"]["detectability"]["pooled_auc"] > 0.9
+    metas = [read_trace_set(out / "traces" / f"{n}-s0.jsonl")[0] for n in ("hotflip", "hotflip@oracle")]
+    assert metas[0]["options"]["proxy_model"] == str(out / "models" / "proxy")
+    assert metas[1]["options"]["proxy_model"] != metas[0]["options"]["proxy_model"]
+    student = json.loads((out / "students" / "restructure-s1.json").read_text())
+    assert len(student["outcomes_free"]) == 10 and student["seed"] == 1
+    for name in ("results.json", "results.md", "plots/student_accuracy.png"):
         assert (out / name).stat().st_size > 0
-    stamp = (out / "students" / "restructure.json").stat().st_mtime_ns
+    stamp = (out / "students" / "restructure-s2.json").stat().st_mtime_ns
     again = run_distill_bench(config, out, only=["students", "report"])
-    assert (out / "students" / "restructure.json").stat().st_mtime_ns == stamp  # resumed, not retrained
+    assert (out / "students" / "restructure-s2.json").stat().st_mtime_ns == stamp  # resumed, not retrained
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(json.dumps(again["rows"]))
-    changed = config.model_copy(update={"seed": 1})
+    changed = config.model_copy(update={"seeds": [0, 1, 3]})
     with pytest.raises(BenchConfigError, match="different config"):
         run_distill_bench(changed, out, only=["report"])
 
@@ -190,10 +260,10 @@ def test_local_teacher_writes_the_clean_traces(tmp_path):
     )
     paths = BenchPaths(tmp_path / "out")
     paths.make()
-    train, test = load_problems(config)
+    train, test = load_problems(config, 0)
     assert len(train) == 3 and len(test) == 2 and not {p.question for p in train} & {p.question for p in test}
-    stage_clean(config, paths, train, TeacherForcer(config, paths.models), Console(quiet=True))
-    meta, rows = read_trace_set(paths.trace_set("clean"))
-    assert meta["teacher"] == str(teacher) and meta["teacher_forced"] is None
+    stage_clean(config, paths, train, TeacherForcer(config, paths.models), Console(quiet=True), seed=0)
+    meta, rows = read_trace_set(paths.trace_set("clean", 0))
+    assert meta["teacher"] == str(teacher) and meta["teacher_utility"] is None
     assert [r["question"] for r in rows] == [p.question for p in train]
     assert all(isinstance(r["trace"], str) for r in rows)
