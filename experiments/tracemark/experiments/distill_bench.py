@@ -1,23 +1,24 @@
-"""``tracemark bench distill``: does protecting the traces make distillation fail, and is it detected?
+"""``tracemark bench distill``: does protecting the traces make distillation fail, even when the distiller
+cleans them first, and what does it cost?
 
-Stages (each writes its own file under the results folder, so an interrupted run resumes where it
-stopped and several ``--only`` processes can share one folder):
+Stages (each writes its own files under the results folder, so an interrupted run resumes where it stopped
+and several processes can share one folder; ``--jobs N`` trains the students in N processes):
 
-1. ``traces/clean.jsonl``: teacher traces for the training problems (the worked solutions, or generated
-   by a local model or an OpenAI-compatible endpoint);
-2. ``traces/<method>.jsonl``: each rewriter applied through the answer guard, with the guard's outcomes,
-   answer preservation, rewrite seconds per trace, and answer-forced teacher accuracy on the set;
-3. ``students/<set>.json``: one student per trace set with the same budget; held-out accuracy (free and
-   answer-forced) and held-out NLL of clean traces, against the untrained student (``students/base.json``);
-4. ADS: a local teacher decodes the training problems with standard decoding and with antidistillation
-   sampling (``traces/teacher-standard.jsonl``, ``traces/ads.jsonl``), a student on each;
-5. ``watermark/f<fraction>-s<seed>.json``: the demo's real pipeline (gRPC server, watermark, tiny student,
-   ``ForensicsService.Investigate``) at each watermark fraction and seed: p-values, attributions, false
-   alarms among bystander accounts and control students;
-6. ``results.json``, ``results.md`` and ``plots/*.png`` (see :mod:`tracemark.experiments.distill_report`).
+1. ``traces``: per seed, the teacher's traces of the seed's training problems (``clean-s<seed>``), each
+   rewriter's set through the answer and intermediate-result guards (``<method>-s<seed>``, with the
+   ``'distinct'`` proxy student for gradient rewriters and optional ``@oracle`` rows), and the adaptive
+   distiller's cleanup of each (``<set>+<countermeasure>-s<seed>``); teacher utility on the first seed
+   (:mod:`tracemark.experiments.distill_traces`);
+2. ``students``: the untrained student once (``students/base.json``) and one student per trace set and seed
+   (``students/<set>-s<seed>.json``), each with its per-problem outcomes on the same held-out problems;
+3. ``ads``: a local teacher (by default the seed's clean student) decodes with and without
+   antidistillation sampling, a student on each;
+4. ``watermark``: the demo's real pipeline at each watermark fraction and seed;
+5. ``report``: ``results.json``, ``results.md`` and ``plots/`` with the statistics of
+   :mod:`tracemark.experiments.distill_stats` (see :mod:`tracemark.experiments.distill_report`).
 
-Stages 1 and 2 are in :mod:`tracemark.experiments.distill_traces`; the folder layout, problem split and
-models every stage shares are in :mod:`tracemark.experiments.distill_setup`.
+The folder layout, problem splits and models every stage shares are in
+:mod:`tracemark.experiments.distill_setup`.
 """
 
 from __future__ import annotations
