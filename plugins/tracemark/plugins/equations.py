@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 
 __all__ = [
     "EQUATION_GUARDED",
@@ -116,17 +117,27 @@ class _Invalid(Exception):
     pass
 
 
+@lru_cache(maxsize=4096)
+def _number_float(text: str) -> float | None:
+    """``number_value`` as a float, cached: a window's numbers are read again for each cut tried."""
+    value = number_value(text)
+    return None if value is None else float(value)
+
+
+_END = ("end", "")
+
+
 def _evaluate(tokens: list[tuple[str, str]], percent: float = 100.0) -> float:
     """Value of ``tokens`` (kind, text) as an arithmetic expression; _Invalid when it is not one."""
+    if not tokens or len(tokens) > _MAX_SEGMENT:
+        raise _Invalid
+    toks = [*tokens, _END]  # the sentinel ends every loop below and fails ``atom``
     pos = 0
-
-    def peek() -> tuple[str, str] | None:
-        return tokens[pos] if pos < len(tokens) else None
 
     def expr() -> float:
         nonlocal pos
         value = term()
-        while (tok := peek()) is not None and tok[0] == "op" and tok[1] in "+-":
+        while (tok := toks[pos])[0] == "op" and tok[1] in "+-":
             pos += 1
             value = value + term() if tok[1] == "+" else value - term()
         return value
@@ -134,7 +145,7 @@ def _evaluate(tokens: list[tuple[str, str]], percent: float = 100.0) -> float:
     def term() -> float:
         nonlocal pos
         value = unary()
-        while (tok := peek()) is not None and tok[0] == "op" and tok[1] in "*/":
+        while (tok := toks[pos])[0] == "op" and tok[1] in "*/":
             pos += 1
             right = unary()
             if tok[1] == "*":
@@ -147,13 +158,13 @@ def _evaluate(tokens: list[tuple[str, str]], percent: float = 100.0) -> float:
 
     def unary() -> float:
         nonlocal pos
-        tok = peek()
-        if tok is not None and tok[0] == "op" and tok[1] == "-":
+        tok = toks[pos]
+        if tok[0] == "op" and tok[1] == "-":
             pos += 1
             return -unary()
         base = atom()
-        tok = peek()
-        if tok is not None and tok[0] == "op" and tok[1] == "^":
+        tok = toks[pos]
+        if tok[0] == "op" and tok[1] == "^":
             pos += 1
             exponent = unary()
             if abs(exponent) > 64 or abs(base) > 1e9 or (base == 0 and exponent < 0):
@@ -169,26 +180,21 @@ def _evaluate(tokens: list[tuple[str, str]], percent: float = 100.0) -> float:
 
     def atom() -> float:
         nonlocal pos
-        tok = peek()
-        if tok is None:
-            raise _Invalid
+        kind, text = toks[pos]
         pos += 1
-        if tok[0] == "num":
-            value = number_value(tok[1])
+        if kind == "num":
+            value = _number_float(text)
             if value is None:
                 raise _Invalid
-            return float(value) / (percent if tok[1].endswith("%") else 1.0)
-        if tok[0] == "open":
+            return value / (percent if text.endswith("%") else 1.0)
+        if kind == "open":
             value = expr()
-            closing = peek()
-            if closing is None or closing[0] != "close":
+            if toks[pos][0] != "close":
                 raise _Invalid
             pos += 1
             return value
         raise _Invalid
 
-    if not tokens or len(tokens) > _MAX_SEGMENT:
-        raise _Invalid
     value = expr()
     if pos != len(tokens):
         raise _Invalid
@@ -243,14 +249,88 @@ def _valid(tokens: list[tuple[str, str]]) -> bool:
 
 
 def _longest(tokens: list[tuple[str, str]], *, suffix: bool) -> tuple[list[tuple[str, str]], int]:
-    """The longest valid suffix (or prefix) of ``tokens`` and where it starts (ends)."""
+    """The longest valid suffix (or prefix) of ``tokens`` and where it starts (ends).
+
+    Linear in the window, not quadratic: only cuts the grammar accepts (:func:`_parsable_suffixes`,
+    :func:`_parsable_prefixes`, one pass each) are evaluated, and among suffixes a binary search finds the
+    longest that evaluates (see :func:`_parsable_suffixes` for why that is exact)."""
     n = len(tokens)
-    span = range(max(0, n - _MAX_SEGMENT), n) if suffix else range(min(n, _MAX_SEGMENT), 0, -1)
-    for cut in span:
-        part = tokens[cut:] if suffix else tokens[:cut]
-        if part and part[0][0] != "close" and part[-1][0] != "open" and _valid(part):
-            return part, cut
-    return [], n if suffix else 0
+    if suffix:
+        cuts = _parsable_suffixes(tokens, max(0, n - _MAX_SEGMENT))  # longest first
+        lo, hi = 0, len(cuts)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _valid(tokens[cuts[mid] :]):
+                hi = mid
+            else:
+                lo = mid + 1
+        return (tokens[cuts[lo] :], cuts[lo]) if lo < len(cuts) else ([], n)
+    for cut in reversed(_parsable_prefixes(tokens[: min(n, _MAX_SEGMENT)])):
+        if _valid(tokens[:cut]):
+            return tokens[:cut], cut
+    return [], 0
+
+
+# The grammar :func:`_evaluate` accepts, as an automaton: expecting an operand, "-" (unary) and "(" keep
+# expecting one and a number ends it; after an operand, ")" (closing an open bracket) keeps it ended and a
+# binary operator expects the next. Accepted: an operand ended with every bracket closed.
+_BINARY = frozenset("+-*/^")
+
+
+def _parsable_prefixes(tokens: list[tuple[str, str]]) -> list[int]:
+    """The lengths (ascending) of the non-empty prefixes of ``tokens`` :func:`_evaluate` can parse."""
+    out: list[int] = []
+    operand, depth = False, 0  # operand: after an operand (else expecting one)
+    for index, (kind, text) in enumerate(tokens):
+        if not operand:
+            if kind == "num":
+                operand = True
+            elif kind == "open":
+                depth += 1
+            elif not (kind == "op" and text == "-"):
+                break
+        elif kind == "close" and depth > 0:
+            depth -= 1
+        elif kind == "op" and text in _BINARY:
+            operand = False
+        else:
+            break
+        if operand and depth == 0:
+            out.append(index + 1)
+    return out
+
+
+def _parsable_suffixes(tokens: list[tuple[str, str]], start: int) -> list[int]:
+    """The cuts ``c >= start`` (ascending: longest first) whose suffix ``tokens[c:]`` :func:`_evaluate` can
+    parse, from one right-to-left pass.
+
+    Among these, evaluating is monotone: when a suffix fails to evaluate (a division by zero, a power out of
+    bounds, an unreadable number) every longer parsable suffix fails too, since each failing step of the
+    shorter one (a number; a divisor or an exponent, which is the unary expression right of its operator;
+    a power's base, the operand left of ``^``, closed within the suffix) is parsed and evaluated from the
+    same tokens in the longer one. So the parsable suffixes that evaluate are the shortest ones, and the
+    longest of them is found by binary search."""
+    n = len(tokens)
+    # from_operand[i] / from_expect[i]: tokens[i:] is accepted after an operand / when expecting one
+    from_operand, from_expect = True, False
+    # bracket depth before each token counted from ``start``: a suffix closes its brackets when the depth at
+    # its end is the one at its start and never dips below it in between
+    total = depth = sum((k == "open") - (k == "close") for k, _ in tokens[start:])
+    lowest = depth  # the lowest depth at any position >= i
+    cuts: list[int] = []
+    for i in range(n - 1, start - 1, -1):
+        kind, text = tokens[i]
+        depth -= (kind == "open") - (kind == "close")  # depth before tokens[i]
+        lowest = min(lowest, depth)
+        expect = ((kind == "open" or (kind == "op" and text == "-")) and from_expect) or (
+            kind == "num" and from_operand
+        )
+        after = (kind == "close" and from_operand) or (kind == "op" and text in _BINARY and from_expect)
+        from_operand, from_expect = after, expect
+        if expect and lowest == depth == total:
+            cuts.append(i)
+    cuts.reverse()
+    return cuts
 
 
 def _chains(text: str) -> list[Equation]:
@@ -278,7 +358,9 @@ def _chains(text: str) -> list[Equation]:
                 k += 1
             segments.append([t for t in tokens[j + 1 : k] if t[0] != "sp"])
             j = k
-        words_before = [t for t in tokens[:start] if t[0] != "sp"][-1:]
+        # the token just before the run (a word or a relation, never a space: the scan above stopped
+        # there); looked up, not rebuilt from every token so far, which made a long text quadratic
+        words_before = tokens[start - 1 : start]
         glued = j < n and tokens[j][0] == "word" and tokens[j][1][:1].isalpha() and tokens[j - 1][0] != "sp"
         equations.extend(_chain(segments, words_before, tokens[start:j], glued))
         i = max(j, i + 1)
