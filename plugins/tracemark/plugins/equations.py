@@ -70,11 +70,15 @@ def number_value(text: str) -> Decimal | None:
     return value if value.is_finite() else None
 
 
+# the same numbers come back in every equation, window and pass: read each written form once
+_number = lru_cache(maxsize=4096)(number_value)
+
+
 def numbers_in(text: str) -> set[Decimal]:
     """Every number written in ``text`` (absolute values, normalised: ``24.0`` == ``24``)."""
     out = set()
     for match in _NUMBER_ANYWHERE.finditer(_ANNOTATION.sub(" ", text)):
-        value = number_value(match.group())
+        value = _number(match.group())
         if value is not None:
             out.add(abs(value).normalize())
     return out
@@ -120,7 +124,7 @@ class _Invalid(Exception):
 @lru_cache(maxsize=4096)
 def _number_float(text: str) -> float | None:
     """``number_value`` as a float, cached: a window's numbers are read again for each cut tried."""
-    value = number_value(text)
+    value = _number(text)
     return None if value is None else float(value)
 
 
@@ -131,6 +135,11 @@ def _evaluate(tokens: list[tuple[str, str]], percent: float = 100.0) -> float:
     """Value of ``tokens`` (kind, text) as an arithmetic expression; _Invalid when it is not one."""
     if not tokens or len(tokens) > _MAX_SEGMENT:
         raise _Invalid
+    if len(tokens) == 1 and tokens[0][0] == "num":  # most sides: what the parse below does with one number
+        number = _number_float(tokens[0][1])
+        if number is None:
+            raise _Invalid
+        return number / (percent if tokens[0][1].endswith("%") else 1.0)
     toks = [*tokens, _END]  # the sentinel ends every loop below and fails ``atom``
     pos = 0
 
@@ -452,7 +461,7 @@ def intermediate_results(text: str) -> list[Decimal]:
     seen: set[Decimal] = set()
 
     def add(raw: str) -> None:
-        value = number_value(raw)
+        value = _number(raw)
         if value is not None and (key := abs(value).normalize()) not in seen:
             seen.add(key)
             results.append(key)
@@ -485,7 +494,7 @@ def stated_numbers(text: str) -> set[Decimal]:
             operand = (i >= 2 and tokens[i - 1][0] == "op" and tokens[i - 2][0] in ("num", "close")) or (
                 i + 2 < len(tokens) and tokens[i + 1][0] == "op" and tokens[i + 2][0] in ("num", "open")
             )
-            number = number_value(value)
+            number = _number(value)
             if not operand and number is not None:
                 out.add(abs(number).normalize())
     return out
