@@ -260,9 +260,10 @@ def _valid(tokens: list[tuple[str, str]]) -> bool:
 def _longest(tokens: list[tuple[str, str]], *, suffix: bool) -> tuple[list[tuple[str, str]], int]:
     """The longest valid suffix (or prefix) of ``tokens`` and where it starts (ends).
 
-    Linear in the window, not quadratic: only cuts the grammar accepts (:func:`_parsable_suffixes`,
-    :func:`_parsable_prefixes`, one pass each) are evaluated, and among suffixes a binary search finds the
-    longest that evaluates (see :func:`_parsable_suffixes` for why that is exact)."""
+    Only cuts the grammar accepts (:func:`_parsable_suffixes`, :func:`_parsable_prefixes`, one pass each)
+    are evaluated, not every cut of the 64-token window; among suffixes a binary search finds the longest
+    that evaluates (see :func:`_parsable_suffixes` for why that is exact). Prefixes are tried longest first:
+    a long prefix that parses but fails (a power tower ``2^2^...^2``) still costs one evaluation each."""
     n = len(tokens)
     if suffix:
         cuts = _parsable_suffixes(tokens, max(0, n - _MAX_SEGMENT))  # longest first
