@@ -267,7 +267,9 @@ def _longest(tokens: list[tuple[str, str]], *, suffix: bool) -> tuple[list[tuple
     n = len(tokens)
     if suffix:
         cuts = _parsable_suffixes(tokens, max(0, n - _MAX_SEGMENT))  # longest first
-        lo, hi = 0, len(cuts)
+        if cuts and _valid(tokens[cuts[0] :]):  # the usual case: the whole parsable run is the side
+            return tokens[cuts[0] :], cuts[0]
+        lo, hi = 1, len(cuts)
         while lo < hi:
             mid = (lo + hi) // 2
             if _valid(tokens[cuts[mid] :]):
