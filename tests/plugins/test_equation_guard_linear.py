@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import time
+from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
@@ -119,3 +120,15 @@ def test_longest_side_agrees_on_near_expressions():
             operand = token[0] in ("num", "close")
         for suffix in (True, False):
             assert equations._longest(tokens, suffix=suffix) == _direct_longest(tokens, suffix=suffix), tokens
+
+
+def test_long_numbers_stay_out_of_the_shared_caches():
+    digits = "9" * 100
+    equations._number_cached.cache_clear()
+    equations._number_float_cached.cache_clear()
+    for _ in range(2):
+        assert equations._number(digits) == Decimal(digits)
+        assert equations._value([("num", digits), ("op", "+"), ("num", "1")]) == float(digits) + 1
+    assert equations._number_cached.cache_info().currsize == 0
+    assert equations._number_float_cached.cache_info().currsize == 1  # "1", not the 100 digits
+    assert equations.check_rewrite(f"{digits} + 1 = 5", f"5 ⟸ {digits} + 1").missing == ()

@@ -70,8 +70,14 @@ def number_value(text: str) -> Decimal | None:
     return value if value.is_finite() else None
 
 
-# the same numbers come back in every equation, window and pass: read each written form once
-_number = lru_cache(maxsize=4096)(number_value)
+# the same numbers come back in every equation, window and pass: read each written form once (short forms
+# only, so that the caches, shared by every request, never hold a caller's long digit runs)
+_CACHED_CHARS = 32
+_number_cached = lru_cache(maxsize=4096)(number_value)
+
+
+def _number(text: str) -> Decimal | None:
+    return _number_cached(text) if len(text) <= _CACHED_CHARS else number_value(text)
 
 
 def numbers_in(text: str) -> set[Decimal]:
@@ -121,11 +127,18 @@ class _Invalid(Exception):
     pass
 
 
-@lru_cache(maxsize=4096)
 def _number_float(text: str) -> float | None:
     """``number_value`` as a float, cached: a window's numbers are read again for each cut tried."""
-    value = _number(text)
+    return _number_float_cached(text) if len(text) <= _CACHED_CHARS else _to_float(number_value(text))
+
+
+def _to_float(value: Decimal | None) -> float | None:
     return None if value is None else float(value)
+
+
+@lru_cache(maxsize=4096)
+def _number_float_cached(text: str) -> float | None:
+    return _to_float(number_value(text))
 
 
 _END = ("end", "")
