@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from tracemark.cli.main import app
-from tracemark.experiments.distill_bench import run_distill_bench, student_jobs
+from tracemark.experiments.distill_bench import reuse_identical_student, run_distill_bench, student_jobs
 from tracemark.experiments.distill_config import BenchConfig, BenchConfigError, load_bench_config
 from tracemark.experiments.distill_report import assemble, markdown
 from tracemark.experiments.distill_setup import (
@@ -138,6 +138,23 @@ def test_assemble_pools_seeds_with_intervals_tests_and_detectability(tmp_path):
     assert "| restructure | 60/60 (60/60) |" in table
     assert "< clean*" in table and "≈ untrained" in table
     assert "seeds 0, 1, 2" in table
+
+
+def test_an_unchanged_cleanup_reuses_its_source_student(tmp_path):
+    paths = BenchPaths(tmp_path)
+    paths.make()
+    _fake_set(paths, "clean", 0, ["a #### 1", "b #### 1"])
+    _fake_set(paths, "clean+all", 0, ["a #### 1", "b #### 1"])
+    _fake_set(paths, "restructure", 0, ["(1) a #### 1", "b #### 1"])
+    _fake_set(paths, "restructure+all", 0, ["a #### 1", "b #### 1"])
+    assert not reuse_identical_student(paths, "clean+all", 0)  # source student not trained yet
+    _student(paths, "clean", 0, [True, False])
+    _student(paths, "restructure", 0, [False, False])
+    assert reuse_identical_student(paths, "clean+all", 0)
+    assert not reuse_identical_student(paths, "restructure+all", 0)  # the cleanup changed a trace
+    assert not reuse_identical_student(paths, "clean", 0)
+    copied = json.loads(paths.student("clean+all", 0).read_text())
+    assert copied["reused_from"] == "clean" and copied["outcomes_free"] == [True, False]
 
 
 def test_a_row_missing_a_seed_is_not_scored(tmp_path):

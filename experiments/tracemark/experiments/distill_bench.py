@@ -64,7 +64,7 @@ from tracemark.server.config import TeacherSection
 from tracemark.server.teacher.base import GenerationParams
 from tracemark.server.teacher.factory import build_teacher
 
-__all__ = ["STAGES", "BenchPaths", "run_distill_bench", "student_jobs"]
+__all__ = ["STAGES", "BenchPaths", "reuse_identical_student", "run_distill_bench", "student_jobs"]
 
 STAGES = ("traces", "students", "ads", "watermark", "report")
 
@@ -173,6 +173,24 @@ def student_jobs(config: BenchConfig, paths: BenchPaths) -> list[tuple[str, int 
     return jobs
 
 
+def reuse_identical_student(paths: BenchPaths, name: str, seed: int | None) -> bool:
+    """A countermeasure row whose cleanup changed no trace (``clean+all`` usually) trains on exactly its
+    source's traces with the same seed: copy the source student's result (marked ``reused_from``) instead of
+    training it again. False when the sets differ or the source student is not there yet."""
+    source = name.rsplit("+", 1)[0]
+    if "+" not in name or seed is None or paths.student(name, seed).exists():
+        return False
+    if not paths.student(source, seed).exists() or not paths.trace_set(name, seed).exists():
+        return False
+    _, rows = read_trace_set(paths.trace_set(name, seed))
+    _, original = read_trace_set(paths.trace_set(source, seed))
+    if [r["trace"] for r in rows] != [r["trace"] for r in original]:
+        return False
+    result = json.loads(paths.student(source, seed).read_text())
+    write_json(paths.student(name, seed), {**result, "name": name, "reused_from": source})
+    return True
+
+
 def stage_students(
     config: BenchConfig,
     paths: BenchPaths,
@@ -192,6 +210,9 @@ def stage_students(
             continue
         if not paths.trace_set(name, seed).exists():
             console.print(f"  [yellow]skip student {name} (seed {seed}): no trace set yet[/yellow]")
+            continue
+        if reuse_identical_student(paths, name, seed):
+            console.print(f"  student {name} (seed {seed}): same traces as its source, result reused")
             continue
         _, rows = read_trace_set(paths.trace_set(name, seed))
         keep = paths.models / f"clean-s{seed}" if name == "clean" and keep_clean else None
