@@ -14,6 +14,7 @@ from tracemark.experiments.countermeasures import (
     COUNTERMEASURES,
     UnknownCountermeasure,
     apply_countermeasure,
+    flip_result_first,
     invert_restructure,
     normalise,
     plain_form,
@@ -61,13 +62,37 @@ def test_normalise_removes_numbering_symbols_and_odd_spacing():
 
 
 def test_countermeasures_registry_and_errors():
-    assert set(COUNTERMEASURES) == {"none", "invert", "strip", "normalise", "all"}
+    assert set(COUNTERMEASURES) == {"none", "invert", "flip", "strip", "normalise", "all"}
     protected = restructure(TRACE)
     assert apply_countermeasure("none", protected) == protected
     everything = apply_countermeasure("all", protected)
     assert plain_form(everything) and not MARKS.search(everything) and "3 * 12 = 36" in everything
     with pytest.raises(UnknownCountermeasure, match="unknown countermeasure 'regex'"):
         apply_countermeasure("regex", protected)
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("Wendy plants sunflowers: 36 = 4*9.", "Wendy plants sunflowers: 4*9 = 36."),
+        ("so 70 = 10 x 7, and 294 = 228+22 × 3", "so 10 x 7 = 70, and 228+22 × 3 = 294"),
+        ("It costs 2.5 = 5/2 dollars", "It costs 5/2 = 2.5 dollars"),
+        ("He has 5 = 2+2 apples", "He has 5 = 2+2 apples"),  # false: left alone
+        ("Liam is 20+7 = 27 years old.", "Liam is 20+7 = 27 years old."),  # already result-last
+        ("3 + 5 = 8 = 4*2", "3 + 5 = 8 = 4*2"),  # part of a chain
+        ("x = 3*4 and 12 = 3*4 = 12", "x = 3*4 and 12 = 3*4 = 12"),
+    ],
+)
+def test_flip_result_first(text, want):
+    assert flip_result_first(text) == want
+
+
+def test_all_returns_stealth_traces_to_result_last_form():
+    for seed in range(20):
+        stealth = restructure_stealth(TRACE, random.Random(seed))
+        cleaned = apply_countermeasure("all", stealth)
+        assert plain_form(cleaned), (stealth, cleaned)
+        assert extract_final_answer(cleaned) == "31"
 
 
 @pytest.mark.skipif(not GSM8K_TRAIN.is_file(), reason="GSM8K data not present")

@@ -7,10 +7,13 @@ trace before distilling (issue 14, item 3). Pure functions of one trace:
 * :func:`strip_suspicious` drops lines that look inserted: known watermark labels, a foreign
   ``letters+digits = number`` assignment, or a line without a digit that carries unusual symbols; the final
   answer line always stays;
+* :func:`flip_result_first` turns any result-first equation the text states (``36 = 4*9``, whatever words
+  surround it: ``restructure-stealth``'s plain-words form) round to ``4*9 = 36`` when it is arithmetically
+  true, so no public phrasing of result-first reasoning survives the cleanup;
 * :func:`normalise`: Unicode NFKC, ``× ÷ −`` as ``* / -``, ``⟸``/``:=`` as ``=``, numbering, bullets and
   fancy symbols removed, whitespace collapsed.
 
-:data:`COUNTERMEASURES` names them (plus ``none`` and ``all``, the three in order) for
+:data:`COUNTERMEASURES` names them (plus ``none`` and ``all``, the four in order) for
 :func:`apply_countermeasure`.
 """
 
@@ -19,14 +22,17 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
+from fractions import Fraction
 
 from tracemark.experiments.attack.transforms import _FOREIGN, LABEL_PATTERNS, canonical_line
+from tracemark.foundation.problems import ProblemError, evaluate_expression
 from tracemark.plugins.equations import extract_equations
 
 __all__ = [
     "COUNTERMEASURES",
     "UnknownCountermeasure",
     "apply_countermeasure",
+    "flip_result_first",
     "invert_restructure",
     "normalise",
     "plain_form",
@@ -64,6 +70,34 @@ def invert_restructure(text: str) -> str:
         return text
     lines = [_invert_line(line) if line.strip() else line for line in text.split("\n")]
     return "\n".join(line for line in lines if line.strip() or not line)
+
+
+_NUM = r"\d+(?:\.\d+)?"
+_OP = r"\s*(?:[-+*/×÷·]|\bx\b)\s*"
+_RESULT_FIRST = re.compile(
+    rf"(?<![\w.+\-*/×÷·=])(?<![+\-*/×÷·=] )({_NUM})\s*=\s*((?:{_NUM}{_OP})+{_NUM})(?![\d.]*\d)(?!\s*=)"
+)
+_TO_PYTHON = str.maketrans({"×": "*", "÷": "/", "·": "*"})
+
+
+def _value(expression: str) -> Fraction | None:
+    try:
+        return evaluate_expression(re.sub(r"\bx\b", "*", expression.translate(_TO_PYTHON)))
+    except (ProblemError, ValueError, SyntaxError, ZeroDivisionError):
+        return None
+
+
+def flip_result_first(text: str) -> str:
+    """``c = a op b`` (true) becomes ``a op b = c``, anywhere in ``text``; anything else is unchanged."""
+
+    def flip(match: re.Match[str]) -> str:
+        result, expression = match.group(1), match.group(2)
+        value = _value(expression)
+        if value is None or value != Fraction(result):
+            return match.group(0)
+        return f"{expression} = {result}"
+
+    return _RESULT_FIRST.sub(flip, text)
 
 
 def _unusual(line: str) -> bool:
@@ -111,12 +145,13 @@ def _fancy(char: str) -> bool:
 
 
 def _all(text: str) -> str:
-    return normalise(strip_suspicious(invert_restructure(text)))
+    return normalise(strip_suspicious(flip_result_first(invert_restructure(text))))
 
 
 COUNTERMEASURES: dict[str, Callable[[str], str]] = {
     "none": lambda text: text,
     "invert": invert_restructure,
+    "flip": flip_result_first,
     "strip": strip_suspicious,
     "normalise": normalise,
     "all": _all,
