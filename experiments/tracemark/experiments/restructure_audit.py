@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracemark.experiments.countermeasures import invert_restructure, plain_form
+from tracemark.experiments.countermeasures import apply_countermeasure, invert_restructure, plain_form
 from tracemark.plugins.answers import answers_match, extract_final_answer
 from tracemark.plugins.api import RewriteContext
 from tracemark.plugins.builtin.restructure import RestructureRewriter
@@ -156,7 +156,7 @@ def audit(
     pipeline = RewritePipeline(RewriterRegistry.from_classes(cls), timeout_s=30.0, retries=1)
     instance = cls()
     raw, guarded = Tally(), Tally()
-    fell_back = inverted_plain = source_plain = 0
+    fell_back = inverted_plain = cleaned_plain = source_plain = 0
     delivered: list[str] = []
     started = time.perf_counter()
     for index, (question, answer) in enumerate(solutions):
@@ -166,6 +166,7 @@ def audit(
         raw.add(answer, output)
         source_plain += plain_form(answer)
         inverted_plain += plain_form(invert_restructure(output))
+        cleaned_plain += plain_form(apply_countermeasure("all", output))
         context = RewriteContext(problem=question, trace_id=trace_id, rng=random.Random(f"{seed}|{index}"))
         result = pipeline.run(answer, names=[rewriter], context=context)
         delivered.append(result.trace)
@@ -183,7 +184,11 @@ def audit(
         "raw": raw.summary(),
         "guarded": {**guarded.summary(), "fell_back": fell_back},
         # the adaptive distiller's invert_restructure: traces whose equations all read "a op b = c" again
-        "countermeasure": {"inverted_plain_form": inverted_plain, "source_plain_form": source_plain},
+        "countermeasure": {
+            "inverted_plain_form": inverted_plain,
+            "all_plain_form": cleaned_plain,
+            "source_plain_form": source_plain,
+        },
         "seconds": round(seconds, 2),
         "ms_per_trace": round(1000.0 * seconds / max(len(solutions), 1), 3),
     }
@@ -243,7 +248,8 @@ def _print(report: dict[str, Any]) -> None:
     inverted = report["countermeasure"]
     print(
         f"invert_restructure: {inverted['inverted_plain_form']}/{traces} traces read 'a op b = c' again "
-        f"(sources: {inverted['source_plain_form']}/{traces})"
+        f"(sources: {inverted['source_plain_form']}/{traces}); countermeasure 'all': "
+        f"{inverted['all_plain_form']}/{traces}"
     )
 
 
