@@ -58,7 +58,7 @@ demo-quick: $(INSTALLED) ## The demo's quick path (about 3 minutes)
 bench: $(INSTALLED) ## Serving benchmark: throughput, batching, memory (not part of the tests)
 	$(VENV)/bin/tracemark bench serve
 
-bench-distill: $(INSTALLED) ## Distillation benchmark at CPU scale (about 2 hours on 2 cores; resumable)
+bench-distill: $(INSTALLED) ## Distillation benchmark at CPU scale (about 95 minutes on 2 cores; resumable)
 	$(VENV)/bin/tracemark bench distill --config benchmarks/distill-cpu.toml --jobs 2 --out results/bench-distill
 
 bench-distill-quick: $(INSTALLED) ## The distillation benchmark's quick config (about 20 minutes on 2 cores)

@@ -212,7 +212,7 @@ def bench_distill(
 
     For each seed (training problems, rewrites and student initialisation) the teacher's traces are rewritten by each configured method (answer and intermediate-result guards on) and cleaned by the adaptive distiller's countermeasure; one student per trace set and seed is fine-tuned with the same budget and scored on the same held-out problems (problems from templates never seen in training, or a fixed held-out part of GSM8K train). The table reports accuracy with 95% intervals, gain ratios, paired tests against clean and the untrained student (Holm), teacher utility with the answer line removed, readability, detectability AUC and wall seconds per trace. Antidistillation sampling and the watermark stage are optional.
 
-    Writes results.json, results.md (README-ready tables) and plots/ under --out; the per-problem outcomes of every student are in students/. Configs: benchmarks/distill-quick.toml (about 20 minutes), benchmarks/distill-cpu.toml (this machine, about 2 hours with --jobs 2), benchmarks/distill-gpu.toml (full scale).
+    Writes results.json, results.md (README-ready tables) and plots/ under --out; the per-problem outcomes of every student are in students/. Configs: benchmarks/distill-quick.toml (about 20 minutes), benchmarks/distill-cpu.toml (this machine, about 95 minutes with --jobs 2), benchmarks/distill-gpu.toml (full scale).
     """  # noqa: E501
     from tracemark.experiments.distill_bench import run_distill_bench  # deferred: imports torch
     from transformers.utils import logging as hf_logging
