@@ -178,8 +178,8 @@ def bench_distill(
         Path | None,
         typer.Option(
             "--config",
-            help="TOML or JSON config (see benchmarks/distill-cpu.toml, benchmarks/distill-gpu.toml); "
-            "omitted: the CPU-scale defaults.",
+            help="TOML or JSON config (benchmarks/distill-quick.toml, -cpu.toml, -gpu.toml); "
+            "omitted: the built-in defaults (every rewriter, ADS on).",
         ),
     ] = None,
     out: Annotated[
