@@ -36,6 +36,9 @@ def test_shipped_configs_load():
     assert "restructure+all" in cpu.student_sets() and "clean+all" in cpu.student_sets()
     assert "hotflip@oracle" in gpu.student_sets() and "ads-0.5+all" in gpu.student_sets()
     assert quick.student_sets() == ["clean", "restructure", "restructure+all"]
+    probe = load_bench_config(REPO / "benchmarks" / "distill-gsm8k-probe.toml")
+    assert probe.problems.source == "gsm8k" and probe.problems.test_lines == (5000, 6000)
+    assert probe.student_sets() == ["clean"]
     assert len({cpu.fingerprint(), quick.fingerprint(), gpu.fingerprint()}) == 3
     assert load_bench_config(None) == BenchConfig()
 
