@@ -111,7 +111,7 @@ class AdaptiveSection(_Section):
     countermeasure: str = Field(
         "all",
         description="the distiller's key-blind cleanup before distilling (see tracemark.experiments."
-        "countermeasures): none | invert | strip | normalise | all; '<set>+<countermeasure>' rows",
+        "countermeasures): none | invert | flip | strip | normalise | all; '<set>+<countermeasure>' rows",
     )
     control: bool = Field(True, description="also the 'clean+<countermeasure>' row (the cleanup's own cost)")
 
